@@ -1,0 +1,216 @@
+//! The engine interface: what the classic and sadtalker engines implement and the service drives.
+//!
+//! Engines exchange per-avatar state and per-audio motion as opaque byte blobs so the service can
+//! cache them (DESIGN.md keys `face_crop`, `source_state`, `gestures`, `visemes`, `3dmm_coeffs`,
+//! `audio_features`, `motion`) without knowing what is inside.
+
+use crate::audio::AudioClip;
+use crate::image::RgbImage;
+use crate::precompute::AvatarAnalysis;
+use crate::Result;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineKind {
+    Classic,
+    Sadtalker,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Classic => "classic",
+            Self::Sadtalker => "sadtalker",
+        }
+    }
+}
+
+/// SadTalker's three ways of framing the source picture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PreprocessMode {
+    /// Face crop only (the video shows the cropped face).
+    #[default]
+    Crop,
+    /// Whole image resized; the face crop box is still computed.
+    Resize,
+    /// Animate the face crop and paste it back into the original full frame.
+    Full,
+}
+
+impl PreprocessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Crop => "crop",
+            Self::Resize => "resize",
+            Self::Full => "full",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "crop" => Some(Self::Crop),
+            "resize" => Some(Self::Resize),
+            "full" => Some(Self::Full),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Enhancer {
+    #[default]
+    None,
+    Gfpgan,
+}
+
+/// Encoder quality preset (maps to x264 CRF/preset).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Quality {
+    Low,
+    #[default]
+    Medium,
+    High,
+}
+
+/// Everything a generate request can choose. Hashing it (with `options_hash`) keys `motion:` / `video:`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GenerateOptions {
+    /// Output face size: 256 or 512.
+    pub size: u32,
+    pub preprocess: PreprocessMode,
+    pub still_mode: bool,
+    /// Mouth/expression amplitude multiplier (0..=3).
+    pub expression_scale: f32,
+    /// Deterministic motion variation, 0..=45.
+    pub pose_style: u32,
+    pub enhancer: Enhancer,
+    pub quality: Quality,
+    /// Seed for every random draw (blinks, CVAE noise); same seed -> same video.
+    pub seed: u64,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            size: 256,
+            preprocess: PreprocessMode::Crop,
+            still_mode: false,
+            expression_scale: 1.0,
+            pose_style: 0,
+            enhancer: Enhancer::None,
+            quality: Quality::Medium,
+            seed: 0,
+        }
+    }
+}
+
+impl GenerateOptions {
+    /// Reject out-of-range values with a typed error naming the field.
+    pub fn validate(&self) -> Result<()> {
+        use crate::PipelineError::InvalidOption;
+        if self.size != 256 && self.size != 512 {
+            return Err(InvalidOption { field: "size", reason: format!("{} is not 256 or 512", self.size) });
+        }
+        if self.pose_style > 45 {
+            return Err(InvalidOption { field: "pose_style", reason: format!("{} is outside 0..=45", self.pose_style) });
+        }
+        if !(0.0..=3.0).contains(&self.expression_scale) || !self.expression_scale.is_finite() {
+            return Err(InvalidOption {
+                field: "expression_scale",
+                reason: format!("{} is outside 0..=3", self.expression_scale),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stable hex hash of the options that change the motion or the pixels.
+    pub fn options_hash(&self, engine: EngineKind) -> String {
+        let bytes = bincode::serialize(&(engine, self)).unwrap_or_default();
+        blake3::hash(&bytes).to_hex()[..32].to_string()
+    }
+}
+
+/// Which cache entry a piece of per-avatar engine state belongs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum StateKind {
+    /// `face_crop:{image}:{preprocess}:{size}`
+    FaceCrop,
+    /// `source_state:{image}:{preprocess}:{size}:{engine}`
+    SourceState,
+    /// `gestures:{image}`
+    Gestures,
+    /// `visemes:{image}`
+    Visemes,
+    /// `3dmm_coeffs:{image}:{preprocess}`
+    Coeffs3dmm,
+}
+
+/// Per-avatar engine state as cacheable parts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PreparedAvatar {
+    pub parts: Vec<(StateKind, Vec<u8>)>,
+}
+
+impl PreparedAvatar {
+    pub fn get(&self, kind: StateKind) -> Option<&[u8]> {
+        self.parts.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.as_slice())
+    }
+}
+
+/// The inputs an engine sees for one avatar.
+pub struct AvatarInput<'a> {
+    /// The decoded, orientation-corrected original image.
+    pub image: &'a RgbImage,
+    /// Precompute results (detection, landmarks, crop, pose).
+    pub analysis: &'a AvatarAnalysis,
+}
+
+/// Receives rendered frames in order (the video encoder implements this).
+pub trait FrameSink {
+    fn push(&mut self, frame: &RgbImage) -> Result<()>;
+}
+
+/// What `render` reports back.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RenderStats {
+    pub frames: usize,
+    /// Named stage -> milliseconds spent (e.g. "motion", "render").
+    pub stage_ms: Vec<(String, f64)>,
+}
+
+/// One talking-head engine. Implementations are synchronous; the service calls them from a
+/// dedicated worker thread.
+pub trait Engine: Send + Sync {
+    fn kind(&self) -> EngineKind;
+
+    /// Whether `opts` can be honoured (e.g. `enhancer=gfpgan`); typed error otherwise.
+    fn check_options(&self, opts: &GenerateOptions) -> Result<()>;
+
+    /// Image-only work, cached per avatar: crops, meshes, visemes, gestures, source state.
+    fn prepare(&self, avatar: &AvatarInput<'_>, size: u32) -> Result<PreparedAvatar>;
+
+    /// Audio-only features (cached under `audio_features:{audio_hash}`).
+    fn audio_features(&self, clip: &AudioClip) -> Result<Vec<u8>>;
+
+    /// Audio + avatar -> per-frame motion (cached under `motion:`); 25 fps.
+    fn motion(
+        &self,
+        prepared: &PreparedAvatar,
+        features: &[u8],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<u8>>;
+
+    /// Render every frame of `motion` into `sink`, calling `progress(done, total)` as frames finish.
+    fn render(
+        &self,
+        avatar: &AvatarInput<'_>,
+        prepared: &PreparedAvatar,
+        motion: &[u8],
+        opts: &GenerateOptions,
+        sink: &mut dyn FrameSink,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<RenderStats>;
+}
