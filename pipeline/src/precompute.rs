@@ -25,3 +25,36 @@ pub struct AvatarAnalysis {
     /// Stage name -> milliseconds.
     pub timings_ms: Vec<(String, f64)>,
 }
+
+/// Limits applied while decoding an upload.
+#[derive(Debug, Clone, Copy)]
+pub struct ImageLimits {
+    /// Largest accepted width*height (default 4096*4096); checked from the header before decoding.
+    pub max_pixels: u64,
+    /// Images whose short side is below this are upscaled (and reported) if a face is found.
+    pub min_side: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        Self { max_pixels: 4096 * 4096, min_side: 256 }
+    }
+}
+
+/// The loaded precompute models (MTCNN + 68-point regression trees). Cheap to share via `Arc`.
+pub struct Precomputer {
+    // filled in by the implementation
+    _private: (),
+}
+
+impl Precomputer {
+    /// Load and verify the registry-fetched models from `checkpoints` (see checkpoints/manifest.json).
+    pub fn load(_checkpoints: &std::path::Path, _limits: ImageLimits) -> crate::Result<Self> {
+        Err(crate::PipelineError::Internal("precompute not implemented yet".into()))
+    }
+
+    /// Decode, validate and analyse one uploaded image.
+    pub fn run(&self, _bytes: &[u8], _mode: PreprocessMode) -> crate::Result<(crate::image::RgbImage, AvatarAnalysis)> {
+        Err(crate::PipelineError::Internal("precompute not implemented yet".into()))
+    }
+}
