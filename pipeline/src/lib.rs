@@ -11,6 +11,7 @@ pub mod face;
 pub mod image;
 pub mod precompute;
 pub mod sadtalker;
+pub mod torch_pickle;
 pub mod video;
 
 pub use error::{PipelineError, Result};

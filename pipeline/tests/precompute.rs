@@ -7,7 +7,6 @@ use std::sync::OnceLock;
 use vipavatar_pipeline::engine::PreprocessMode;
 use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::precompute::{AvatarAnalysis, ImageLimits, Precomputer};
-use vipavatar_pipeline::PipelineError;
 
 fn models() -> Option<&'static Precomputer> {
     static P: OnceLock<Option<Precomputer>> = OnceLock::new();

@@ -38,10 +38,7 @@ struct Weights {
 impl Weights {
     fn load(path: &Path, expected: &[(&str, &[i64])]) -> Result<Self> {
         let file = path.display().to_string();
-        let list = Tensor::loadz_multi(path).map_err(|e| PipelineError::Checkpoint {
-            file: file.clone(),
-            reason: format!("cannot read torch state_dict: {e}"),
-        })?;
+        let list = crate::torch_pickle::load(path)?;
         let map: HashMap<String, Tensor> = list.into_iter().map(|(k, v)| (k, v.to_kind(Kind::Float))).collect();
         for (name, shape) in expected {
             match map.get(*name) {
