@@ -1,1 +1,64 @@
-//! (in progress)
+//! Compute-device selection for the tch networks (`VIPAVATAR_DEVICE` = auto | cpu | cuda | cuda:N).
+
+use crate::{PipelineError, Result};
+use tch::Device;
+
+/// Environment variable naming the preferred device.
+pub const DEVICE_ENV: &str = "VIPAVATAR_DEVICE";
+
+/// Resolve a device preference: `auto` (or empty) picks CUDA device 0 when libtorch sees a GPU,
+/// else the CPU; `cpu` forces the CPU; `cuda` / `cuda:N` require that GPU and fail otherwise.
+pub fn select_device(pref: &str) -> Result<Device> {
+    let pref = pref.trim().to_ascii_lowercase();
+    let bad = |reason: String| PipelineError::InvalidOption { field: "device", reason };
+    match pref.as_str() {
+        "" | "auto" => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
+        "cpu" => Ok(Device::Cpu),
+        "cuda" | "gpu" => cuda_device(0).map_err(bad),
+        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(index)) => cuda_device(index).map_err(bad),
+            _ => Err(bad(format!("`{other}` is not one of auto, cpu, cuda, cuda:N"))),
+        },
+    }
+}
+
+/// [`select_device`] applied to `$VIPAVATAR_DEVICE` (unset means `auto`).
+pub fn device_from_env() -> Result<Device> {
+    select_device(&std::env::var(DEVICE_ENV).unwrap_or_default())
+}
+
+fn cuda_device(index: usize) -> std::result::Result<Device, String> {
+    let count = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+    if (index as i64) < count {
+        Ok(Device::Cuda(index))
+    } else if count == 0 {
+        Err("CUDA was requested but libtorch sees no CUDA device".to_string())
+    } else {
+        Err(format!("CUDA device {index} was requested but only {count} exist"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_and_auto_resolve() {
+        assert_eq!(select_device("cpu").unwrap(), Device::Cpu);
+        assert_eq!(select_device(" CPU ").unwrap(), Device::Cpu);
+        let auto = select_device("auto").unwrap();
+        assert_eq!(auto == Device::Cpu, !tch::Cuda::is_available());
+    }
+
+    #[test]
+    fn unknown_and_unavailable_devices_are_errors() {
+        let err = select_device("tpu").unwrap_err();
+        assert_eq!(err.code(), "invalid_option");
+        assert!(err.to_string().contains("tpu"));
+        assert!(select_device("cuda:x").is_err());
+        if !tch::Cuda::is_available() {
+            assert!(select_device("cuda").is_err());
+        }
+        assert!(select_device("cuda:99").is_err());
+    }
+}
