@@ -1,0 +1,67 @@
+//! Helpers shared by the `sadtalker_*` parity tests: fixture files (located by
+//! `common::sadtalker_fixtures`, which applies the skip / fail-under-CI rule), building the
+//! networks from the fixture weights, and max-abs-error comparison with a printed report line.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Kind, Tensor};
+
+/// Device of the parity runs: `$VIPAVATAR_DEVICE` (default auto: CUDA when present, else CPU).
+pub fn device() -> tch::Device {
+    vipavatar_pipeline::device::device_from_env().expect("VIPAVATAR_DEVICE")
+}
+
+/// The fixture directory, or None (after one printed skip line) in a plain clone.
+pub fn fixture_dir() -> Option<PathBuf> {
+    crate::common::sadtalker_fixtures()
+}
+
+/// Every tensor of `<fixtures>/<name>`.
+pub fn io(name: &str) -> Option<HashMap<String, Tensor>> {
+    fixture_dir().map(|d| crate::common::read_safetensors(&d.join(name)))
+}
+
+/// `(io tensors, weights file path)` for a network fixture.
+pub fn io_and_weights(io_name: &str, weights_name: &str) -> Option<(HashMap<String, Tensor>, PathBuf)> {
+    let dir = fixture_dir()?;
+    Some((crate::common::read_safetensors(&dir.join(io_name)), dir.join(weights_name)))
+}
+
+pub fn get<'a>(fx: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
+    fx.get(key).unwrap_or_else(|| panic!("fixture tensor `{key}` is missing"))
+}
+
+pub fn f64s(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_device(tch::Device::Cpu).to_kind(Kind::Double).flatten(0, -1)).expect("tensor values")
+}
+
+pub fn f32s(t: &Tensor) -> Vec<f32> {
+    Vec::<f32>::try_from(t.to_device(tch::Device::Cpu).to_kind(Kind::Float).flatten(0, -1)).expect("tensor values")
+}
+
+/// Max |a - b| over two equally shaped value lists (compared in float64).
+pub fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "different element counts");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// Compare `ours` with the fixture tensor `key` (same shape required), print
+/// `sadtalker parity <key>: max abs err E (tol T)`, and assert E <= tol.
+pub fn check(fx: &HashMap<String, Tensor>, key: &str, ours: &Tensor, tol: f64) -> f64 {
+    let expected = get(fx, key);
+    assert_eq!(ours.size(), expected.size(), "shape of `{key}`");
+    let err = max_abs_diff(&f64s(ours), &f64s(expected));
+    eprintln!("sadtalker parity {key}: max abs err {err:.3e} (tol {tol:.0e})");
+    assert!(err <= tol, "`{key}`: max abs err {err:e} exceeds {tol:e}");
+    err
+}
+
+/// Values of the fixture tensor `key` as a shape-checked comparison against plain values.
+pub fn check_values(fx: &HashMap<String, Tensor>, key: &str, ours: &[f64], tol: f64) -> f64 {
+    let expected = f64s(get(fx, key));
+    let err = max_abs_diff(ours, &expected);
+    eprintln!("sadtalker parity {key}: max abs err {err:.3e} (tol {tol:.0e})");
+    assert!(err <= tol, "`{key}`: max abs err {err:e} exceeds {tol:e}");
+    err
+}
