@@ -1,0 +1,30 @@
+//! vipavatar: the talking-head video service (HTTP API, Redis-backed cache and job queue,
+//! workers) and its CLI. `main.rs` only parses arguments and calls [`cli::run`].
+
+pub mod api;
+pub mod bench;
+pub mod blobs;
+pub mod cli;
+pub mod config;
+pub mod engines;
+pub mod errors;
+pub mod jobs;
+pub mod records;
+pub mod redis_server;
+pub mod startup;
+pub mod state;
+
+pub use config::Config;
+pub use startup::Application;
+/// Validated identifiers (content hashes and session ids).
+pub use vipavatar_cache::{AudioHash, ImageHash, SessionId};
+
+/// Spawn a task whose logs carry its name (`task=...`).
+pub fn spawn_named<F>(name: &str, fut: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    use tracing::Instrument;
+    tokio::spawn(fut.instrument(tracing::info_span!("task", name = %name)))
+}

@@ -1,0 +1,130 @@
+//! The cache against a real redis-server started by this test binary (one per binary, one
+//! namespace per test).
+
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use vipavatar_cache::*;
+
+/// A redis-server child that dies with this process: a shell holds the server and kills it when
+/// our end of its stdin closes (which happens however the test binary exits).
+struct TestRedis {
+    url: String,
+    _guard: Child,
+}
+
+fn redis() -> &'static TestRedis {
+    static REDIS: OnceLock<TestRedis> = OnceLock::new();
+    REDIS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("vipavatar-cache-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let sock = dir.join("redis.sock");
+        let script = format!(
+            "redis-server --port 0 --unixsocket {} --save '' --appendonly no --dir {} >/dev/null & pid=$!; read _; kill $pid; wait $pid; rm -rf {}",
+            sock.display(),
+            dir.display(),
+            dir.display()
+        );
+        let child = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        let start = Instant::now();
+        while !sock.exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        TestRedis { url: format!("redis+unix://{}", sock.display()), _guard: child }
+    })
+}
+
+async fn cache(ns: &str, ttls: Ttls, schema_version: u16) -> Cache {
+    let client = redis::Client::open(redis().url.as_str()).unwrap();
+    let conn = client.get_connection_manager().await.unwrap();
+    Cache::new(conn, CacheConfig { namespace: Namespace::parse(ns).unwrap(), ttls, schema_version })
+}
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Coeffs {
+    values: Vec<f32>,
+    mode: String,
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}-{}", std::process::id())
+}
+
+#[tokio::test]
+async fn get_put_counts_hits_and_misses_in_redis() {
+    let ns = unique("hits");
+    let c = cache(&ns, Ttls::default(), 1).await;
+    let img = ImageHash::of(b"portrait");
+    let key = Key::coeffs_3dmm(&img, "crop");
+    assert_eq!(c.get::<Coeffs>(&key).await.unwrap(), None);
+    let v = Coeffs { values: vec![1.0, 2.5], mode: "crop".into() };
+    c.put(&key, &v).await.unwrap();
+    assert_eq!(c.get::<Coeffs>(&key).await.unwrap(), Some(v));
+    assert_eq!(c.get::<Coeffs>(&key).await.unwrap().map(|v| v.values.len()), Some(2));
+
+    // A second handle (another instance) sees the same counters.
+    let other = cache(&ns, Ttls::default(), 1).await;
+    let stats = other.stats().await.unwrap();
+    assert_eq!(stats.hits["3dmm_coeffs"], 2);
+    assert_eq!(stats.misses["3dmm_coeffs"], 1);
+    assert_eq!(stats.entries["3dmm_coeffs"], 1);
+    assert_eq!(stats.entries["face_crop"], 0);
+    assert!((stats.hit_rate - 2.0 / 3.0).abs() < 1e-9);
+
+    // peek does not count.
+    other.peek::<Coeffs>(&key).await.unwrap().unwrap();
+    assert_eq!(other.stats().await.unwrap().hits["3dmm_coeffs"], 2);
+}
+
+#[tokio::test]
+async fn old_format_value_is_a_miss_not_a_crash() {
+    let ns = unique("stale");
+    let old = cache(&ns, Ttls::default(), 1).await;
+    let new = cache(&ns, Ttls::default(), 2).await;
+    let key = Key::visemes(&ImageHash::of(b"x"));
+    old.put(&key, &vec![1u8, 2, 3]).await.unwrap();
+    assert_eq!(new.get::<Vec<u8>>(&key).await.unwrap(), None);
+    // Raw garbage under a key is a miss, too.
+    let mut conn = new.connection();
+    let full = new.namespace().key(&key);
+    conn.set::<_, _, ()>(&full, b"garbage".as_slice()).await.unwrap();
+    assert_eq!(new.get::<Vec<u8>>(&key).await.unwrap(), None);
+    let stats = new.stats().await.unwrap();
+    assert_eq!(stats.misses["visemes"], 2);
+    assert_eq!(stats.stale["visemes"], 2);
+}
+
+#[tokio::test]
+async fn ttl_tiers_are_applied_per_kind() {
+    let ns = unique("ttl");
+    let c = cache(&ns, Ttls::from_secs(100, 0, 50, 10), 1).await;
+    let img = ImageHash::of(b"y");
+    let sid = SessionId::parse(&"ab".repeat(16)).unwrap();
+    c.put(&Key::face_detection(&img), &1u32).await.unwrap();
+    c.put(&Key::coeffs_3dmm(&img, "full"), &1u32).await.unwrap();
+    c.put(&Key::gestures(&img), &1u32).await.unwrap();
+    c.put(&Key::session(&sid), &1u32).await.unwrap();
+    let mut conn = c.connection();
+    let ttl = |k: Key| {
+        let full = c.namespace().key(&k);
+        let mut conn = conn.clone();
+        async move { conn.ttl::<_, i64>(full).await.unwrap() }
+    };
+    let t = ttl(Key::face_detection(&img)).await;
+    assert!((90..=100).contains(&t), "tier 1 ttl {t}");
+    assert_eq!(ttl(Key::coeffs_3dmm(&img, "full")).await, -1, "3dmm_coeffs must not expire");
+    let t = ttl(Key::gestures(&img)).await;
+    assert!((40..=50).contains(&t), "tier 2 ttl {t}");
+    let t = ttl(Key::session(&sid)).await;
+    assert!((1..=10).contains(&t), "tier 3 ttl {t}");
+    // Keys carry the namespace.
+    let keys: Vec<String> = conn.keys(format!("{ns}:*")).await.unwrap();
+    assert_eq!(keys.len(), 4, "{keys:?}");
+}

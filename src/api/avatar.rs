@@ -1,0 +1,286 @@
+//! `/api/avatar`: upload a portrait once (stored, hashed, precomputed in the background) and
+//! poll its precompute status.
+
+use super::media::check_image;
+use super::multipart::{read_form, FileLimit};
+use super::{parse_image_id, seconds_map, Guard};
+use crate::errors::{ApiError, Code, ErrorBody};
+use crate::jobs::avatar::CoeffsEntry;
+use crate::jobs::{counters, Job, Queue};
+use crate::records::{AvatarRecord, AvatarStatus};
+use crate::state::AppState;
+use actix_multipart::Multipart;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use vipavatar_cache::{ImageHash, Key};
+use vipavatar_pipeline::engine::PreprocessMode;
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(upload, status),
+    components(schemas(UploadForm, UploadResponse, AvatarStatusResponse, ModeStatus, PreprocessModeDoc, AvatarStatus, ErrorBody))
+)]
+pub struct AvatarApi;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/upload", web::post().to(upload)).route("/status/{image_id}", web::get().to(status));
+}
+
+/// SadTalker's framing of the source picture.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = PreprocessMode)]
+pub enum PreprocessModeDoc {
+    /// Face crop only (default).
+    Crop,
+    /// Whole image resized.
+    Resize,
+    /// Animate the face and paste it back into the full picture.
+    Full,
+}
+
+/// Multipart form of an upload.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The portrait: PNG, JPEG or WebP.
+    #[schema(value_type = String, format = Binary)]
+    image_file: Vec<u8>,
+    /// Framing to precompute (default `crop`).
+    preprocess_mode: Option<PreprocessModeDoc>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct UploadResponse {
+    /// blake3 of the image bytes: use it in `/api/vip/generate`.
+    pub image_id: String,
+    pub status: AvatarStatus,
+    /// Seconds until the precompute is expected to be done (absent when cached).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimated_time: Option<f64>,
+    /// True when this image was already precomputed for this mode (nothing was recomputed).
+    pub cached: bool,
+    pub preprocess_mode: String,
+}
+
+/// Upload a portrait.
+///
+/// Stores the image, then precomputes everything that depends only on it (face detection,
+/// landmarks, crop, engine state) in the background. The same bytes uploaded again for the same
+/// mode answer 200 with `cached: true` and recompute nothing.
+#[utoipa::path(
+    post,
+    path = "/upload",
+    tag = "avatar",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Already precomputed", body = UploadResponse),
+        (status = 202, description = "Accepted; precompute running", body = UploadResponse),
+        (status = 400, description = "Missing or invalid field", body = ErrorBody),
+        (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
+        (status = 413, description = "Image larger than the byte limit", body = ErrorBody),
+        (status = 415, description = "Not a PNG, JPEG or WebP file, or not multipart", body = ErrorBody),
+        (status = 422, description = "The image does not decode or is too large in pixels", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(image_id))]
+pub async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, ApiError> {
+    let limits = [FileLimit { field: "image_file", max_bytes: state.config.limits.max_image_bytes }];
+    let mut form = read_form(&req, payload, &limits).await?;
+    let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?.unwrap_or_default();
+    let file = form.take_file("image_file")?;
+    check_image("image_file", &file.bytes)?;
+    let bytes = std::sync::Arc::new(file.bytes);
+    let max_pixels = state.config.limits.max_image_pixels;
+    let b = bytes.clone();
+    tokio::task::spawn_blocking(move || vipavatar_pipeline::image::decode(&b, max_pixels))
+        .await
+        .map_err(ApiError::internal)??;
+    let image = ImageHash::of(&bytes);
+    tracing::Span::current().record("image_id", image.as_str());
+
+    let key = Key::avatar(&image, mode.as_str());
+    let existing = state.cache.peek::<AvatarRecord>(&key).await?;
+    match existing.as_ref().map(|r| r.status) {
+        Some(AvatarStatus::Ready) => {
+            if state.cache.get::<CoeffsEntry>(&Key::coeffs_3dmm(&image, mode.as_str())).await?.is_some() {
+                return Ok(HttpResponse::Ok().json(UploadResponse {
+                    image_id: image.to_string(),
+                    status: AvatarStatus::Ready,
+                    estimated_time: None,
+                    cached: true,
+                    preprocess_mode: mode.as_str().into(),
+                }));
+            }
+        }
+        Some(AvatarStatus::Processing) => {
+            return Ok(HttpResponse::Accepted().json(UploadResponse {
+                image_id: image.to_string(),
+                status: AvatarStatus::Processing,
+                estimated_time: Some(estimate_precompute(&state).await),
+                cached: false,
+                preprocess_mode: mode.as_str().into(),
+            }))
+        }
+        _ => {}
+    }
+
+    // Store first, then enqueue; the guard undoes both if anything below fails.
+    let path = state.blobs.image_path(&image);
+    let created = state.blobs.put_if_absent(&path, &bytes).await?;
+    let mut guard = Guard::new(&state);
+    if created {
+        guard.remove_file(path);
+    }
+    state.cache.put(&key, &AvatarRecord::processing(image.clone(), mode)).await?;
+    guard.remove_key(key);
+    state.queue.enqueue(Queue::Standard, &Job::Precompute { image: image.clone(), mode }).await?;
+    guard.disarm();
+    Ok(HttpResponse::Accepted().json(UploadResponse {
+        image_id: image.to_string(),
+        status: AvatarStatus::Processing,
+        estimated_time: Some(estimate_precompute(&state).await),
+        cached: false,
+        preprocess_mode: mode.as_str().into(),
+    }))
+}
+
+/// Average precompute time times the jobs ahead, in seconds.
+async fn estimate_precompute(state: &AppState) -> f64 {
+    let counters = state.cache.counters().await.unwrap_or_default();
+    let runs = counters.get(counters::PRECOMPUTE_RUNS).copied().unwrap_or(0);
+    let ms = counters.get(counters::PRECOMPUTE_MS).copied().unwrap_or(0);
+    let each = if runs > 0 { ms as f64 / runs as f64 / 1e3 } else { 2.0 };
+    let ahead = state.queue.depth().await.map(|d| d.standard + d.processing).unwrap_or(0);
+    ((ahead as f64 + 1.0) * each * 10.0).round() / 10.0
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StatusQuery {
+    /// Which mode to report (default: the most recently uploaded one).
+    preprocess_mode: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModeStatus {
+    pub preprocess_mode: String,
+    pub status: AvatarStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AvatarStatusResponse {
+    pub image_id: String,
+    /// State of the reported mode.
+    pub status: AvatarStatus,
+    pub preprocess_mode: String,
+    /// Why it failed (same body as an HTTP error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    /// Precompute stage -> seconds (empty until done).
+    pub timings: BTreeMap<String, f64>,
+    /// Decoded image size (0 until precomputed).
+    pub width: u32,
+    pub height: u32,
+    pub faces_found: u32,
+    /// Every mode this image was uploaded for.
+    pub modes: Vec<ModeStatus>,
+    /// Cache entries present for this image (keys without the namespace and image id).
+    pub cached: Vec<String>,
+}
+
+/// Precompute status of an uploaded image.
+#[utoipa::path(
+    get,
+    path = "/status/{image_id}",
+    tag = "avatar",
+    params(("image_id" = String, Path, description = "The id returned by the upload"), StatusQuery),
+    responses(
+        (status = 200, description = "Current state", body = AvatarStatusResponse),
+        (status = 400, description = "Malformed image_id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
+        (status = 404, description = "Unknown image", body = ErrorBody),
+    )
+)]
+pub async fn status(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<StatusQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let image = parse_image_id(&path)?;
+    let want = match query.preprocess_mode.as_deref() {
+        None | Some("") => None,
+        Some(m) => Some(PreprocessMode::parse(m).ok_or_else(|| {
+            ApiError::new(Code::InvalidField, format!("`preprocess_mode`: {m:?} is not one of crop, resize, full"))
+        })?),
+    };
+    let records = avatar_records(&state, &image).await?;
+    let chosen = match want {
+        Some(m) => records.iter().find(|r| r.mode == m),
+        None => records.iter().max_by_key(|r| r.created_ms),
+    };
+    let Some(rec) = chosen else {
+        return Err(ApiError::new(Code::ImageNotFound, format!("no upload of image {image} for that mode")));
+    };
+    Ok(HttpResponse::Ok().json(AvatarStatusResponse {
+        image_id: image.to_string(),
+        status: rec.status,
+        preprocess_mode: rec.mode.as_str().into(),
+        error: rec.error.clone(),
+        timings: seconds_map(&rec.timings_ms),
+        width: rec.width,
+        height: rec.height,
+        faces_found: rec.faces_found,
+        modes: records
+            .iter()
+            .map(|r| ModeStatus { preprocess_mode: r.mode.as_str().into(), status: r.status, error: r.error.clone() })
+            .collect(),
+        cached: cached_entries(&state, &image).await?,
+    }))
+}
+
+/// Every mode's record for `image` (in crop, resize, full order).
+pub async fn avatar_records(state: &AppState, image: &ImageHash) -> Result<Vec<AvatarRecord>, ApiError> {
+    let mut out = Vec::new();
+    for mode in [PreprocessMode::Crop, PreprocessMode::Resize, PreprocessMode::Full] {
+        if let Some(r) = state.cache.peek::<AvatarRecord>(&Key::avatar(image, mode.as_str())).await? {
+            out.push(r);
+        }
+    }
+    if out.is_empty() {
+        return Err(ApiError::new(Code::ImageNotFound, format!("image {image} was never uploaded (or has expired)")));
+    }
+    Ok(out)
+}
+
+/// Which image-side cache entries exist, named like their keys minus namespace and image id.
+async fn cached_entries(state: &AppState, image: &ImageHash) -> Result<Vec<String>, ApiError> {
+    let mut candidates: Vec<(String, Key)> = vec![
+        ("face_detection".into(), Key::face_detection(image)),
+        ("landmarks".into(), Key::landmarks(image)),
+        ("gestures".into(), Key::gestures(image)),
+        ("visemes".into(), Key::visemes(image)),
+    ];
+    for mode in ["crop", "resize", "full"] {
+        candidates.push((format!("3dmm_coeffs:{mode}"), Key::coeffs_3dmm(image, mode)));
+        for size in [256, 512] {
+            candidates.push((format!("face_crop:{mode}:{size}"), Key::face_crop(image, mode, size)));
+            for engine in ["classic", "sadtalker"] {
+                candidates.push((
+                    format!("source_state:{mode}:{size}:{engine}"),
+                    Key::source_state(image, mode, size, engine),
+                ));
+            }
+        }
+    }
+    let mut pipe = redis::pipe();
+    for (_, key) in &candidates {
+        pipe.exists(state.cache.namespace().key(key));
+    }
+    let found: Vec<bool> = pipe.query_async(&mut state.cache.connection()).await?;
+    Ok(candidates.into_iter().zip(found).filter(|(_, f)| *f).map(|((label, _), _)| label).collect())
+}

@@ -1,0 +1,101 @@
+//! Service info (`/`), liveness (`/healthz`, always open) and readiness (`/readyz`: Redis
+//! reachable and models loaded).
+
+use crate::state::AppState;
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+#[derive(OpenApi)]
+#[openapi(paths(info, healthz, readyz), components(schemas(ServiceInfo, Health, Readiness)))]
+pub struct HealthApi;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/", web::get().to(info)).route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub version: String,
+    /// Engines loaded in this process (empty while loading).
+    pub engines: Vec<String>,
+    pub default_engine: Option<String>,
+    /// Workers running in this process.
+    pub workers: usize,
+    pub uptime_seconds: f64,
+    pub docs: String,
+    pub openapi: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    pub redis: bool,
+    pub engines_loaded: bool,
+    /// Why it is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Service information.
+#[utoipa::path(get, path = "/", tag = "health", responses((status = 200, body = ServiceInfo)))]
+pub async fn info(state: web::Data<AppState>) -> HttpResponse {
+    let engines = crate::engines::loaded(&state.engines).ok();
+    HttpResponse::Ok().json(ServiceInfo {
+        name: "vipavatar".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        engines: engines.as_ref().map(|e| e.kinds().iter().map(|k| k.as_str().to_string()).collect()).unwrap_or_default(),
+        default_engine: engines.as_ref().map(|e| e.default_kind().as_str().to_string()),
+        workers: state.local_workers,
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        docs: "/docs/".into(),
+        openapi: "/openapi.json".into(),
+    })
+}
+
+/// Liveness: the process answers (no dependencies checked; never needs an API key).
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)), security(()))]
+pub async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(Health { status: "ok".into() })
+}
+
+/// Readiness: Redis answers PING and the models are loaded.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "health",
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness))
+)]
+pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    let mut conn = state.cache.connection();
+    let ping = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        redis::cmd("PING").query_async::<String>(&mut conn),
+    )
+    .await;
+    let redis_ok = matches!(ping, Ok(Ok(_)));
+    let engines = crate::engines::loaded(&state.engines);
+    let reason = match (&engines, redis_ok) {
+        (_, false) => Some("redis is not reachable".to_string()),
+        (Err(e), _) => Some(e.message.to_string()),
+        _ => None,
+    };
+    let body = Readiness {
+        status: if reason.is_none() { "ready" } else { "not_ready" }.into(),
+        redis: redis_ok,
+        engines_loaded: engines.is_ok(),
+        reason,
+    };
+    if body.status == "ready" {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().insert_header(("Retry-After", "5")).json(body)
+    }
+}

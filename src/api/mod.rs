@@ -1,0 +1,217 @@
+//! The HTTP API: one module per resource, each with its own `configure` and `OpenApi`, nested
+//! here into one document; API-key auth, JSON error bodies for every failure (extractors and
+//! unknown routes included), request logging, and Swagger UI at `/docs`.
+
+pub mod avatar;
+pub mod cache;
+pub mod health;
+pub mod media;
+pub mod multipart;
+pub mod vip;
+
+use crate::errors::{ApiError, Code};
+use crate::state::AppState;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
+use actix_web::{web, HttpResponse, ResponseError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use subtle::ConstantTimeEq;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_swagger_ui::SwaggerUi;
+use vipavatar_cache::{ImageHash, Key};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "vipavatar",
+        description = "Talking-head video service: upload a portrait once (precomputed and cached), then generate many videos from speech audio quickly.",
+        license(name = "MIT")
+    ),
+    nest(
+        (path = "/api/avatar", api = avatar::AvatarApi),
+        (path = "/api/vip", api = vip::VipApi),
+        (path = "/api/cache", api = cache::CacheApi),
+    ),
+    tags(
+        (name = "avatar", description = "Upload portraits and follow their precompute"),
+        (name = "vip", description = "Generate videos and download them"),
+        (name = "cache", description = "Cache and queue statistics"),
+        (name = "health", description = "Service info, liveness and readiness"),
+    ),
+    modifiers(&SecurityAddon)
+)]
+pub struct ApiDoc;
+
+struct SecurityAddon;
+
+impl Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
+                "X-API-Key",
+                "Required on every route except /healthz when the server sets API_KEYS",
+            ))),
+        );
+        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new())]);
+    }
+}
+
+/// The whole OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.merge(health::HealthApi::openapi());
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    doc
+}
+
+/// The document as committed in `openapi/openapi.json` (pretty, trailing newline).
+pub fn openapi_json() -> String {
+    let mut s = openapi().to_pretty_json().unwrap_or_default();
+    s.push('\n');
+    s
+}
+
+/// Register every route, the docs, auth and error handling.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
+        .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::new(Code::InvalidField, e.to_string()).into()))
+        .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
+        .service(web::scope("/api/avatar").configure(avatar::configure))
+        .service(web::scope("/api/vip").configure(vip::configure))
+        .service(web::scope("/api/cache").configure(cache::configure))
+        .configure(health::configure)
+        .route(
+            "/docs",
+            web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
+        )
+        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi()))
+        .default_service(web::to(|| async { ApiError::new(Code::RouteNotFound, "no such route").error_response() }));
+}
+
+/// Wrap the app: request log, API-key check, JSON bodies for actix's own errors.
+pub fn error_handlers() -> ErrorHandlers<BoxBody> {
+    ErrorHandlers::new().default_handler(json_error_body)
+}
+
+/// Replace a non-JSON error body (actix's plain-text 404/405/400s) with `{message, code, type}`.
+fn json_error_body(res: ServiceResponse<BoxBody>) -> actix_web::Result<ErrorHandlerResponse<BoxBody>> {
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if is_json || !(res.status().is_client_error() || res.status().is_server_error()) {
+        return Ok(ErrorHandlerResponse::Response(res.map_into_left_body()));
+    }
+    let code = match res.status().as_u16() {
+        404 => Code::RouteNotFound,
+        405 => Code::MethodNotAllowed,
+        413 => Code::PayloadTooLarge,
+        415 => Code::UnsupportedMediaType,
+        s if s < 500 => Code::BadRequest,
+        _ => Code::Internal,
+    };
+    let message = res
+        .response()
+        .error()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| res.status().canonical_reason().unwrap_or("error").to_string());
+    let (req, old) = res.into_parts();
+    let mut new = ApiError::new(code, message).error_response();
+    *new.status_mut() = old.status();
+    Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, new).map_into_right_body()))
+}
+
+/// `X-API-Key` check (constant time) when `API_KEYS` is set; `/healthz` stays open.
+pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<BoxBody>> {
+    let keys = req.app_data::<web::Data<AppState>>().map(|s| s.config.api_keys.clone()).unwrap_or_default();
+    if !keys.is_enabled() || req.path() == "/healthz" {
+        return Ok(next.call(req).await?.map_into_boxed_body());
+    }
+    let Some(given) = req.headers().get("x-api-key") else {
+        return Err(ApiError::new(Code::MissingApiKey, "this server requires an X-API-Key header").into());
+    };
+    let given = blake3::hash(given.as_bytes());
+    let mut ok = subtle::Choice::from(0u8);
+    for key in keys.keys() {
+        ok |= blake3::hash(key.as_bytes()).as_bytes().ct_eq(given.as_bytes());
+    }
+    if bool::from(ok) {
+        Ok(next.call(req).await?.map_into_boxed_body())
+    } else {
+        Err(ApiError::new(Code::InvalidApiKey, "the X-API-Key is not valid").into())
+    }
+}
+
+/// One log line per request through `tracing`.
+pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
+    let (method, path) = (req.method().clone(), req.path().to_string());
+    let start = std::time::Instant::now();
+    let res = next.call(req).await;
+    let status = match &res {
+        Ok(r) => r.status().as_u16(),
+        Err(e) => e.as_response_error().status_code().as_u16(),
+    };
+    tracing::info!(%method, %path, status, ms = start.elapsed().as_millis() as u64, "request");
+    res
+}
+
+pub(crate) fn parse_image_id(s: &str) -> Result<ImageHash, ApiError> {
+    ImageHash::parse(s.trim()).map_err(|e| ApiError::new(Code::InvalidImageId, e.to_string()))
+}
+
+/// Stage -> milliseconds pairs as stage -> seconds (later duplicates add up).
+pub(crate) fn seconds_map(stages_ms: &[(String, f64)]) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for (name, ms) in stages_ms {
+        *out.entry(name.clone()).or_insert(0.0) += ms / 1e3;
+    }
+    out
+}
+
+/// Store-first-then-enqueue guard: unless disarmed, removes what the request stored.
+pub(crate) struct Guard {
+    state: AppState,
+    files: Vec<PathBuf>,
+    keys: Vec<Key>,
+    armed: bool,
+}
+
+impl Guard {
+    pub fn new(state: &AppState) -> Self {
+        Self { state: state.clone(), files: Vec::new(), keys: Vec::new(), armed: true }
+    }
+    pub fn remove_file(&mut self, path: PathBuf) {
+        self.files.push(path);
+    }
+    pub fn remove_key(&mut self, key: Key) {
+        self.keys.push(key);
+    }
+    pub fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if !self.armed || (self.files.is_empty() && self.keys.is_empty()) {
+            return;
+        }
+        let (state, files, keys) = (self.state.clone(), std::mem::take(&mut self.files), std::mem::take(&mut self.keys));
+        crate::spawn_named("undo-upload", async move {
+            for key in keys {
+                let _ = state.cache.delete(&key).await;
+            }
+            for file in files {
+                let _ = state.blobs.remove(&file).await;
+            }
+            tracing::info!("undid a partially stored request");
+        });
+    }
+}

@@ -1,0 +1,414 @@
+//! `/api/vip`: generate a video for an uploaded avatar from an audio file, poll the session, and
+//! download the MP4 (HTTP Range supported).
+
+use super::avatar::{avatar_records, PreprocessModeDoc};
+use super::media::check_audio;
+use super::multipart::{read_form, FileLimit, Form};
+use super::{parse_image_id, seconds_map, Guard};
+use crate::errors::{ApiError, Code, ErrorBody};
+use crate::jobs::generate::cached_video;
+use crate::jobs::{counters, Job, Queue};
+use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionStatus};
+use crate::state::AppState;
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{OpenApi, ToSchema};
+use vipavatar_cache::{AudioHash, Key, OptionsHash, SessionId};
+use vipavatar_pipeline::audio::{decode_audio, AudioLimits};
+use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, PreprocessMode, Quality};
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(generate, status, download),
+    components(schemas(GenerateForm, GenerateResponse, SessionStatusResponse, Performance, SessionStatus, ErrorBody))
+)]
+pub struct VipApi;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/generate", web::post().to(generate))
+        .route("/status/{session_id}", web::get().to(status))
+        .route("/download/{session_id}", web::get().to(download));
+}
+
+/// Multipart form of a generate request.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct GenerateForm {
+    /// The id returned by `/api/avatar/upload`.
+    image_id: String,
+    /// Speech: WAV, MP3, OGG/Opus, FLAC, M4A/AAC, WebM or AIFF.
+    #[schema(value_type = String, format = Binary)]
+    audio_file: Vec<u8>,
+    /// `none` (default) or `gfpgan` (only engines that support it).
+    #[schema(example = "none")]
+    enhancer: Option<String>,
+    /// Encoder quality: `low`, `medium` (default) or `high`.
+    #[schema(example = "medium")]
+    quality: Option<String>,
+    /// Keep the head still (default false).
+    still_mode: Option<bool>,
+    /// Mouth/expression amplitude, 0..=3 (default 1).
+    expression_scale: Option<f32>,
+    /// Motion variation, 0..=45 (default 0).
+    #[schema(minimum = 0, maximum = 45)]
+    pose_style: Option<u32>,
+    /// Output face size: 256 (default) or 512.
+    #[schema(example = 256)]
+    size: Option<u32>,
+    /// `auto` (server default), `classic` or `sadtalker`.
+    #[schema(example = "auto")]
+    engine: Option<String>,
+    /// Which upload of the image to animate (default: its most recent mode).
+    preprocess_mode: Option<PreprocessModeDoc>,
+    /// Seed of every random draw (default 0): same seed, same video.
+    seed: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct GenerateResponse {
+    pub session_id: String,
+    pub status: SessionStatus,
+    /// Seconds until the video is expected (0 when it came from the cache).
+    pub estimated_time: f64,
+    /// True when the finished video was already cached for this image, audio and options.
+    pub cached: bool,
+}
+
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn parse_engine(s: &str) -> Option<Option<EngineKind>> {
+    match s {
+        "auto" => Some(None),
+        "classic" => Some(Some(EngineKind::Classic)),
+        "sadtalker" => Some(Some(EngineKind::Sadtalker)),
+        _ => None,
+    }
+}
+
+/// Read the option fields (syntax only; ranges are checked by `GenerateOptions::validate`).
+fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Option<PreprocessMode>), ApiError> {
+    let d = GenerateOptions::default();
+    let enhancer = form.parse("enhancer", "one of none, gfpgan", |s| match s {
+        "none" => Some(Enhancer::None),
+        "gfpgan" => Some(Enhancer::Gfpgan),
+        _ => None,
+    })?;
+    let quality = form.parse("quality", "one of low, medium, high", |s| match s {
+        "low" => Some(Quality::Low),
+        "medium" => Some(Quality::Medium),
+        "high" => Some(Quality::High),
+        _ => None,
+    })?;
+    let opts = GenerateOptions {
+        size: form.parse("size", "256 or 512", |s| s.parse().ok())?.unwrap_or(d.size),
+        preprocess: d.preprocess,
+        still_mode: form.parse("still_mode", "true or false", parse_bool)?.unwrap_or(d.still_mode),
+        expression_scale: form
+            .parse("expression_scale", "a number", |s| s.parse::<f32>().ok())?
+            .unwrap_or(d.expression_scale),
+        pose_style: form.parse("pose_style", "an integer 0..=45", |s| s.parse().ok())?.unwrap_or(d.pose_style),
+        enhancer: enhancer.unwrap_or(d.enhancer),
+        quality: quality.unwrap_or(d.quality),
+        seed: form.parse("seed", "a non-negative integer", |s| s.parse().ok())?.unwrap_or(d.seed),
+    };
+    let engine = form.parse("engine", "one of auto, classic, sadtalker", parse_engine)?.flatten();
+    let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?;
+    Ok((opts, engine, mode))
+}
+
+/// Generate a talking-head video.
+///
+/// Needs an uploaded `image_id` and an audio file. Only the audio-dependent work runs when the
+/// avatar is cached (the `vip` queue). If the avatar is still being precomputed the job waits
+/// for it. The same image, audio and options again return the cached video at once.
+#[utoipa::path(
+    post,
+    path = "/generate",
+    tag = "vip",
+    request_body(content = GenerateForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 200, description = "Video already cached: the session is ready", body = GenerateResponse),
+        (status = 202, description = "Queued", body = GenerateResponse),
+        (status = 400, description = "Missing or invalid field or option", body = ErrorBody),
+        (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
+        (status = 404, description = "Unknown image_id", body = ErrorBody),
+        (status = 413, description = "Audio larger than the byte or duration limit", body = ErrorBody),
+        (status = 415, description = "Not a recognised audio file, or not multipart", body = ErrorBody),
+        (status = 422, description = "Audio does not decode, the option is unsupported by the engine, or the avatar failed", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id, image_id))]
+pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, ApiError> {
+    let limits = [FileLimit { field: "audio_file", max_bytes: state.config.limits.max_audio_bytes }];
+    let mut form = read_form(&req, payload, &limits).await?;
+    let image = parse_image_id(form.text("image_id").ok_or_else(|| super::multipart::missing("image_id"))?)?;
+    tracing::Span::current().record("image_id", image.as_str());
+    let (mut opts, engine_req, mode_req) = options_from(&form)?;
+    let file = form.take_file("audio_file")?;
+    opts.validate()?;
+    let engines = crate::engines::loaded(&state.engines)?;
+    let engine = engines.get(engine_req)?;
+    engine.check_options(&opts)?;
+
+    // The avatar: the requested mode, else the most recent upload of the image.
+    // An expired status record with the original still stored is rebuilt (precompute again).
+    let records = match avatar_records(&state, &image).await {
+        Ok(r) => r,
+        Err(e) if e.code == Code::ImageNotFound && tokio::fs::try_exists(state.blobs.image_path(&image)).await.unwrap_or(false) => {
+            Vec::new()
+        }
+        Err(e) => return Err(e),
+    };
+    let mode = mode_req.unwrap_or_else(|| records.iter().max_by_key(|r| r.created_ms).map(|r| r.mode).unwrap_or_default());
+    opts.preprocess = mode;
+    let avatar = records.iter().find(|r| r.mode == mode);
+    if let Some(AvatarRecord { status: AvatarStatus::Failed, error, .. }) = avatar {
+        let body = error.clone().unwrap_or_else(|| ApiError::new(Code::AvatarFailed, "the avatar failed").body());
+        return Err(ApiError::from(body));
+    }
+
+    check_audio("audio_file", &file.bytes)?;
+    let bytes = std::sync::Arc::new(file.bytes);
+    let b = bytes.clone();
+    let audio_limits = AudioLimits { max_seconds: state.config.limits.max_audio_seconds, ..AudioLimits::default() };
+    let clip = tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
+    let audio = AudioHash::of(&bytes);
+    let options_hash = OptionsHash::parse(&opts.options_hash(engine.kind())).map_err(ApiError::internal)?;
+    let id = SessionId::parse(&uuid::Uuid::new_v4().simple().to_string()).map_err(ApiError::internal)?;
+    tracing::Span::current().record("session_id", id.as_str());
+
+    let mut rec = SessionRecord {
+        id: id.clone(),
+        image: image.clone(),
+        audio: audio.clone(),
+        engine: engine.kind(),
+        options: opts,
+        options_hash: options_hash.clone(),
+        status: SessionStatus::Queued,
+        progress: 0.0,
+        audio_seconds: clip.duration_s(),
+        created_ms: now_ms(),
+        started_ms: None,
+        finished_ms: None,
+        stages_ms: Vec::new(),
+        cache_hits: Vec::new(),
+        cache_misses: Vec::new(),
+        error: None,
+        video: None,
+        worker: None,
+        attempts: 0,
+        from_cache: false,
+    };
+
+    if let Some(video) = cached_video(&state.cache, &state.blobs, &image, &audio, &options_hash).await? {
+        rec.status = SessionStatus::Ready;
+        rec.progress = 1.0;
+        rec.started_ms = Some(rec.created_ms);
+        rec.finished_ms = Some(now_ms());
+        rec.cache_hits = vec!["video".into()];
+        rec.video = Some(video);
+        rec.from_cache = true;
+        state.cache.put(&Key::session(&id), &rec).await?;
+        return Ok(HttpResponse::Ok().json(GenerateResponse {
+            session_id: id.to_string(),
+            status: SessionStatus::Ready,
+            estimated_time: 0.0,
+            cached: true,
+        }));
+    }
+
+    // Store first, then enqueue; the guard undoes both if anything below fails.
+    let mut guard = Guard::new(&state);
+    let audio_path = state.blobs.audio_path(&audio);
+    if state.blobs.put_if_absent(&audio_path, &bytes).await? {
+        guard.remove_file(audio_path);
+    }
+    let mut queue = Queue::Vip;
+    if avatar.is_none_or(|a| a.status != AvatarStatus::Ready) {
+        queue = Queue::Standard;
+    }
+    if avatar.is_none() {
+        // A new mode for a known image: precompute it first (the job waits for it).
+        let key = Key::avatar(&image, mode.as_str());
+        state.cache.put(&key, &AvatarRecord::processing(image.clone(), mode)).await?;
+        guard.remove_key(key);
+        state.queue.enqueue(Queue::Standard, &Job::Precompute { image: image.clone(), mode }).await?;
+    }
+    let skey = Key::session(&id);
+    state.cache.put(&skey, &rec).await?;
+    guard.remove_key(skey);
+    state.queue.enqueue(queue, &Job::Generate { session: id.clone() }).await?;
+    guard.disarm();
+    let estimated_time = estimate_generate(&state, rec.audio_seconds, queue).await;
+    Ok(HttpResponse::Accepted().json(GenerateResponse {
+        session_id: id.to_string(),
+        status: SessionStatus::Queued,
+        estimated_time,
+        cached: false,
+    }))
+}
+
+/// Past generation speed (ms per audio second) times this audio, plus the jobs ahead.
+async fn estimate_generate(state: &AppState, audio_seconds: f64, queue: Queue) -> f64 {
+    let c = state.cache.counters().await.unwrap_or_default();
+    let ms = c.get(counters::GENERATE_MS).copied().unwrap_or(0) as f64;
+    let audio_ms = c.get(counters::GENERATE_AUDIO_MS).copied().unwrap_or(0) as f64;
+    let per_audio_second = if audio_ms > 0.0 { ms / audio_ms } else { 1.0 };
+    let this = per_audio_second * audio_seconds.max(0.1);
+    let ahead = match state.queue.depth().await {
+        Ok(d) if queue == Queue::Vip => d.vip,
+        Ok(d) => d.vip + d.standard,
+        Err(_) => 0,
+    };
+    ((this * (1.0 + ahead as f64)) * 10.0).round() / 10.0
+}
+
+fn parse_session_id(s: &str) -> Result<SessionId, ApiError> {
+    SessionId::parse(s).map_err(|e| ApiError::new(Code::InvalidSessionId, e.to_string()))
+}
+
+async fn load_session(state: &AppState, id: &SessionId) -> Result<SessionRecord, ApiError> {
+    state
+        .cache
+        .peek::<SessionRecord>(&Key::session(id))
+        .await?
+        .ok_or_else(|| ApiError::new(Code::SessionNotFound, format!("session {id} does not exist (or has expired)")))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Performance {
+    /// Seconds from the request to the finished video (or until now).
+    pub total_time: f64,
+    /// Seconds the job waited before a worker took it (or until now).
+    pub queue_time: f64,
+    /// Stage -> seconds.
+    pub stages: BTreeMap<String, f64>,
+    /// Cache kinds that were hits for this session.
+    pub cache_hits: Vec<String>,
+    /// Cache kinds that had to be computed.
+    pub cache_misses: Vec<String>,
+    /// Attempts the job took (a worker lost mid-job counts).
+    pub attempts: u32,
+    /// The worker that produced (or is producing) the video.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SessionStatusResponse {
+    pub session_id: String,
+    pub status: SessionStatus,
+    /// 0..1
+    pub progress: f32,
+    pub video_ready: bool,
+    /// Where to download the MP4 once ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorBody>,
+    pub image_id: String,
+    pub engine: String,
+    /// Audio length in seconds.
+    pub audio_duration: f64,
+    /// Video length in seconds (once ready).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub video_duration: Option<f64>,
+    /// True when the video came straight from the cache.
+    pub cached: bool,
+    pub performance: Performance,
+}
+
+/// Status of a generate session.
+#[utoipa::path(
+    get,
+    path = "/status/{session_id}",
+    tag = "vip",
+    params(("session_id" = String, Path, description = "The id returned by generate")),
+    responses(
+        (status = 200, description = "Current state", body = SessionStatusResponse),
+        (status = 400, description = "Malformed session_id", body = ErrorBody),
+        (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
+        (status = 404, description = "Unknown or expired session", body = ErrorBody),
+    )
+)]
+pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_session_id(&path)?;
+    let rec = load_session(&state, &id).await?;
+    let now = now_ms();
+    let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
+    let ready = rec.status == SessionStatus::Ready;
+    Ok(HttpResponse::Ok().json(SessionStatusResponse {
+        session_id: id.to_string(),
+        status: rec.status,
+        progress: rec.progress.clamp(0.0, 1.0),
+        video_ready: ready,
+        download_url: ready.then(|| format!("/api/vip/download/{id}")),
+        error: rec.error.clone(),
+        image_id: rec.image.to_string(),
+        engine: rec.engine.as_str().into(),
+        audio_duration: rec.audio_seconds,
+        video_duration: rec.video.as_ref().map(|v| v.duration_s),
+        cached: rec.from_cache,
+        performance: Performance {
+            total_time: secs(rec.created_ms, rec.finished_ms.unwrap_or(now)),
+            queue_time: secs(rec.created_ms, rec.started_ms.unwrap_or(now)),
+            stages: seconds_map(&rec.stages_ms),
+            cache_hits: rec.cache_hits.clone(),
+            cache_misses: rec.cache_misses.clone(),
+            attempts: rec.attempts,
+            worker: rec.worker.clone(),
+        },
+    }))
+}
+
+/// Download the finished MP4.
+///
+/// Supports HTTP Range requests (206 partial content), so browsers can seek.
+#[utoipa::path(
+    get,
+    path = "/download/{session_id}",
+    tag = "vip",
+    params(("session_id" = String, Path, description = "The id returned by generate")),
+    responses(
+        (status = 200, description = "The video", content_type = "video/mp4", body = Vec<u8>),
+        (status = 206, description = "The requested byte range", content_type = "video/mp4", body = Vec<u8>),
+        (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
+        (status = 404, description = "Unknown session, or its video file is gone", body = ErrorBody),
+        (status = 409, description = "Not ready yet, or failed", body = ErrorBody),
+    )
+)]
+pub async fn download(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_session_id(&path)?;
+    let rec = load_session(&state, &id).await?;
+    let video = match (rec.status, rec.video) {
+        (SessionStatus::Ready, Some(v)) => v,
+        (SessionStatus::Failed, _) => {
+            let why = rec.error.map(|e| e.message).unwrap_or_default();
+            return Err(ApiError::new(Code::VideoFailed, format!("session {id} failed: {why}")));
+        }
+        _ => return Err(ApiError::new(Code::VideoNotReady, format!("session {id} is not ready yet")).retry_after(2)),
+    };
+    let path = state.blobs.resolve(&video.file)?;
+    let file = actix_files::NamedFile::open_async(&path).await.map_err(|_| {
+        ApiError::new(Code::SessionNotFound, format!("the video of session {id} is no longer stored; generate it again"))
+    })?;
+    let mut resp = file
+        .set_content_type("video/mp4".parse().map_err(ApiError::internal)?)
+        .set_content_disposition(header::ContentDisposition {
+            disposition: header::DispositionType::Inline,
+            parameters: vec![header::DispositionParam::Filename(format!("{id}.mp4"))],
+        })
+        .use_last_modified(true)
+        .into_response(&req);
+    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, max-age=3600"));
+    Ok(resp)
+}

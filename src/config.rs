@@ -1,0 +1,187 @@
+//! The one `Config` struct (every field a `--flag` and an environment variable) and the small
+//! validated values it holds (engine choice, API keys with a redacted `Debug`).
+
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
+use std::time::Duration;
+use vipavatar_cache::{Namespace, Ttls};
+use vipavatar_pipeline::engine::EngineKind;
+
+/// Which engine serves requests that do not name one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineChoice {
+    /// sadtalker when its checkpoints are present, else classic.
+    Auto,
+    Classic,
+    Sadtalker,
+}
+
+impl EngineChoice {
+    pub fn fixed(self) -> Option<EngineKind> {
+        match self {
+            Self::Auto => None,
+            Self::Classic => Some(EngineKind::Classic),
+            Self::Sadtalker => Some(EngineKind::Sadtalker),
+        }
+    }
+}
+
+/// Accepted `X-API-Key` values. `Debug` never prints them.
+#[derive(Clone, Default)]
+pub struct ApiKeys(Vec<String>);
+
+impl ApiKeys {
+    /// Comma-separated list; blanks are ignored. An empty list means "auth off".
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(Self(s.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()))
+    }
+    pub fn is_enabled(&self) -> bool {
+        !self.0.is_empty()
+    }
+    pub fn keys(&self) -> &[String] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys([{} redacted])", self.0.len())
+    }
+}
+
+fn parse_namespace(s: &str) -> Result<Namespace, String> {
+    Namespace::parse(s).map_err(|e| e.to_string())
+}
+
+/// Service configuration shared by `serve`, `worker` and the tests.
+#[derive(Debug, Clone, Args)]
+pub struct Config {
+    /// Redis to use; unset = start a private redis-server child with its data in the data dir.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Address the HTTP API listens on (port 0 picks a free port).
+    #[arg(long, env = "VIPAVATAR_BIND", default_value = "127.0.0.1:8000")]
+    pub bind: String,
+
+    /// Where originals, audio, videos and the private Redis live (share it between machines).
+    #[arg(long, env = "VIPAVATAR_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// Model files (see checkpoints/manifest.json).
+    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    pub checkpoints: PathBuf,
+
+    /// Default engine for requests that do not choose one.
+    #[arg(long, env = "VIPAVATAR_ENGINE", value_enum, default_value = "auto")]
+    pub engine: EngineChoice,
+
+    /// Compute device: auto | cpu | cuda | cuda:N.
+    #[arg(long, env = "VIPAVATAR_DEVICE", default_value = "auto")]
+    pub device: String,
+
+    /// Comma-separated accepted X-API-Key values; unset or empty = no authentication.
+    #[arg(long, env = "API_KEYS", value_parser = ApiKeys::parse, default_value = "", hide_default_value = true)]
+    pub api_keys: ApiKeys,
+
+    /// Prefix of every Redis key, stream and counter of this deployment.
+    #[arg(long, env = "VIPAVATAR_NAMESPACE", value_parser = parse_namespace, default_value = "vipavatar")]
+    pub namespace: Namespace,
+
+    #[command(flatten)]
+    pub limits: Limits,
+
+    #[command(flatten)]
+    pub ttl: TtlArgs,
+
+    #[command(flatten)]
+    pub jobs: JobArgs,
+}
+
+/// Request size limits.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// Largest accepted image upload in bytes.
+    #[arg(long, env = "VIPAVATAR_MAX_IMAGE_BYTES", default_value_t = 20 * 1024 * 1024)]
+    pub max_image_bytes: u64,
+    /// Largest accepted image in pixels (width*height), checked from the header.
+    #[arg(long, env = "VIPAVATAR_MAX_IMAGE_PIXELS", default_value_t = 4096 * 4096)]
+    pub max_image_pixels: u64,
+    /// Largest accepted audio upload in bytes.
+    #[arg(long, env = "VIPAVATAR_MAX_AUDIO_BYTES", default_value_t = 50 * 1024 * 1024)]
+    pub max_audio_bytes: u64,
+    /// Longest accepted audio in seconds.
+    #[arg(long, env = "VIPAVATAR_MAX_AUDIO_SECONDS", default_value_t = 300.0)]
+    pub max_audio_seconds: f64,
+}
+
+/// Cache lifetimes per tier, in seconds (0 = never expires).
+#[derive(Debug, Clone, Args)]
+pub struct TtlArgs {
+    /// Tier 1 (face detection, landmarks, crops, source state).
+    #[arg(long, env = "VIPAVATAR_TTL_TIER1_SECS", default_value_t = 30 * 24 * 3600)]
+    pub ttl_tier1_secs: u64,
+    /// Tier 1 `3dmm_coeffs` (0 = never expires).
+    #[arg(long, env = "VIPAVATAR_TTL_COEFFS_SECS", default_value_t = 0)]
+    pub ttl_coeffs_secs: u64,
+    /// Tier 2 (gestures, visemes, audio features, motion, videos).
+    #[arg(long, env = "VIPAVATAR_TTL_TIER2_SECS", default_value_t = 7 * 24 * 3600)]
+    pub ttl_tier2_secs: u64,
+    /// Tier 3 (sessions).
+    #[arg(long, env = "VIPAVATAR_TTL_SESSION_SECS", default_value_t = 3600)]
+    pub ttl_session_secs: u64,
+}
+
+impl TtlArgs {
+    pub fn ttls(&self) -> Ttls {
+        Ttls::from_secs(self.ttl_tier1_secs, self.ttl_coeffs_secs, self.ttl_tier2_secs, self.ttl_session_secs)
+    }
+}
+
+/// Job queue behaviour.
+#[derive(Debug, Clone, Args)]
+pub struct JobArgs {
+    /// A claimed job whose worker has not sent a heartbeat for this long is reclaimed by another.
+    #[arg(long, env = "VIPAVATAR_JOB_LEASE_SECS", default_value_t = 60)]
+    pub job_lease_secs: u64,
+    /// Attempts per job (a crashed worker's attempt counts) before the session fails.
+    #[arg(long, env = "VIPAVATAR_JOB_MAX_ATTEMPTS", default_value_t = 3)]
+    pub job_max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt.
+    #[arg(long, env = "VIPAVATAR_JOB_BACKOFF_MS", default_value_t = 1000)]
+    pub job_backoff_ms: u64,
+}
+
+impl JobArgs {
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.job_lease_secs.max(1))
+    }
+}
+
+impl Config {
+    /// Parse from the environment and defaults only (tests build on this and override fields).
+    pub fn from_env() -> Result<Self, clap::Error> {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            config: Config,
+        }
+        use clap::Parser;
+        Only::try_parse_from(["vipavatar"]).map(|o| o.config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_keys_are_redacted_and_parsed() {
+        let keys = ApiKeys::parse(" a1 , ,b2,").unwrap();
+        assert_eq!(keys.keys(), ["a1", "b2"]);
+        let dbg = format!("{keys:?}");
+        assert!(!dbg.contains("a1") && !dbg.contains("b2"), "{dbg}");
+        assert!(!ApiKeys::parse("").unwrap().is_enabled());
+    }
+}

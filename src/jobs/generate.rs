@@ -1,0 +1,233 @@
+//! The generate job: wait for the avatar if it is still being precomputed, assemble every
+//! image-side part from the cache (or rebuild it), reuse cached audio features and motion, render
+//! and encode on the model thread, store the video under `video:` and finish the session.
+
+use super::avatar::{ensure_analysis, ensure_prepared};
+use super::{counters, internal, JobContext, JobError, Tracker};
+use crate::blobs::BlobStore;
+use crate::errors::{ApiError, Code};
+use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionStatus, VideoRef};
+use serde::{Deserialize, Serialize};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use vipavatar_cache::{AudioHash, ImageHash, Key, Kind, SessionId};
+use vipavatar_pipeline::audio::{decode_audio, AudioLimits};
+use vipavatar_pipeline::engine::{AvatarInput, EngineKind, PreprocessMode};
+use vipavatar_pipeline::video::{generate_video, GenerateRequest};
+
+/// `audio_features:{audio}`: each engine's features for this audio (engines differ in what they
+/// extract, and the key does not name the engine).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AudioFeaturesEntry {
+    pub engines: Vec<(EngineKind, Vec<u8>)>,
+}
+
+/// Progress reserved for the steps before rendering starts.
+const PRE_RENDER_PROGRESS: f32 = 0.1;
+
+/// How long a generate job waits for its avatar's precompute before computing what it needs
+/// itself.
+fn avatar_wait_limit(ctx: &JobContext) -> Duration {
+    ctx.config.jobs.lease() * 2
+}
+
+async fn save(ctx: &JobContext, rec: &SessionRecord) -> Result<(), JobError> {
+    ctx.cache.put(&Key::session(&rec.id), rec).await?;
+    Ok(())
+}
+
+/// Wait while another worker precomputes the avatar; a failed avatar fails the session.
+async fn wait_for_avatar(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode) -> Result<(), JobError> {
+    let key = Key::avatar(image, mode.as_str());
+    let start = Instant::now();
+    loop {
+        match ctx.cache.peek::<AvatarRecord>(&key).await? {
+            Some(r) if r.status == AvatarStatus::Processing && start.elapsed() < avatar_wait_limit(ctx) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            Some(r) if r.status == AvatarStatus::Failed => {
+                let e = r.error.unwrap_or_else(|| ApiError::new(Code::AvatarFailed, "the avatar failed").body());
+                return Err(JobError::Final(e));
+            }
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Run one generate session to completion.
+pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Result<(), JobError> {
+    let Some(mut rec) = ctx.cache.peek::<SessionRecord>(&Key::session(id)).await? else {
+        tracing::warn!(session = %id, "session expired before it ran; dropping the job");
+        return Ok(());
+    };
+    if rec.is_finished() {
+        return Ok(());
+    }
+    rec.status = SessionStatus::Processing;
+    rec.started_ms.get_or_insert_with(now_ms);
+    rec.worker = Some(ctx.consumer.clone());
+    rec.attempts = attempt;
+    rec.progress = 0.0;
+    save(ctx, &rec).await?;
+
+    let start = Instant::now();
+    let mut t = Tracker::default();
+    let mode = rec.options.preprocess;
+    let s = Instant::now();
+    wait_for_avatar(ctx, &rec.image, mode).await?;
+    t.stage("wait_avatar", s);
+
+    let avatar = ensure_analysis(ctx, &mut t, &rec.image, mode).await?;
+    let engine = ctx.engines.get(Some(rec.engine))?;
+    engine.check_options(&rec.options)?;
+    let prepared = ensure_prepared(ctx, &mut t, &engine, &rec.image, &avatar, rec.options.size).await?;
+
+    let s = Instant::now();
+    let audio_bytes = ctx
+        .blobs
+        .read(&ctx.blobs.audio_path(&rec.audio))
+        .await?
+        .ok_or_else(|| internal(format!("the audio {} of this session is no longer stored", rec.audio)))?;
+    let limits = AudioLimits { max_seconds: ctx.config.limits.max_audio_seconds, ..AudioLimits::default() };
+    let clip = tokio::task::spawn_blocking(move || decode_audio(&audio_bytes, &limits)).await.map_err(internal)??;
+    t.stage("audio_decode", s);
+
+    let fkey = Key::audio_features(&rec.audio);
+    let mut features_entry = ctx.cache.get::<AudioFeaturesEntry>(&fkey).await?.unwrap_or_default();
+    let features = features_entry.engines.iter().find(|(k, _)| *k == rec.engine).map(|(_, f)| f.clone());
+    match features {
+        Some(_) => t.hit(Kind::AudioFeatures),
+        None => t.miss(Kind::AudioFeatures),
+    }
+    let mkey = Key::motion(&rec.audio, &rec.image, &rec.options_hash);
+    let motion = ctx.cache.get::<Vec<u8>>(&mkey).await?;
+    match motion {
+        Some(_) => t.hit(Kind::Motion),
+        None => t.miss(Kind::Motion),
+    }
+    rec.progress = PRE_RENDER_PROGRESS;
+    save(ctx, &rec).await?;
+
+    // Render + encode on the model thread; progress flows back through a watch channel.
+    let tmp = ctx.blobs.temp_path("mp4");
+    let (progress_tx, progress_rx) = watch::channel(PRE_RENDER_PROGRESS);
+    let writer = spawn_progress_writer(ctx, rec.clone(), progress_rx);
+    let (had_features, had_motion) = (features.is_some(), motion.is_some());
+    let (e, a, p, o, out) = (engine.clone(), avatar.clone(), prepared, rec.options.clone(), tmp.clone());
+    let s = Instant::now();
+    let result = ctx
+        .model
+        .run(move || {
+            let req = GenerateRequest {
+                engine: e.as_ref(),
+                avatar: AvatarInput { image: &a.image, analysis: &a.analysis },
+                prepared: &p,
+                audio: &clip,
+                options: &o,
+                features: features.as_deref(),
+                motion: motion.as_deref(),
+                output: &out,
+                thumbnail: None,
+                contact_sheet: None,
+            };
+            generate_video(&req, &mut |pr| {
+                if pr.stage == "render" && pr.total > 0 {
+                    let f = pr.done as f32 / pr.total as f32;
+                    let _ = progress_tx.send(PRE_RENDER_PROGRESS + (0.98 - PRE_RENDER_PROGRESS) * f);
+                }
+            })
+        })
+        .await;
+    // The writer ends once the sender (moved into the closure) is gone.
+    let _ = writer.await;
+    let output = match result {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = ctx.blobs.remove(&tmp).await;
+            return Err(e.into());
+        }
+    };
+    t.stage("generate", s);
+    t.stages_ms.extend(output.stats.stage_ms.iter().cloned());
+    ctx.cache.incr(counters::RENDER_RUNS, 1).await?;
+    if !had_features {
+        ctx.cache.incr(counters::AUDIO_FEATURE_RUNS, 1).await?;
+        features_entry.engines.retain(|(k, _)| *k != rec.engine);
+        features_entry.engines.push((rec.engine, output.features.clone()));
+        ctx.cache.put(&fkey, &features_entry).await?;
+    }
+    if !had_motion {
+        ctx.cache.incr(counters::MOTION_RUNS, 1).await?;
+        ctx.cache.put(&mkey, &output.motion).await?;
+    }
+
+    let name = BlobStore::video_name(&rec.image, &rec.audio, &rec.options_hash);
+    let final_path = ctx.blobs.resolve(&name)?;
+    tokio::fs::rename(&tmp, &final_path).await?;
+    let bytes = tokio::fs::metadata(&final_path).await?.len();
+    let video = VideoRef { file: name, bytes, duration_s: output.stats.video_seconds, frames: output.stats.frames as u64 };
+    ctx.cache.put(&Key::video(&rec.image, &rec.audio, &rec.options_hash), &video).await?;
+
+    let total_ms = start.elapsed().as_millis() as i64;
+    ctx.cache.incr(counters::GENERATE_MS, total_ms).await?;
+    ctx.cache.incr(counters::GENERATE_AUDIO_MS, (output.stats.audio_seconds * 1e3) as i64).await?;
+    rec.status = SessionStatus::Ready;
+    rec.progress = 1.0;
+    rec.finished_ms = Some(now_ms());
+    rec.audio_seconds = output.stats.audio_seconds;
+    rec.stages_ms = t.stages_ms;
+    rec.cache_hits = t.hits;
+    rec.cache_misses = t.misses;
+    rec.video = Some(video);
+    rec.error = None;
+    save(ctx, &rec).await
+}
+
+/// Write progress into the session at most a few times a second while rendering.
+fn spawn_progress_writer(
+    ctx: &JobContext,
+    mut rec: SessionRecord,
+    mut rx: watch::Receiver<f32>,
+) -> tokio::task::JoinHandle<()> {
+    let cache = ctx.cache.clone();
+    let name = format!("progress-{}", rec.id);
+    let fut = async move {
+        while rx.changed().await.is_ok() {
+            rec.progress = *rx.borrow_and_update();
+            if let Err(e) = cache.put(&Key::session(&rec.id), &rec).await {
+                tracing::warn!(error = %e, "could not store progress");
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    };
+    crate::spawn_named(&name, fut)
+}
+
+/// Mark a session failed with its error (after a final error or the last retry).
+pub async fn fail_generate(ctx: &JobContext, id: &SessionId, err: &JobError) -> Result<(), JobError> {
+    let Some(mut rec) = ctx.cache.peek::<SessionRecord>(&Key::session(id)).await? else {
+        return Ok(());
+    };
+    rec.status = SessionStatus::Failed;
+    rec.error = Some(err.body().clone());
+    rec.finished_ms = Some(now_ms());
+    save(ctx, &rec).await
+}
+
+/// The stored video for (image, audio, options) if its file still exists.
+pub async fn cached_video(
+    cache: &vipavatar_cache::Cache,
+    blobs: &BlobStore,
+    image: &ImageHash,
+    audio: &AudioHash,
+    options: &vipavatar_cache::OptionsHash,
+) -> Result<Option<VideoRef>, ApiError> {
+    let Some(video) = cache.get::<VideoRef>(&Key::video(image, audio, options)).await? else {
+        return Ok(None);
+    };
+    let exists = match blobs.resolve(&video.file) {
+        Ok(p) => tokio::fs::try_exists(&p).await.unwrap_or(false),
+        Err(_) => false,
+    };
+    Ok(exists.then_some(video))
+}

@@ -1,0 +1,112 @@
+//! What the service keeps in Redis about avatars (`avatar:{image}:{mode}`) and generate sessions
+//! (`session:{id}`, the 1-hour tier), plus where a finished video lives.
+
+use crate::errors::ErrorBody;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use vipavatar_cache::{AudioHash, ImageHash, OptionsHash, SessionId};
+use vipavatar_pipeline::engine::{EngineKind, GenerateOptions, PreprocessMode};
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Precompute state of one image in one preprocess mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AvatarStatus {
+    Processing,
+    Ready,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AvatarRecord {
+    pub image: ImageHash,
+    pub mode: PreprocessMode,
+    pub status: AvatarStatus,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub error: Option<ErrorBody>,
+    /// Stage -> milliseconds of the last precompute.
+    pub timings_ms: Vec<(String, f64)>,
+    /// Decoded image size and faces found (0 until precompute ran).
+    pub width: u32,
+    pub height: u32,
+    pub faces_found: u32,
+}
+
+impl AvatarRecord {
+    pub fn processing(image: ImageHash, mode: PreprocessMode) -> Self {
+        let now = now_ms();
+        Self {
+            image,
+            mode,
+            status: AvatarStatus::Processing,
+            created_ms: now,
+            updated_ms: now,
+            error: None,
+            timings_ms: Vec::new(),
+            width: 0,
+            height: 0,
+            faces_found: 0,
+        }
+    }
+}
+
+/// Lifecycle of a generate session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionStatus {
+    Queued,
+    Processing,
+    Ready,
+    Failed,
+}
+
+/// Where a finished video is, relative to the data directory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VideoRef {
+    pub file: String,
+    pub bytes: u64,
+    pub duration_s: f64,
+    pub frames: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: SessionId,
+    pub image: ImageHash,
+    pub audio: AudioHash,
+    pub engine: EngineKind,
+    pub options: GenerateOptions,
+    pub options_hash: OptionsHash,
+    pub status: SessionStatus,
+    pub progress: f32,
+    pub audio_seconds: f64,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// Stage -> milliseconds.
+    pub stages_ms: Vec<(String, f64)>,
+    /// Cache kinds that were hits / misses for this session.
+    pub cache_hits: Vec<String>,
+    pub cache_misses: Vec<String>,
+    pub error: Option<ErrorBody>,
+    pub video: Option<VideoRef>,
+    /// Consumer name of the worker that holds (or last held) the job.
+    pub worker: Option<String>,
+    pub attempts: u32,
+    /// True when the finished video came straight from the `video:` cache.
+    pub from_cache: bool,
+}
+
+impl SessionRecord {
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, SessionStatus::Ready | SessionStatus::Failed)
+    }
+}

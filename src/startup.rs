@@ -1,0 +1,218 @@
+//! Building the running service: connect Redis (or start a private one), load models in the
+//! background, start N workers and the HTTP server; and stopping it all in order.
+
+use crate::api;
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::engines::{load_in_background, EngineState};
+use crate::jobs::worker::run_worker;
+use crate::jobs::{JobContext, JobQueue, ModelThread};
+use crate::redis_server::RedisChild;
+use crate::state::AppState;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use vipavatar_cache::{Cache, CacheConfig};
+
+/// Layout version of everything the service stores through the cache; bump it when a stored
+/// struct changes so old values read as misses.
+pub const CACHE_SCHEMA_VERSION: u16 = 1;
+
+/// Redis, cache, queue, files and models: what both the API and the workers use.
+pub struct Services {
+    pub client: redis::Client,
+    pub cache: Cache,
+    pub queue: JobQueue,
+    pub blobs: BlobStore,
+    pub engines: watch::Receiver<EngineState>,
+    pub redis_child: Option<RedisChild>,
+}
+
+impl Services {
+    /// Connect (starting a private redis-server when allowed and `REDIS_URL` is unset).
+    pub async fn connect(config: &Config, allow_private_redis: bool) -> anyhow::Result<Self> {
+        let (url, redis_child) = match &config.redis_url {
+            Some(u) => (u.clone(), None),
+            None if allow_private_redis => {
+                let child = RedisChild::start(&config.data_dir).await?;
+                (child.url().to_string(), Some(child))
+            }
+            None => anyhow::bail!("REDIS_URL must be set: workers share the Redis of the API nodes"),
+        };
+        let client = redis::Client::open(url.as_str()).with_context(|| format!("invalid REDIS_URL {url:?}"))?;
+        let conn = tokio::time::timeout(Duration::from_secs(15), client.get_connection_manager())
+            .await
+            .context("timed out connecting to Redis")?
+            .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        let cache = Cache::new(
+            conn.clone(),
+            CacheConfig { namespace: config.namespace.clone(), ttls: config.ttl.ttls(), schema_version: CACHE_SCHEMA_VERSION },
+        );
+        let queue = JobQueue::new(conn, config.namespace.clone());
+        queue.ensure_groups().await.context("create the job streams")?;
+        let blobs = BlobStore::open(&config.data_dir)
+            .with_context(|| format!("create the data directory {}", config.data_dir.display()))?;
+        let engines = load_in_background(config.clone());
+        Ok(Self { client, cache, queue, blobs, engines, redis_child })
+    }
+}
+
+/// Default worker count: one per CUDA device, else one.
+pub fn default_workers() -> usize {
+    let n = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+    n.max(1) as usize
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "host".into())
+}
+
+/// Start `n` workers; each waits for the models, owns one model thread and one blocking
+/// Redis connection.
+pub fn spawn_workers(n: usize, config: &Config, services: &Services, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    (0..n)
+        .map(|i| {
+            let consumer = format!("{}-{}-w{i}", host_name(), std::process::id());
+            let (config, client, cache, queue, blobs) =
+                (config.clone(), services.client.clone(), services.cache.clone(), services.queue.clone(), services.blobs.clone());
+            let (mut engines, shutdown) = (services.engines.clone(), shutdown.clone());
+            crate::spawn_named(&format!("worker-{i}"), async move {
+                let loaded = match engines.wait_for(|e| e.is_some()).await {
+                    Ok(state) => state.clone(),
+                    Err(_) => return,
+                };
+                let engines = match loaded {
+                    Some(Ok(e)) => e,
+                    _ => {
+                        tracing::error!(%consumer, "models did not load; this worker takes no jobs");
+                        return;
+                    }
+                };
+                let model = match ModelThread::spawn(&format!("model-{i}")) {
+                    Ok(m) => m,
+                    Err(e) => return tracing::error!(error = %e, "cannot start the model thread"),
+                };
+                let blocking = match client.get_connection_manager().await {
+                    Ok(c) => c,
+                    Err(e) => return tracing::error!(error = %e, "cannot open the worker's Redis connection"),
+                };
+                let ctx = Arc::new(JobContext { config, cache, queue, blobs, engines, model, consumer });
+                run_worker(ctx, blocking, shutdown).await;
+            })
+        })
+        .collect()
+}
+
+/// The API server plus in-process workers.
+pub struct Application {
+    port: u16,
+    server: actix_web::dev::Server,
+    workers: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+    redis_child: Option<RedisChild>,
+}
+
+impl Application {
+    pub async fn build(config: Config, workers: usize) -> anyhow::Result<Self> {
+        let mut services = Services::connect(&config, true).await?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let worker_handles = spawn_workers(workers, &config, &services, &shutdown_rx);
+        let state = AppState {
+            config: Arc::new(config.clone()),
+            cache: services.cache.clone(),
+            queue: services.queue.clone(),
+            blobs: services.blobs.clone(),
+            engines: services.engines.clone(),
+            started: Instant::now(),
+            local_workers: workers,
+        };
+        let listener = std::net::TcpListener::bind(&config.bind).with_context(|| format!("bind {}", config.bind))?;
+        let port = listener.local_addr()?.port();
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(web::Data::new(state.clone()))
+                .wrap(from_fn(api::require_api_key))
+                .wrap(api::error_handlers())
+                .wrap(from_fn(api::log_request))
+                .configure(api::configure)
+        })
+        .listen(listener)?
+        .disable_signals()
+        .shutdown_timeout(10)
+        .run();
+        tracing::info!(port, workers, "listening");
+        Ok(Self { port, server, workers: worker_handles, shutdown, redis_child: services.redis_child.take() })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serve until SIGINT/SIGTERM (or the server stops), then stop workers and private Redis.
+    pub async fn run_until_stopped(self) -> anyhow::Result<()> {
+        let handle = self.server.handle();
+        let server = crate::spawn_named("http-server", self.server);
+        tokio::select! {
+            _ = shutdown_signal() => tracing::info!("shutting down"),
+            r = server => { r??; }
+        }
+        handle.stop(true).await;
+        stop_workers(&self.shutdown, self.workers).await;
+        if let Some(child) = self.redis_child {
+            child.stop().await;
+        }
+        Ok(())
+    }
+}
+
+/// Ask workers to stop after their current job; give them a while, then abandon them (their
+/// jobs are reclaimed by other workers after the lease).
+pub async fn stop_workers(shutdown: &watch::Sender<bool>, workers: Vec<JoinHandle<()>>) {
+    let _ = shutdown.send(true);
+    for w in workers {
+        let abort = w.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(60), w).await.is_err() {
+            abort.abort();
+        }
+    }
+}
+
+/// Workers only (`vipavatar worker`): several processes on several machines share one Redis.
+pub async fn run_workers(config: Config, n: usize) -> anyhow::Result<()> {
+    let services = Services::connect(&config, false).await?;
+    let (shutdown, rx) = watch::channel(false);
+    let workers = spawn_workers(n, &config, &services, &rx);
+    tracing::info!(workers = n, "worker process running");
+    shutdown_signal().await;
+    tracing::info!("shutting down workers");
+    stop_workers(&shutdown, workers).await;
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,22 @@
+//! Shared state of the HTTP API (cloned into every actix worker).
+
+use crate::blobs::BlobStore;
+use crate::config::Config;
+use crate::engines::EngineState;
+use crate::jobs::JobQueue;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::watch;
+use vipavatar_cache::Cache;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub cache: Cache,
+    pub queue: JobQueue,
+    pub blobs: BlobStore,
+    pub engines: watch::Receiver<EngineState>,
+    pub started: Instant,
+    /// Workers running in this process (0 for an API-only node).
+    pub local_workers: usize,
+}

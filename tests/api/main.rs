@@ -1,0 +1,13 @@
+//! The service end to end: the real app on port 0 against a real redis-server, the real
+//! precompute models and the classic engine, ffmpeg-encoded videos checked with ffprobe.
+
+mod auth;
+mod avatar;
+mod deploy;
+mod docs;
+mod health;
+mod helpers;
+mod openapi;
+mod private_redis;
+mod vip;
+mod workers;

@@ -1,0 +1,63 @@
+//! The committed `openapi/openapi.json` matches the code (run `vipavatar openapi >
+//! openapi/openapi.json` after changing the API; UPDATE_OPENAPI=1 rewrites it here), the served
+//! document is the same, and every contract path is in it.
+
+use crate::helpers::{repo, spawn_app_with};
+use std::process::Command;
+
+#[test]
+fn committed_spec_matches_the_code() {
+    let path = repo().join("openapi/openapi.json");
+    let current = vipavatar::api::openapi_json();
+    if std::env::var("UPDATE_OPENAPI").as_deref() == Ok("1") {
+        std::fs::write(&path, &current).expect("write openapi.json");
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == current,
+        "openapi/openapi.json is out of date: run `cargo run -- openapi > openapi/openapi.json` (or UPDATE_OPENAPI=1 cargo test --test api openapi)"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_vipavatar")).arg("openapi").output().expect("run vipavatar openapi");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), current, "`vipavatar openapi` prints the same document");
+    let check = Command::new(env!("CARGO_BIN_EXE_vipavatar")).args(["openapi", "--check"]).arg(&path).status().unwrap();
+    assert!(check.success(), "`vipavatar openapi --check` must pass on the committed file");
+}
+
+#[test]
+fn spec_lists_the_contract() {
+    let doc: serde_json::Value = serde_json::from_str(&vipavatar::api::openapi_json()).unwrap();
+    for (path, method) in [
+        ("/api/avatar/upload", "post"),
+        ("/api/avatar/status/{image_id}", "get"),
+        ("/api/vip/generate", "post"),
+        ("/api/vip/status/{session_id}", "get"),
+        ("/api/vip/download/{session_id}", "get"),
+        ("/api/cache/stats", "get"),
+        ("/", "get"),
+        ("/healthz", "get"),
+        ("/readyz", "get"),
+    ] {
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing from the spec");
+    }
+    let upload = &doc["paths"]["/api/avatar/upload"]["post"]["requestBody"]["content"]["multipart/form-data"];
+    assert!(upload.is_object(), "upload must be multipart: {upload}");
+    let schemas = &doc["components"]["schemas"];
+    for field in ["message", "code", "type"] {
+        assert!(schemas["ErrorBody"]["properties"][field].is_object(), "ErrorBody.{field}");
+    }
+    for field in ["image_id", "audio_file", "enhancer", "quality", "still_mode", "expression_scale", "pose_style", "size", "engine"] {
+        assert!(schemas["GenerateForm"]["properties"][field].is_object(), "GenerateForm.{field}");
+    }
+    assert_eq!(doc["components"]["securitySchemes"]["api_key"]["name"], "X-API-Key");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_spec_is_the_committed_one() {
+    let app = spawn_app_with(0, |_| {}).await;
+    let (s, served) = app.get_json("/openapi.json").await;
+    assert_eq!(s, 200);
+    let committed: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("openapi/openapi.json")).unwrap()).unwrap();
+    assert_eq!(served, committed);
+}

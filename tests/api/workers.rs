@@ -1,0 +1,189 @@
+//! Separate worker processes sharing one Redis: a worker killed mid-job has its entry reclaimed
+//! by another and the session completes; a job that keeps failing is retried a bounded number
+//! of times and then fails with its stored error.
+
+use crate::helpers::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vipavatar::Config;
+
+/// `vipavatar worker` with the test app's Redis, namespace, data and models.
+struct WorkerProcess {
+    child: Child,
+}
+
+impl WorkerProcess {
+    fn start(config: &Config, log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_vipavatar"))
+            .args(["worker", "--workers", "1"])
+            .env("REDIS_URL", config.redis_url.as_deref().unwrap())
+            .env("VIPAVATAR_NAMESPACE", config.namespace.as_str())
+            .env("VIPAVATAR_DATA_DIR", &config.data_dir)
+            .env("VIPAVATAR_CHECKPOINTS", &config.checkpoints)
+            .env("VIPAVATAR_ENGINE", "classic")
+            .env("VIPAVATAR_DEVICE", "cpu")
+            .env("VIPAVATAR_JOB_LEASE_SECS", config.jobs.job_lease_secs.to_string())
+            .env("VIPAVATAR_JOB_MAX_ATTEMPTS", config.jobs.job_max_attempts.to_string())
+            .env("VIPAVATAR_JOB_BACKOFF_MS", config.jobs.job_backoff_ms.to_string())
+            .env("RUST_LOG", "info")
+            .env_remove("API_KEYS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start vipavatar worker");
+        Self { child }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_is_replaced_and_the_session_completes() {
+    let Some(data) = testdata() else { return };
+    let app = spawn_app_with(0, |c| c.jobs.job_lease_secs = 2).await;
+    let dir = scratch("kill");
+    // 64 s of speech (1600 frames): rendering takes seconds even on a fast machine, while the
+    // session's progress is stored several times a second, so the kill lands mid-render.
+    let long = dir.join("long.wav");
+    let src = data.join("audio/bus_chinese.wav");
+    ffmpeg(&["-stream_loop", "20", "-i", src.to_str().unwrap(), "-t", "64"], &long);
+
+    let mut a = WorkerProcess::start(&app.config, &dir.join("worker-a.log"));
+    let id = app.ready_avatar(read(data.join("images/happy.png"))).await;
+    let (s, body) = app.generate(&id, read(&long), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_string();
+
+    // Wait until worker A is rendering, then kill it without warning.
+    let start = Instant::now();
+    loop {
+        let st = app.session(&sid).await;
+        assert_ne!(st["status"], "ready", "finished before the kill; make the audio longer: {st}");
+        let p = st["progress"].as_f64().unwrap_or(0.0);
+        if st["status"] == "processing" && p > 0.11 {
+            let worker = st["performance"]["worker"].as_str().unwrap_or_default().to_string();
+            assert!(worker.contains(&format!("-{}-", a.pid())), "worker {worker} is not process {}", a.pid());
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(240), "worker A never started rendering: {st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.child.kill().expect("kill worker A");
+    a.child.wait().expect("reap worker A");
+    let killed_at = app.session(&sid).await;
+    assert_eq!(killed_at["status"], "processing", "{killed_at}");
+
+    // Two new worker processes; one of them reclaims the entry after the lease.
+    let b = WorkerProcess::start(&app.config, &dir.join("worker-b.log"));
+    let c = WorkerProcess::start(&app.config, &dir.join("worker-c.log"));
+    let done = app.wait_session(&sid, Duration::from_secs(400)).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    let worker = done["performance"]["worker"].as_str().unwrap_or_default();
+    assert!(
+        worker.contains(&format!("-{}-", b.pid())) || worker.contains(&format!("-{}-", c.pid())),
+        "finished by {worker}, not by B ({}) or C ({})",
+        b.pid(),
+        c.pid()
+    );
+    assert!(done["performance"]["attempts"].as_u64().unwrap() >= 2, "{done}");
+    assert!(app.counter("jobs:reclaimed").await >= 1);
+    let mp4 = dir.join("out.mp4");
+    let r = app.get(done["download_url"].as_str().unwrap()).await;
+    std::fs::write(&mp4, r.bytes().await.unwrap()).unwrap();
+    let (duration, ..) = probe_mp4(&mp4);
+    assert!((duration - audio_seconds(&long)).abs() <= 0.04 + 1e-3, "{duration}");
+    let (_, stats) = app.get_json("/api/cache/stats").await;
+    assert_eq!(stats["queue_status"]["processing"], 0, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_keeps_failing_is_retried_then_failed_with_its_error() {
+    let Some(data) = testdata() else { return };
+    let app = spawn_app_with(0, |c| c.jobs.job_max_attempts = 3).await;
+    let dir = scratch("retry");
+    let worker = WorkerProcess::start(&app.config, &dir.join("worker.log"));
+    let id = app.ready_avatar(read(data.join("images/happy.png"))).await;
+    drop(worker);
+
+    // Queue a job, then lose the stored audio before any worker runs it.
+    let audio = read(data.join("audio/chinese_poem1.wav"));
+    let (s, body) = app.generate(&id, audio.clone(), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_string();
+    let stored = app.config.data_dir.join("audio").join(blake3::hash(&audio).to_hex().as_str());
+    std::fs::remove_file(&stored).expect("the audio was stored before the job was queued");
+
+    let _worker = WorkerProcess::start(&app.config, &dir.join("worker2.log"));
+    let done = app.wait_session(&sid, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "internal", "{done}");
+    assert!(done["error"]["message"].as_str().unwrap().contains("no longer stored"), "{done}");
+    assert_eq!(done["performance"]["attempts"], 3, "{done}");
+    assert_eq!(app.counter("jobs:retried").await, 2);
+    assert_eq!(app.counter("jobs:failed").await, 1);
+    let (_, stats) = app.get_json("/api/cache/stats").await;
+    assert_eq!(stats["queue_status"]["failed"], 1);
+    assert_error(&json(app.get(&format!("/api/vip/download/{sid}")).await).await, 409, "video_failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vip_drains_first_and_silent_claims_are_taken_over() {
+    use vipavatar::jobs::{Job, JobQueue, Queue};
+    use vipavatar::SessionId;
+    let config = test_config();
+    let client = redis::Client::open(redis_url()).unwrap();
+    let conn = client.get_connection_manager().await.unwrap();
+    let mut blocking = client.get_connection_manager().await.unwrap();
+    let queue = JobQueue::new(conn, config.namespace.clone());
+    queue.ensure_groups().await.unwrap();
+    queue.ensure_groups().await.expect("idempotent");
+    let job = |n: u8| Job::Generate { session: SessionId::parse(&format!("{n:032x}")).unwrap() };
+    queue.enqueue(Queue::Standard, &job(1)).await.unwrap();
+    queue.enqueue(Queue::Vip, &job(2)).await.unwrap();
+    queue.enqueue(Queue::Standard, &job(3)).await.unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.vip, depth.standard, depth.processing), (1, 2, 0));
+
+    let lease = Duration::from_millis(300);
+    let block = Duration::from_millis(100);
+    let first = queue.claim(&mut blocking, "w1", lease, block).await.unwrap();
+    assert_eq!(first.len(), 1);
+    assert_eq!((first[0].queue, first[0].job.clone().unwrap()), (Queue::Vip, job(2)), "vip is served first");
+    queue.ack(&first[0]).await.unwrap();
+    let second = queue.claim(&mut blocking, "w1", lease, block).await.unwrap();
+    assert_eq!(second[0].job.clone().unwrap(), job(1));
+    assert!(!second[0].reclaimed);
+    // w1 goes silent holding job 1; after the lease w2 takes it over before anything new.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let taken = queue.claim(&mut blocking, "w2", lease, block).await.unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].job.clone().unwrap(), job(1));
+    assert!(taken[0].reclaimed);
+    assert_eq!(taken[0].entry, second[0].entry);
+    // A heartbeat keeps a claim: w2 heartbeats, so w3 cannot take job 1 even after the lease.
+    let next = queue.claim(&mut blocking, "w2", lease, block).await.unwrap();
+    assert_eq!(next[0].job.clone().unwrap(), job(3));
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        let held = [(taken[0].queue, taken[0].entry.clone()), (next[0].queue, next[0].entry.clone())];
+        queue.heartbeat("w2", &held).await.unwrap();
+    }
+    assert!(queue.claim(&mut blocking, "w3", lease, block).await.unwrap().is_empty(), "a live claim was stolen");
+    assert_eq!(queue.depth().await.unwrap().processing, 2);
+    queue.ack(&taken[0]).await.unwrap();
+    queue.ack(&next[0]).await.unwrap();
+    let depth = queue.depth().await.unwrap();
+    assert_eq!((depth.vip, depth.standard, depth.processing), (0, 0, 0));
+}
