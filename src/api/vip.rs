@@ -178,15 +178,11 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
 
     check_audio("audio_file", &file.bytes)?;
     let bytes = std::sync::Arc::new(file.bytes);
-    let b = bytes.clone();
-    let audio_limits = AudioLimits { max_seconds: state.config.limits.max_audio_seconds, ..AudioLimits::default() };
-    let clip = tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
     let audio = AudioHash::of(&bytes);
     let options_hash = OptionsHash::parse(&opts.options_hash(engine.kind())).map_err(ApiError::internal)?;
     let id = SessionId::parse(&uuid::Uuid::new_v4().simple().to_string()).map_err(ApiError::internal)?;
     tracing::Span::current().record("session_id", id.as_str());
-
-    let mut rec = SessionRecord {
+    let new_record = |opts, audio_seconds| SessionRecord {
         id: id.clone(),
         image: image.clone(),
         audio: audio.clone(),
@@ -195,7 +191,7 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
         options_hash: options_hash.clone(),
         status: SessionStatus::Queued,
         progress: 0.0,
-        audio_seconds: clip.duration_s(),
+        audio_seconds,
         created_ms: now_ms(),
         started_ms: None,
         finished_ms: None,
@@ -209,7 +205,10 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
         from_cache: false,
     };
 
+    // The finished video first: these exact bytes were decoded and validated when it was made,
+    // so a hit answers without decoding the audio again.
     if let Some(video) = cached_video(&state.cache, &state.blobs, &image, &audio, &options_hash).await? {
+        let mut rec = new_record(opts, video.duration_s);
         rec.status = SessionStatus::Ready;
         rec.progress = 1.0;
         rec.started_ms = Some(rec.created_ms);
@@ -225,6 +224,11 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
             cached: true,
         }));
     }
+
+    let b = bytes.clone();
+    let audio_limits = AudioLimits { max_seconds: state.config.limits.max_audio_seconds, ..AudioLimits::default() };
+    let clip = tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
+    let rec = new_record(opts, clip.duration_s());
 
     // Store first, then enqueue; the guard undoes both if anything below fails.
     let mut guard = Guard::new(&state);

@@ -138,7 +138,10 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
             })
         })
         .await;
-    // The writer ends once the sender (moved into the closure) is gone.
+    // Stop the writer now instead of letting it finish its throttle sleep (that cost up to
+    // 250 ms per job). Awaiting the aborted handle orders any in-flight progress write before
+    // the final session save below (one multiplexed connection keeps command order).
+    writer.abort();
     let _ = writer.await;
     let output = match result {
         Ok(o) => o,
