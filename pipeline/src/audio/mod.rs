@@ -1,5 +1,9 @@
 //! Audio input: decoding any common container/codec to 16 kHz mono f32.
 
+pub mod decode;
+
+pub use decode::{decode_audio, probe_file, AudioLimits, AudioProbe};
+
 use serde::{Deserialize, Serialize};
 
 /// Sample rate every engine consumes.

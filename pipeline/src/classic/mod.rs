@@ -1,1 +1,327 @@
-//! (in progress)
+//! The `classic` engine: the embedded default that needs no network weights.
+//!
+//! Prepare (per avatar, cached): canvas for the preprocess mode -> triangulated face mesh over the
+//! 68 landmarks + forehead/ring/boundary points ([`mesh`]), mouth palette ([`mouth`]), 14 visemes
+//! and blink/brow shapes ([`visemes`]), 5 gesture curves ([`gestures`]).
+//! Generate (per audio): lip-sync analysis ([`lipsync`]) -> per-frame motion ([`motion`]) ->
+//! piecewise-affine mesh warp of the source region per frame ([`render`]).
+
+pub mod dsp;
+pub mod gestures;
+pub mod lipsync;
+pub mod mesh;
+pub mod motion;
+pub mod mouth;
+pub mod render;
+pub mod shape;
+pub mod visemes;
+
+use crate::audio::AudioClip;
+use crate::engine::{
+    AvatarInput, Engine, EngineKind, FrameSink, GenerateOptions, PreparedAvatar, PreprocessMode, RenderStats, StateKind,
+};
+use crate::error::{PipelineError, Result, ResultExt};
+use crate::face::crop::CropInfo;
+use crate::image::RgbImage;
+use gestures::GestureSet;
+use lipsync::LipSyncTrack;
+use mesh::FaceMesh;
+use motion::MotionTrack;
+use mouth::MouthPalette;
+use opencv::core::{Size, Vector};
+use opencv::prelude::*;
+use render::{Renderer, SourceState};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::time::Instant;
+use visemes::VisemeSet;
+
+/// Bumped whenever a cached blob layout or its meaning changes; stale blobs are rejected.
+const STATE_VERSION: u32 = 1;
+
+/// The `face_crop` part: the aligned face crop at the requested size (PNG) + where it came from.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaceCrop {
+    pub size: u32,
+    pub crop: CropInfo,
+    pub png: Vec<u8>,
+}
+
+impl FaceCrop {
+    /// The `crop`-mode face crop of `image` at `size` x `size`, PNG-encoded.
+    pub fn build(image: &RgbImage, crop: &CropInfo, size: u32) -> Result<Self> {
+        Ok(Self { size, crop: crop.clone(), png: face_crop_png(image, crop, size)? })
+    }
+}
+
+/// The classic engine. Stateless; cheap to share.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ClassicEngine;
+
+impl ClassicEngine {
+    pub fn new() -> Self {
+        Self
+    }
+
+    /// The animated region `[x, y, w, h]` in output-frame pixels: pixels outside it are the
+    /// unanimated canvas in every frame.
+    pub fn animated_region(prepared: &PreparedAvatar) -> Result<[i32; 4]> {
+        Ok(source_state(prepared)?.mesh.region)
+    }
+
+    /// Output frame size `(width, height)` for a prepared avatar.
+    pub fn frame_size(prepared: &PreparedAvatar) -> Result<(u32, u32)> {
+        let s = source_state(prepared)?;
+        Ok((s.canvas[0], s.canvas[1]))
+    }
+
+    /// The 68 landmarks in output-frame pixels (for measurements in tests and tools).
+    pub fn frame_landmarks(prepared: &PreparedAvatar) -> Result<Vec<crate::face::Point>> {
+        let s = source_state(prepared)?;
+        let [rx, ry, _, _] = s.mesh.region;
+        Ok(s.mesh.points[..68].iter().map(|p| [p[0] + rx as f32, p[1] + ry as f32]).collect())
+    }
+}
+
+impl Engine for ClassicEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Classic
+    }
+
+    fn check_options(&self, opts: &GenerateOptions) -> Result<()> {
+        opts.validate()?;
+        if opts.enhancer != crate::engine::Enhancer::None {
+            return Err(PipelineError::Unsupported { engine: "classic", what: "face enhancer (gfpgan)".into() });
+        }
+        Ok(())
+    }
+
+    fn prepare(&self, avatar: &AvatarInput<'_>, size: u32) -> Result<PreparedAvatar> {
+        if size != 256 && size != 512 {
+            return Err(PipelineError::InvalidOption { field: "size", reason: format!("{size} is not 256 or 512") });
+        }
+        let a = avatar.analysis;
+        let lm = &a.landmarks.0;
+        if lm.len() != 68 {
+            return Err(PipelineError::Internal(format!("expected 68 landmarks, got {}", lm.len())));
+        }
+        let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, a.preprocess, size)?;
+        let to_canvas = |p: &crate::face::Point| {
+            [(p[0] - offset[0] + 0.5) * scale[0] - 0.5, (p[1] - offset[1] + 0.5) * scale[1] - 0.5]
+        };
+        let lm_canvas: Vec<_> = lm.iter().map(to_canvas).collect();
+        let mesh = FaceMesh::build(&lm_canvas, canvas.width as i32, canvas.height as i32)?;
+        let palette = MouthPalette::measure(
+            &canvas.data,
+            canvas.width as usize,
+            canvas.height as usize,
+            &lm_canvas,
+            mesh.face_width,
+        );
+        let state = SourceState {
+            mode: a.preprocess,
+            size,
+            canvas: [canvas.width, canvas.height],
+            scale,
+            offset,
+            mesh,
+            palette,
+        };
+        let visemes = VisemeSet::build(lm)?;
+        let seed_bytes = bincode::serialize(&a.landmarks).unwrap_or_default();
+        let seed_hash = blake3::hash(&seed_bytes);
+        let seed = u64::from_le_bytes(seed_hash.as_bytes()[..8].try_into().unwrap_or([0; 8]));
+        let gestures = GestureSet::build(&a.pose, seed);
+        let face_crop = FaceCrop::build(avatar.image, &a.crop, size)?;
+        Ok(PreparedAvatar {
+            parts: vec![
+                (StateKind::FaceCrop, encode(&face_crop)?),
+                (StateKind::SourceState, encode(&state)?),
+                (StateKind::Visemes, encode(&visemes)?),
+                (StateKind::Gestures, encode(&gestures)?),
+            ],
+        })
+    }
+
+    fn audio_features(&self, clip: &AudioClip) -> Result<Vec<u8>> {
+        if clip.sample_rate != crate::audio::SAMPLE_RATE {
+            return Err(PipelineError::Internal(format!("audio must be 16 kHz, got {} Hz", clip.sample_rate)));
+        }
+        encode(&lipsync::analyse(clip))
+    }
+
+    fn motion(&self, prepared: &PreparedAvatar, features: &[u8], opts: &GenerateOptions) -> Result<Vec<u8>> {
+        self.check_options(opts)?;
+        let lips: LipSyncTrack = decode(features, "audio features")?;
+        if lips.weights.len() != lips.open.len() {
+            return Err(PipelineError::Internal("classic audio features blob is inconsistent; recompute it".into()));
+        }
+        let gestures: GestureSet = decode(part(prepared, StateKind::Gestures)?, "gestures")?;
+        encode(&motion::build(&lips, &gestures, opts))
+    }
+
+    fn render(
+        &self,
+        avatar: &AvatarInput<'_>,
+        prepared: &PreparedAvatar,
+        motion: &[u8],
+        opts: &GenerateOptions,
+        sink: &mut dyn FrameSink,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<RenderStats> {
+        self.check_options(opts)?;
+        let t0 = Instant::now();
+        let state = source_state(prepared)?;
+        if state.mode != opts.preprocess || (state.mode != PreprocessMode::Full && state.size != opts.size) {
+            return Err(PipelineError::InvalidOption {
+                field: "preprocess",
+                reason: format!(
+                    "the avatar was prepared for {} at {}, the request asks for {} at {}",
+                    state.mode.as_str(),
+                    state.size,
+                    opts.preprocess.as_str(),
+                    opts.size
+                ),
+            });
+        }
+        let visemes: VisemeSet = decode(part(prepared, StateKind::Visemes)?, "visemes")?;
+        let shapes_ok = visemes.shapes.len() == visemes::NUM_VISEMES
+            && visemes.shapes.iter().chain([&visemes.blink, &visemes.brow, &visemes.rest]).all(|s| s.len() == 68);
+        if !shapes_ok {
+            return Err(PipelineError::Internal(
+                "classic visemes blob is inconsistent; prepare the avatar again".into(),
+            ));
+        }
+        let track: MotionTrack = decode(motion, "motion")?;
+        let (canvas, _, _) = build_canvas(avatar.image, &avatar.analysis.crop, state.mode, state.size)?;
+        let mut renderer = Renderer::new(&state, &visemes, canvas)?;
+        let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let total = track.frames.len();
+        let (mut render_ms, mut sink_ms) = (0.0, 0.0);
+        for (i, m) in track.frames.iter().enumerate() {
+            let t = Instant::now();
+            let frame = renderer.render(m)?;
+            let t1 = Instant::now();
+            render_ms += (t1 - t).as_secs_f64() * 1e3;
+            sink.push(frame)?;
+            sink_ms += t1.elapsed().as_secs_f64() * 1e3;
+            progress(i + 1, total);
+        }
+        Ok(RenderStats {
+            frames: total,
+            stage_ms: vec![("render_setup".into(), setup_ms), ("render".into(), render_ms), ("sink".into(), sink_ms)],
+        })
+    }
+}
+
+fn part(prepared: &PreparedAvatar, kind: StateKind) -> Result<&[u8]> {
+    prepared
+        .get(kind)
+        .ok_or_else(|| PipelineError::Internal(format!("prepared avatar lacks the {kind:?} part; prepare it again")))
+}
+
+fn source_state(prepared: &PreparedAvatar) -> Result<SourceState> {
+    let state: SourceState = decode(part(prepared, StateKind::SourceState)?, "source state")?;
+    let m = &state.mesh;
+    let n = m.points.len();
+    let consistent = n >= 68
+        && m.depth.len() == n
+        && m.kind.len() == n
+        && m.kind.iter().all(|k| !matches!(k, mesh::VertexKind::Landmark(i) if *i >= 68))
+        && m.triangles.iter().all(|t| t.iter().all(|&v| (v as usize) < n))
+        && m.region[0] >= 0
+        && m.region[1] >= 0
+        && m.region[2] > 0
+        && m.region[3] > 0
+        && (m.region[0] + m.region[2]) as u32 <= state.canvas[0]
+        && (m.region[1] + m.region[3]) as u32 <= state.canvas[1];
+    if !consistent {
+        return Err(PipelineError::Internal(
+            "classic source state blob is inconsistent; prepare the avatar again".into(),
+        ));
+    }
+    Ok(state)
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    bincode::serialize(&(STATE_VERSION, value))
+        .map_err(|e| PipelineError::Internal(format!("encode classic state: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+    let (version, value): (u32, T) = bincode::deserialize(bytes)
+        .map_err(|e| PipelineError::Internal(format!("classic {what} blob is corrupt or stale: {e}")))?;
+    if version != STATE_VERSION {
+        return Err(PipelineError::Internal(format!(
+            "classic {what} blob has version {version}, expected {STATE_VERSION}; recompute it"
+        )));
+    }
+    Ok(value)
+}
+
+/// The unanimated output frame for a preprocess mode, and the original->canvas mapping
+/// (`canvas = (orig - offset) * scale`).
+pub fn build_canvas(
+    img: &RgbImage,
+    crop: &CropInfo,
+    mode: PreprocessMode,
+    size: u32,
+) -> Result<(RgbImage, [f32; 2], [f32; 2])> {
+    match mode {
+        PreprocessMode::Full => {
+            let (w, h) = (img.width & !1, img.height & !1);
+            if w < 16 || h < 16 {
+                return Err(PipelineError::Internal(format!("image {}x{} is too small", img.width, img.height)));
+            }
+            if (w, h) == (img.width, img.height) {
+                return Ok((img.clone(), [1.0, 1.0], [0.0, 0.0]));
+            }
+            let m = render::region_mat(img, [0, 0, w as i32, h as i32])?;
+            Ok((mat_to_rgb(&m)?, [1.0, 1.0], [0.0, 0.0]))
+        }
+        PreprocessMode::Resize => {
+            let m = render::region_mat(img, [0, 0, img.width as i32, img.height as i32])?;
+            let out = resize(&m, size, size)?;
+            Ok((out, [size as f32 / img.width as f32, size as f32 / img.height as f32], [0.0, 0.0]))
+        }
+        PreprocessMode::Crop => {
+            let b = clamp_box(crop.face_box, img)?;
+            let m = render::region_mat(img, [b[0], b[1], b[2] - b[0], b[3] - b[1]])?;
+            let out = resize(&m, size, size)?;
+            let scale = [size as f32 / (b[2] - b[0]) as f32, size as f32 / (b[3] - b[1]) as f32];
+            Ok((out, scale, [b[0] as f32, b[1] as f32]))
+        }
+    }
+}
+
+fn clamp_box(b: [i64; 4], img: &RgbImage) -> Result<[i32; 4]> {
+    let (w, h) = (img.width as i64, img.height as i64);
+    let x0 = b[0].clamp(0, w - 1);
+    let y0 = b[1].clamp(0, h - 1);
+    let x1 = b[2].clamp(x0 + 1, w);
+    let y1 = b[3].clamp(y0 + 1, h);
+    if x1 - x0 < 16 || y1 - y0 < 16 {
+        return Err(PipelineError::Internal(format!("face box {b:?} is too small")));
+    }
+    Ok([x0 as i32, y0 as i32, x1 as i32, y1 as i32])
+}
+
+fn resize(m: &opencv::core::Mat, w: u32, h: u32) -> Result<RgbImage> {
+    let mut out = opencv::core::Mat::default();
+    let shrink = (w as i32) < m.cols() || (h as i32) < m.rows();
+    let interp = if shrink { opencv::imgproc::INTER_AREA } else { opencv::imgproc::INTER_CUBIC };
+    opencv::imgproc::resize(m, &mut out, Size::new(w as i32, h as i32), 0.0, 0.0, interp).ctx("resize canvas")?;
+    mat_to_rgb(&out)
+}
+
+/// Copy an 8-bit 3-channel `Mat` whose channels are already RGB.
+fn mat_to_rgb(m: &opencv::core::Mat) -> Result<RgbImage> {
+    let m = if m.is_continuous() { m.clone() } else { m.try_clone().ctx("clone")? };
+    RgbImage::from_raw(m.cols() as u32, m.rows() as u32, m.data_bytes().ctx("mat bytes")?.to_vec())
+}
+
+fn face_crop_png(img: &RgbImage, crop: &CropInfo, size: u32) -> Result<Vec<u8>> {
+    let (c, _, _) = build_canvas(img, crop, PreprocessMode::Crop, size)?;
+    let mut buf = Vector::<u8>::new();
+    opencv::imgcodecs::imencode(".png", &c.to_bgr_mat()?, &mut buf, &Vector::new()).ctx("encode face crop")?;
+    Ok(buf.to_vec())
+}

@@ -1,0 +1,233 @@
+//! The per-avatar face mesh: 68 landmarks + forehead + a head ring + fixed boundary points,
+//! Delaunay-triangulated once, with each vertex's depth and how strongly it follows the head.
+
+use super::shape::{self, FaceFrame, MEAN_FACE_3D, MEAN_FACE_WIDTH};
+use crate::error::{PipelineError, Result, ResultExt};
+use crate::face::Point;
+use opencv::core::{Point2f, Rect, Vec6f, Vector};
+use opencv::imgproc::Subdiv2D;
+use opencv::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// Brow points that get a forehead point above them.
+const FOREHEAD_FROM: [usize; 7] = [17, 19, 21, 27, 22, 24, 26];
+/// Ring radius relative to the face outline (around hair, ears and the top of the neck).
+const RING_SCALE: f32 = 1.18;
+/// How much of the head's motion the ring follows; the rest fades out towards the boundary.
+pub const RING_FOLLOW: f32 = 0.6;
+/// Margin between the ring and the fixed boundary, in face widths.
+const BOUNDARY_MARGIN: f32 = 0.18;
+
+/// What a mesh vertex is, which decides how it moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VertexKind {
+    /// iBUG landmark `i` (0..68): moves rigidly with the head and with mouth/eye shapes.
+    Landmark(u8),
+    /// Above the brows: moves rigidly with the head.
+    Forehead,
+    /// Around the head: follows the head by [`RING_FOLLOW`].
+    Ring,
+    /// On the border of the animated region: never moves.
+    Boundary,
+}
+
+/// The triangulated mesh in animated-region pixel coordinates.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FaceMesh {
+    /// Animated region `[x, y, w, h]` inside the canvas; pixels outside it never change.
+    pub region: [i32; 4],
+    /// Vertex positions in region pixels (landmarks first, in iBUG order).
+    pub points: Vec<Point>,
+    /// Depth towards the camera, region pixels (from the generic 3-D face).
+    pub depth: Vec<f32>,
+    pub kind: Vec<VertexKind>,
+    pub triangles: Vec<[u32; 3]>,
+    /// Rotation centre for head motion (region pixels + depth): behind the face, between ears.
+    pub pivot: [f32; 3],
+    /// Face width in region pixels (the unit of head translation).
+    pub face_width: f32,
+}
+
+impl FaceMesh {
+    /// Build the mesh for 68 landmarks given in canvas pixels on a `canvas_w x canvas_h` canvas.
+    pub fn build(landmarks: &[Point], canvas_w: i32, canvas_h: i32) -> Result<Self> {
+        let frame = FaceFrame::measure(landmarks)
+            .ok_or_else(|| PipelineError::Internal("landmarks are degenerate; cannot build a face mesh".into()))?;
+        let fw = frame.face_width;
+        let up = frame.up;
+        // Forehead: half the brow-to-chin height above the brows (nose bridge for the middle one).
+        let forehead: Vec<Point> = FOREHEAD_FROM
+            .iter()
+            .map(|&i| {
+                let base = if i == 27 { shape::mean(&[landmarks[21], landmarks[22]]) } else { landmarks[i] };
+                let lift = if i == 17 || i == 26 { 0.38 } else { 0.5 };
+                shape::add(base, shape::scale(up, lift * frame.face_height))
+            })
+            .collect();
+        // Face outline: jaw 0..16, then the forehead from right to left.
+        let mut outline: Vec<Point> = landmarks[0..17].to_vec();
+        outline.extend(forehead.iter().rev());
+        let centre = shape::mean(&outline);
+        let ring: Vec<Point> = outline.iter().map(|&p| shape::lerp(centre, p, RING_SCALE)).collect();
+
+        // Region: the ring's bounding box plus a margin, clipped to the canvas.
+        let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+        for p in ring.iter().chain(landmarks.iter()) {
+            x0 = x0.min(p[0]);
+            y0 = y0.min(p[1]);
+            x1 = x1.max(p[0]);
+            y1 = y1.max(p[1]);
+        }
+        let m = BOUNDARY_MARGIN * fw;
+        let rx0 = ((x0 - m).floor() as i32).clamp(0, canvas_w - 1);
+        let ry0 = ((y0 - m).floor() as i32).clamp(0, canvas_h - 1);
+        let rx1 = ((x1 + m).ceil() as i32).clamp(rx0 + 1, canvas_w);
+        let ry1 = ((y1 + m).ceil() as i32).clamp(ry0 + 1, canvas_h);
+        let (rw, rh) = (rx1 - rx0, ry1 - ry0);
+        if rw < 16 || rh < 16 {
+            return Err(PipelineError::Internal(format!("animated region {rw}x{rh} is too small")));
+        }
+        let to_region = |p: Point| [p[0] - rx0 as f32, p[1] - ry0 as f32];
+        // Keep the moving vertices inside the fixed border (a face that fills the canvas).
+        let inset = 2.0f32.max(0.04 * fw);
+        let clamp_in =
+            |p: Point| [p[0].clamp(inset, rw as f32 - 1.0 - inset), p[1].clamp(inset, rh as f32 - 1.0 - inset)];
+
+        let s3d = fw / MEAN_FACE_WIDTH;
+        let mut points = Vec::new();
+        let mut depth = Vec::new();
+        let mut kind = Vec::new();
+        for (i, p) in landmarks.iter().enumerate() {
+            points.push(to_region(*p));
+            depth.push(MEAN_FACE_3D[i][2] * s3d);
+            kind.push(VertexKind::Landmark(i as u8));
+        }
+        let brow_z = MEAN_FACE_3D[19][2] * s3d;
+        for p in &forehead {
+            points.push(clamp_in(to_region(*p)));
+            depth.push(0.8 * brow_z);
+            kind.push(VertexKind::Forehead);
+        }
+        let pivot_z = -0.55 * s3d;
+        for p in &ring {
+            points.push(clamp_in(to_region(*p)));
+            depth.push(pivot_z);
+            kind.push(VertexKind::Ring);
+        }
+        for p in boundary_points(rw, rh) {
+            points.push(p);
+            depth.push(0.0);
+            kind.push(VertexKind::Boundary);
+        }
+        // Pivot: below the nose, between the ears, behind the face.
+        let pivot2 = to_region(shape::lerp(landmarks[30], landmarks[8], 0.35));
+        let pivot = [pivot2[0], pivot2[1], pivot_z];
+
+        // Triangulate a copy whose inner lips are pulled apart a little, so the mouth opening
+        // gets its own triangles (between the lips) even when the lips touch in the photo.
+        let mut topo = points.clone();
+        let gap = 0.03 * frame.mouth_width;
+        for i in [61usize, 62, 63] {
+            topo[i] = shape::add(topo[i], shape::scale(up, gap));
+        }
+        for i in [65usize, 66, 67] {
+            topo[i] = shape::sub(topo[i], shape::scale(up, gap));
+        }
+        for p in topo.iter_mut() {
+            // A face cut by the canvas edge: triangulate its clamped shadow.
+            *p = [p[0].clamp(0.0, (rw - 1) as f32), p[1].clamp(0.0, (rh - 1) as f32)];
+        }
+        let triangles = delaunay(&topo, rw, rh)?;
+        Ok(Self { region: [rx0, ry0, rw, rh], points, depth, kind, triangles, pivot, face_width: fw })
+    }
+}
+
+/// Corners plus evenly spaced points on the border of a `w x h` region.
+fn boundary_points(w: i32, h: i32) -> Vec<Point> {
+    let (wf, hf) = ((w - 1) as f32, (h - 1) as f32);
+    let nx = 6;
+    let ny = 6;
+    let mut pts = Vec::new();
+    for i in 0..nx {
+        let x = wf * i as f32 / nx as f32;
+        pts.push([x, 0.0]);
+        pts.push([wf - x, hf]);
+    }
+    for j in 0..ny {
+        let y = hf * j as f32 / ny as f32;
+        pts.push([wf, y]);
+        pts.push([0.0, hf - y]);
+    }
+    pts
+}
+
+/// Delaunay triangles (as vertex indices) of `points` inside a `w x h` region.
+fn delaunay(points: &[Point], w: i32, h: i32) -> Result<Vec<[u32; 3]>> {
+    let mut sub = Subdiv2D::new(Rect::new(-2, -2, w + 4, h + 4)).ctx("Subdiv2D")?;
+    for p in points {
+        sub.insert(Point2f::new(p[0], p[1])).ctx("Subdiv2D insert")?;
+    }
+    let mut list: Vector<Vec6f> = Vector::new();
+    sub.get_triangle_list(&mut list).ctx("Subdiv2D triangles")?;
+    let nearest = |x: f32, y: f32| -> Option<u32> {
+        let mut best = (f32::MAX, 0usize);
+        for (i, p) in points.iter().enumerate() {
+            let d = (p[0] - x).powi(2) + (p[1] - y).powi(2);
+            if d < best.0 {
+                best = (d, i);
+            }
+        }
+        (best.0 < 1e-4).then_some(best.1 as u32)
+    };
+    let mut tris = Vec::with_capacity(list.len());
+    for t in list.iter() {
+        let (Some(a), Some(b), Some(c)) = (nearest(t[0], t[1]), nearest(t[2], t[3]), nearest(t[4], t[5])) else {
+            continue; // touches one of Subdiv2D's virtual outer vertices
+        };
+        if a != b && b != c && a != c {
+            tris.push([a, b, c]);
+        }
+    }
+    if tris.len() < points.len() {
+        return Err(PipelineError::Internal(format!("triangulation produced only {} triangles", tris.len())));
+    }
+    Ok(tris)
+}
+
+/// Even-odd rule point-in-polygon.
+pub fn point_in_polygon(p: Point, poly: &[Point]) -> bool {
+    let mut inside = false;
+    let n = poly.len();
+    let mut j = n.wrapping_sub(1);
+    for i in 0..n {
+        let (a, b) = (poly[i], poly[j]);
+        if (a[1] > p[1]) != (b[1] > p[1]) && p[0] < (b[0] - a[0]) * (p[1] - a[1]) / (b[1] - a[1]) + a[0] {
+            inside = !inside;
+        }
+        j = i;
+    }
+    inside
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mesh_covers_region() {
+        let lm = shape::mean_shape_in_box([80.0, 70.0, 176.0, 176.0]);
+        let mesh = FaceMesh::build(&lm, 256, 256).expect("mesh");
+        let [_, _, w, h] = mesh.region;
+        let area: f32 = mesh
+            .triangles
+            .iter()
+            .map(|t| {
+                let (a, b, c) = (mesh.points[t[0] as usize], mesh.points[t[1] as usize], mesh.points[t[2] as usize]);
+                0.5 * ((b[0] - a[0]) * (c[1] - a[1]) - (c[0] - a[0]) * (b[1] - a[1])).abs()
+            })
+            .sum();
+        let full = ((w - 1) * (h - 1)) as f32;
+        assert!((area - full).abs() / full < 0.02, "triangles cover {area} of {full}");
+        assert!(mesh.points.len() > 68 + 7 + 17);
+    }
+}
