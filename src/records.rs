@@ -105,7 +105,44 @@ pub struct SessionRecord {
     pub from_cache: bool,
 }
 
+/// What a generate request asks for: the fields a new session starts from.
+#[derive(Debug, Clone)]
+pub struct SessionRequest {
+    pub image: ImageHash,
+    pub audio: AudioHash,
+    pub engine: EngineKind,
+    pub options: GenerateOptions,
+    pub options_hash: OptionsHash,
+    pub audio_seconds: f64,
+}
+
 impl SessionRecord {
+    /// A new session in the `queued` state, created now.
+    pub fn queued(id: SessionId, req: SessionRequest) -> Self {
+        Self {
+            id,
+            image: req.image,
+            audio: req.audio,
+            engine: req.engine,
+            options: req.options,
+            options_hash: req.options_hash,
+            status: SessionStatus::Queued,
+            progress: 0.0,
+            audio_seconds: req.audio_seconds,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            stages_ms: Vec::new(),
+            cache_hits: Vec::new(),
+            cache_misses: Vec::new(),
+            error: None,
+            video: None,
+            worker: None,
+            attempts: 0,
+            from_cache: false,
+        }
+    }
+
     pub fn is_finished(&self) -> bool {
         matches!(self.status, SessionStatus::Ready | SessionStatus::Failed)
     }

@@ -8,7 +8,7 @@ use super::{parse_image_id, seconds_map, Guard};
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::generate::cached_video;
 use crate::jobs::{counters, Job, Queue};
-use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionStatus};
+use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionRequest, SessionStatus};
 use crate::state::AppState;
 use actix_multipart::Multipart;
 use actix_web::http::header;
@@ -182,27 +182,16 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     let options_hash = OptionsHash::parse(&opts.options_hash(engine.kind())).map_err(ApiError::internal)?;
     let id = SessionId::parse(&uuid::Uuid::new_v4().simple().to_string()).map_err(ApiError::internal)?;
     tracing::Span::current().record("session_id", id.as_str());
-    let new_record = |opts, audio_seconds| SessionRecord {
-        id: id.clone(),
-        image: image.clone(),
-        audio: audio.clone(),
-        engine: engine.kind(),
-        options: opts,
-        options_hash: options_hash.clone(),
-        status: SessionStatus::Queued,
-        progress: 0.0,
-        audio_seconds,
-        created_ms: now_ms(),
-        started_ms: None,
-        finished_ms: None,
-        stages_ms: Vec::new(),
-        cache_hits: Vec::new(),
-        cache_misses: Vec::new(),
-        error: None,
-        video: None,
-        worker: None,
-        attempts: 0,
-        from_cache: false,
+    let new_record = |options, audio_seconds| {
+        let req = SessionRequest {
+            image: image.clone(),
+            audio: audio.clone(),
+            engine: engine.kind(),
+            options,
+            options_hash: options_hash.clone(),
+            audio_seconds,
+        };
+        SessionRecord::queued(id.clone(), req)
     };
 
     // The finished video first: these exact bytes were decoded and validated when it was made,

@@ -9,7 +9,7 @@ use super::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
 use crate::jobs::avatar::{ensure_analysis, ensure_prepared};
 use crate::jobs::generate::{cached_video, run_generate};
 use crate::jobs::{JobContext, JobError, Tracker};
-use crate::records::{now_ms, SessionRecord, SessionStatus};
+use crate::records::{SessionRecord, SessionRequest, SessionStatus};
 use anyhow::{anyhow, bail};
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,28 +54,15 @@ impl InProcess<'_> {
     /// A queued session as `POST /api/vip/generate` writes it.
     async fn session(&self, image: ImageHash, audio: AudioHash) -> anyhow::Result<SessionId> {
         let id = SessionId::parse(&uuid::Uuid::new_v4().simple().to_string())?;
-        let rec = SessionRecord {
-            id: id.clone(),
+        let req = SessionRequest {
             image,
             audio,
             engine: self.engine.kind(),
             options: self.options.clone(),
             options_hash: self.options_hash()?,
-            status: SessionStatus::Queued,
-            progress: 0.0,
             audio_seconds: self.clip.seconds,
-            created_ms: now_ms(),
-            started_ms: None,
-            finished_ms: None,
-            stages_ms: Vec::new(),
-            cache_hits: Vec::new(),
-            cache_misses: Vec::new(),
-            error: None,
-            video: None,
-            worker: None,
-            attempts: 0,
-            from_cache: false,
         };
+        let rec = SessionRecord::queued(id.clone(), req);
         self.ctx.cache.put(&Key::session(&id), &rec).await?;
         Ok(id)
     }
