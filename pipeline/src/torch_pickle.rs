@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 #[derive(Debug, Clone)]
 enum Value {
     None,
-    Bool(bool),
+    /// NEWTRUE / NEWFALSE (e.g. `requires_grad`): the value is not needed.
+    Bool,
     Int(i64),
     Float,
     Str(String),
@@ -106,8 +107,8 @@ impl<'a> Unpickler<'a> {
                 } // FRAME
                 b'.' => return self.pop(),
                 b'N' => self.stack.push(Value::None),
-                0x88 => self.stack.push(Value::Bool(true)),
-                0x89 => self.stack.push(Value::Bool(false)),
+                0x88 => self.stack.push(Value::Bool),
+                0x89 => self.stack.push(Value::Bool),
                 b'J' => {
                     let v = self.u32()? as i32 as i64;
                     self.stack.push(Value::Int(v))
@@ -320,6 +321,16 @@ fn collect(prefix: &str, v: &Value, out: &mut Vec<(String, TensorRef)>) {
     }
 }
 
+/// Every tensor reference anywhere in `v` (dict values under any key, lists, tuples).
+fn all_tensor_refs(v: &Value, out: &mut Vec<TensorRef>) {
+    match v {
+        Value::Tensor(t) => out.push(t.clone()),
+        Value::Dict(items) => items.iter().for_each(|(_, val)| all_tensor_refs(val, out)),
+        Value::List(items) | Value::Tuple(items) => items.iter().for_each(|val| all_tensor_refs(val, out)),
+        _ => {}
+    }
+}
+
 fn materialize(refs: Vec<(String, TensorRef)>, storages: &HashMap<String, (Kind, Vec<u8>)>) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(refs.len());
     for (name, r) in refs {
@@ -376,7 +387,11 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     let Value::List(keys) = keys else { return Err(bad("storage key list missing")) };
     let mut refs = Vec::new();
     collect("", &root, &mut refs);
-    let kinds: HashMap<String, Kind> = refs.iter().map(|(_, r)| (r.key.clone(), r.kind)).collect();
+    // Every storage follows the pickle, including those of tensors that are not named (e.g. an
+    // optimizer state keyed by ints): their kinds are needed to step over them.
+    let mut all = Vec::new();
+    all_tensor_refs(&root, &mut all);
+    let kinds: HashMap<String, Kind> = all.iter().map(|r| (r.key.clone(), r.kind)).collect();
     let mut pos = u.pos;
     let mut storages = HashMap::new();
     for k in keys {

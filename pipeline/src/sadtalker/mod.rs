@@ -8,6 +8,7 @@ pub mod audio2coeff;
 pub mod audio2exp;
 pub mod audio2pose;
 pub mod batch;
+pub mod engine;
 pub mod facerender;
 pub mod layers;
 pub mod mel;

@@ -1,0 +1,202 @@
+//! Speed of the face renderer at full size (facerender.yaml widths, 256 px) with the same seeded
+//! random weights: this port (source state precomputed once, frames batched, channels-last
+//! weights, folded SPADE upsampling) against the reference's per-frame loop semantics implemented
+//! naively with the same modules in their reference-like configuration (mapping -> keypoint
+//! transformation -> full generator forward that re-encodes the source image, one frame per call). Prints frames/s; asserts only that both produce the same frames.
+//!
+//! Run: `cargo test -p vipavatar-pipeline --test sadtalker_facerender_bench -- --ignored --nocapture`
+//! (`VIPAVATAR_BENCH_FRAMES`, default 4; `VIPAVATAR_BENCH_THREADS`, default 2;
+//! `VIPAVATAR_BENCH_ROUNDS`, default 2; `VIPAVATAR_DEVICE`).
+
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+use vipavatar_pipeline::sadtalker::facerender::blocks::AntiAlias;
+use vipavatar_pipeline::sadtalker::facerender::keypoints::{transform_keypoints, PoseOverride};
+use vipavatar_pipeline::sadtalker::facerender::{DrivingWindows, FaceRenderConfig, FaceRenderer, RenderSettings, WindowOptions};
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// PyTorch-default-like initialisation: U(+-1/sqrt(fan_in)) weights and biases, BatchNorm
+/// weight ~ U(0.8, 1.2), bias ~ U(-0.1, 0.1), mean ~ N(0, 0.1), var ~ U(0.5, 1.5), unit
+/// spectral-norm vectors; the anti-aliasing buffer is the reference Gaussian.
+fn randomize(renderer: &mut FaceRenderer, seed: i64) {
+    tch::manual_seed(seed);
+    let config = renderer.config().clone();
+    let _guard = tch::no_grad_guard();
+    for vs in renderer.var_stores() {
+        let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        // Batch-norm layers: every `<layer>.running_var` marks one.
+        let bn: std::collections::HashSet<String> =
+            vars.iter().filter_map(|(k, _)| k.strip_suffix(".running_var").map(str::to_string)).collect();
+        let fan_in: std::collections::HashMap<String, i64> = vars
+            .iter()
+            .filter_map(|(k, t)| {
+                let layer = k.strip_suffix(".weight").or_else(|| k.strip_suffix(".weight_orig"))?;
+                (t.dim() >= 2).then(|| (layer.to_string(), t.numel() as i64 / t.size()[0]))
+            })
+            .collect();
+        for (name, var) in vars {
+            let mut v = var.shallow_clone();
+            if !v.is_floating_point() {
+                continue;
+            }
+            let layer = name.rsplit_once('.').map(|(l, _)| l.to_string()).unwrap_or_default();
+            if name == "down.weight" {
+                v.copy_(&AntiAlias::reference_kernel(config.common.image_channel, config.kp_detector.scale_factor));
+            } else if bn.contains(&layer) {
+                match name.rsplit('.').next() {
+                    Some("weight") => v.copy_(&(Tensor::rand_like(&v) * 0.4 + 0.8)),
+                    Some("bias") => v.copy_(&(Tensor::rand_like(&v) * 0.2 - 0.1)),
+                    Some("running_mean") => v.copy_(&(Tensor::randn_like(&v) * 0.1)),
+                    _ => v.copy_(&(Tensor::rand_like(&v) + 0.5)),
+                };
+            } else if name.ends_with("weight_u") || name.ends_with("weight_v") {
+                let r = Tensor::randn_like(&v);
+                v.copy_(&(&r / r.norm()));
+            } else {
+                let bound = 1.0 / (*fan_in.get(&layer).unwrap_or(&1) as f64).sqrt();
+                v.copy_(&((Tensor::rand_like(&v) * 2.0 - 1.0) * bound));
+            }
+        }
+    }
+    renderer.finish_loading();
+}
+
+#[test]
+#[ignore = "full-size CPU benchmark (minutes); run with --ignored --nocapture"]
+fn sadtalker_facerender_speed_vs_reference_loop() {
+    let frames = env_usize("VIPAVATAR_BENCH_FRAMES", 4) as i64;
+    let threads = env_usize("VIPAVATAR_BENCH_THREADS", 2);
+    tch::set_num_threads(threads as i32);
+    let device = vipavatar_pipeline::device::device_from_env().expect("device");
+    let config = FaceRenderConfig::official(70);
+    let settings = RenderSettings { device, ..RenderSettings::default() };
+    let mut renderer = FaceRenderer::new(&config, &settings).expect("renderer");
+    randomize(&mut renderer, 7);
+    // The naive loop runs the straightforward port: same weights, reference-like kernels.
+    let mut plain = FaceRenderer::new(&config, &RenderSettings::reference_like(device)).expect("renderer");
+    randomize(&mut plain, 7);
+
+    // A smooth synthetic source image and random coefficients.
+    tch::manual_seed(8);
+    let yy = Tensor::linspace(0.0, 1.0, 256, (Kind::Float, Device::Cpu)).view([1, 1, 256, 1]);
+    let xx = Tensor::linspace(0.0, 1.0, 256, (Kind::Float, Device::Cpu)).view([1, 1, 1, 256]);
+    let image = ((&xx * 6.0).sin() * (&yy * 4.0).cos() * 0.3 + 0.5).expand([1, 3, 256, 256], true).to_device(device);
+    let source_coeff: Vec<f32> = Vec::try_from(Tensor::randn([73], (Kind::Float, Device::Cpu)) * 0.3).unwrap();
+    let coeffs = Tensor::randn([frames, 70], (Kind::Float, Device::Cpu)) * 0.3;
+    let windows = DrivingWindows::build(&coeffs, &source_coeff, &WindowOptions::new(1.0)).unwrap();
+    let sync = || {
+        if let Device::Cuda(i) = device {
+            tch::Cuda::synchronize(i as i64);
+        }
+    };
+    eprintln!("sadtalker facerender bench: {frames} frames at 256 px, {threads} threads, device {device:?}");
+
+    // Warm-up (allocator, oneDNN primitive caches) on one frame through both paths.
+    let state = renderer.prepare_source(&image, &source_coeff).unwrap();
+    let warm = DrivingWindows::build(&coeffs.narrow(0, 0, 1), &source_coeff, &WindowOptions::new(1.0)).unwrap();
+    let _ = renderer.render_all(&state, &warm, Some(1)).unwrap();
+    let _ = plain.render_all(&plain.prepare_source(&image, &source_coeff).unwrap(), &warm, Some(1)).unwrap();
+
+    // Rounds alternate the two paths; the best time of each counts (the machine may be shared).
+    let rounds = env_usize("VIPAVATAR_BENCH_ROUNDS", 2);
+    let batch = renderer.batch_size(256).min(frames as usize);
+    let (mut naive_s, mut ours_s, mut prepare_s) = (f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let (mut reference, mut ours) = (Tensor::new(), Tensor::new());
+    for _ in 0..rounds {
+        // Naive reference loop: kp_canonical and kp_source once, then per frame the mapping net,
+        // the keypoint transformation and the whole generator (source encoding included).
+        sync();
+        let t0 = Instant::now();
+        reference = tch::no_grad(|| {
+            let kp_canonical = plain.kp_detector().forward(&image);
+            let he_source = plain.mapping().forward(&windows.source.to_device(device));
+            let kp_source = transform_keypoints(&kp_canonical, &he_source, &PoseOverride::default()).value;
+            let mut out = Vec::new();
+            for f in 0..frames {
+                let he = plain.mapping().forward(&windows.targets.narrow(0, f, 1).to_device(device));
+                let kp_driving = transform_keypoints(&kp_canonical, &he, &PoseOverride::default()).value;
+                out.push(plain.generator().forward_reference(&image, &kp_driving, &kp_source).prediction);
+            }
+            Tensor::cat(&out, 0)
+        });
+        sync();
+        naive_s = naive_s.min(t0.elapsed().as_secs_f64());
+
+        // This port: source state once per avatar (timed separately), then batched rendering.
+        let t1 = Instant::now();
+        let state = renderer.prepare_source(&image, &source_coeff).unwrap();
+        sync();
+        prepare_s = prepare_s.min(t1.elapsed().as_secs_f64());
+        let t2 = Instant::now();
+        ours = renderer.render_all(&state, &windows, Some(batch)).unwrap();
+        sync();
+        ours_s = ours_s.min(t2.elapsed().as_secs_f64());
+    }
+
+    let err = (&ours.to_device(Device::Cpu) - reference.to_device(Device::Cpu)).abs().max().double_value(&[]);
+    let naive_fps = frames as f64 / naive_s;
+    let ours_fps = frames as f64 / ours_s;
+    eprintln!("sadtalker facerender bench: reference per-frame loop: {naive_s:.2} s = {naive_fps:.3} frames/s");
+    eprintln!(
+        "sadtalker facerender bench: this renderer (batch {batch}): {ours_s:.2} s = {ours_fps:.3} frames/s \
+         ({:.2}x), plus {prepare_s:.2} s once per avatar for the source state",
+        ours_fps / naive_fps
+    );
+    eprintln!("sadtalker facerender bench: max abs difference of the frames {err:.2e}");
+    assert!(err < 1e-2, "the two paths disagree by {err}");
+}
+
+/// Best-of-`reps` wall time of each generator stage for one batch, for weights stored
+/// channels-last and contiguous (where the time goes, and what the layout buys).
+#[test]
+#[ignore = "full-size CPU stage timings; run with --ignored --nocapture"]
+fn sadtalker_facerender_stage_timings() {
+    let threads = env_usize("VIPAVATAR_BENCH_THREADS", 2);
+    let batch = env_usize("VIPAVATAR_BENCH_FRAMES", 1) as i64;
+    let reps = env_usize("VIPAVATAR_BENCH_REPS", 3);
+    tch::set_num_threads(threads as i32);
+    let config = FaceRenderConfig::official(70);
+    let mut renderers = Vec::new();
+    for channels_last in [true, false] {
+        let settings = RenderSettings { channels_last, ..RenderSettings::default() };
+        let mut r = FaceRenderer::new(&config, &settings).expect("renderer");
+        randomize(&mut r, 7);
+        renderers.push((if channels_last { "channels-last" } else { "contiguous" }, r));
+    }
+    let image = Tensor::rand([1, 3, 256, 256], (Kind::Float, Device::Cpu));
+    let _guard = tch::no_grad_guard();
+    let mut best: std::collections::BTreeMap<(String, &str), f64> = Default::default();
+    for _ in 0..reps {
+        for (layout, r) in &renderers {
+            let g = r.generator();
+            let mut lap = Instant::now();
+            let mut record = |stage: &str| {
+                let t = lap.elapsed().as_secs_f64();
+                let e = best.entry((stage.to_string(), *layout)).or_insert(f64::INFINITY);
+                *e = e.min(t);
+                lap = Instant::now();
+            };
+            let kp_canonical = r.kp_detector().forward(&image);
+            record("kp detector");
+            let feature = g.encode_source(&image);
+            record("encode_source");
+            let kp_source = kp_canonical.shallow_clone();
+            let source = g.dense_motion.prepare_source(&feature, &kp_source);
+            record("dense motion source");
+            let kp = kp_source.repeat([batch, 1, 1]) + Tensor::randn([batch, 15, 3], (Kind::Float, Device::Cpu)) * 0.02;
+            let motion = g.dense_motion.forward(&source, &kp);
+            record("dense motion");
+            let input = g.decoder_input(&feature, &motion);
+            record("deform + third + fourth");
+            let _ = g.decoder.forward(&input);
+            record("SPADE decoder");
+        }
+    }
+    for ((stage, layout), t) in &best {
+        eprintln!("sadtalker facerender stage {stage:<26} {layout:<14} batch {batch}: {t:.3} s");
+    }
+}
