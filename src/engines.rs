@@ -80,13 +80,13 @@ impl Engines {
 }
 
 /// Construct one engine.
-pub fn load_engine(kind: EngineKind, _config: &Config) -> Result<Arc<dyn Engine>, PipelineError> {
+pub fn load_engine(kind: EngineKind, config: &Config) -> Result<Arc<dyn Engine>, PipelineError> {
     match kind {
         EngineKind::Classic => Ok(Arc::new(vipavatar_pipeline::classic::ClassicEngine::new())),
-        EngineKind::Sadtalker => Err(PipelineError::Unsupported {
-            engine: "sadtalker",
-            what: "the sadtalker engine is not part of this build yet".into(),
-        }),
+        EngineKind::Sadtalker => {
+            let device = vipavatar_pipeline::device::select_device(&config.device)?;
+            Ok(Arc::new(vipavatar_pipeline::sadtalker::engine::SadTalkerEngine::load(&config.checkpoints, device)?))
+        }
     }
 }
 

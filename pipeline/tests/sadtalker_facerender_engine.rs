@@ -64,3 +64,60 @@ fn sadtalker_engine_refuses_gfpgan_and_missing_renderers() {
     assert_eq!(check_options(&paths, &bad).unwrap_err().code(), "invalid_option");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+mod common;
+
+/// Collects frames.
+struct Frames(Vec<vipavatar_pipeline::image::RgbImage>);
+
+impl vipavatar_pipeline::engine::FrameSink for Frames {
+    fn push(&mut self, frame: &vipavatar_pipeline::image::RgbImage) -> vipavatar_pipeline::Result<()> {
+        self.0.push(frame.clone());
+        Ok(())
+    }
+}
+
+/// The whole engine on a checkpoint directory named by `VIPAVATAR_SADTALKER_CHECKPOINTS` (the
+/// official files, or stand-ins with the official layout): prepare -> audio features -> motion ->
+/// render for crop and full preprocessing, checking frame counts, sizes and that frames change.
+#[test]
+#[ignore = "needs SadTalker checkpoints (VIPAVATAR_SADTALKER_CHECKPOINTS) and minutes of CPU"]
+fn sadtalker_engine_generates_frames_end_to_end() {
+    use vipavatar_pipeline::engine::{AvatarInput, Engine};
+    let Ok(dir) = std::env::var("VIPAVATAR_SADTALKER_CHECKPOINTS") else {
+        eprintln!("skipped: VIPAVATAR_SADTALKER_CHECKPOINTS is not set");
+        return;
+    };
+    let Some(models) = common::checkpoints() else { return };
+    let Some(testdata) = common::shared_testdata() else { return };
+    tch::set_num_threads(2);
+    let engine = SadTalkerEngine::load(std::path::Path::new(&dir), Device::Cpu).expect("engine loads");
+    let pre = vipavatar_pipeline::precompute::Precomputer::load(&models, Default::default()).expect("precompute models");
+    let bytes = std::fs::read(testdata.join("images/happy.png")).expect("test image");
+    // 0.2 s of a two-tone signal: 5 frames.
+    let samples: Vec<f32> = (0..3200).map(|i| ((i as f32 * 0.05).sin() + (i as f32 * 0.013).sin()) * 0.3).collect();
+    let clip = vipavatar_pipeline::audio::AudioClip { samples, sample_rate: 16_000 };
+    for mode in [PreprocessMode::Crop, PreprocessMode::Full] {
+        let (image, analysis) = pre.run(&bytes, mode).expect("precompute");
+        let avatar = AvatarInput { image: &image, analysis: &analysis };
+        let prepared = engine.prepare(&avatar, 256).expect("prepare");
+        let features = engine.audio_features(&clip).expect("features");
+        let opts = GenerateOptions { preprocess: mode, ..GenerateOptions::default() };
+        let motion = engine.motion(&prepared, &features, &opts).expect("motion");
+        let mut sink = Frames(Vec::new());
+        let mut calls = 0;
+        let stats = engine.render(&avatar, &prepared, &motion, &opts, &mut sink, &mut |_, _| calls += 1).expect("render");
+        assert_eq!(stats.frames, 5);
+        assert_eq!(sink.0.len(), 5);
+        assert_eq!(calls, 5);
+        let (w, h) = (sink.0[0].width, sink.0[0].height);
+        if mode == PreprocessMode::Full {
+            assert_eq!((w, h), (image.width & !1, image.height & !1));
+        } else {
+            assert_eq!(w, 256);
+        }
+        assert!(w % 2 == 0 && h % 2 == 0);
+        assert!(sink.0.iter().all(|f| (f.width, f.height) == (w, h)));
+        eprintln!("sadtalker engine {mode:?}: {} frames of {w}x{h}, stages {:?}", stats.frames, stats.stage_ms);
+    }
+}

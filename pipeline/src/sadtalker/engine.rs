@@ -89,7 +89,7 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     Ok(value)
 }
 
-fn part<'a>(prepared: &'a PreparedAvatar, kind: StateKind) -> Result<&'a [u8]> {
+fn part(prepared: &PreparedAvatar, kind: StateKind) -> Result<&[u8]> {
     prepared.get(kind).ok_or_else(|| PipelineError::Internal(format!("prepared avatar lacks its {kind:?} part")))
 }
 
@@ -126,7 +126,7 @@ impl SadTalkerEngine {
     /// Run `f` with the renderer for (`size`, `full`), loading it on first use.
     fn with_renderer<T>(&self, size: u32, full: bool, f: impl FnOnce(&FaceRenderer) -> Result<T>) -> Result<T> {
         let mut models = self.lock()?;
-        if !models.renderers.contains_key(&(size, full)) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = models.renderers.entry((size, full)) {
             let checkpoint = self.paths.checkpoint_for_size(size)?;
             let (mapping, name) = if full { (&self.paths.mapping_full, MAPPING_FULL) } else { (&self.paths.mapping_crop, MAPPING_CROP) };
             let mapping = mapping.as_deref().ok_or_else(|| PipelineError::Unsupported {
@@ -135,8 +135,7 @@ impl SadTalkerEngine {
             })?;
             let config = FaceRenderConfig::official(if full { 73 } else { 70 });
             let weights = RendererWeights { checkpoint, mapping: MappingWeights::Pickle(mapping) };
-            let renderer = FaceRenderer::load(&config, &weights, &self.settings)?;
-            models.renderers.insert((size, full), renderer);
+            slot.insert(FaceRenderer::load(&config, &weights, &self.settings)?);
         }
         let renderer = models.renderers.get(&(size, full)).ok_or_else(|| PipelineError::Internal("renderer missing".into()))?;
         f(renderer)

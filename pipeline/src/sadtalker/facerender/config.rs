@@ -293,7 +293,8 @@ impl FaceRenderConfig {
         if kp.reshape_channel % kp.reshape_depth != 0 {
             return Err(bad("kp_detector reshape_channel is not a multiple of reshape_depth"));
         }
-        if !(kp.scale_factor > 0.0 && kp.scale_factor <= 1.0) || !(kp.temperature > 0.0) {
+        let scale_ok = kp.scale_factor > 0.0 && kp.scale_factor <= 1.0;
+        if !scale_ok || kp.temperature.is_nan() || kp.temperature <= 0.0 {
             return Err(bad("kp_detector scale_factor must be in (0, 1] and temperature positive"));
         }
         let g = &self.generator;

@@ -4,7 +4,11 @@
 //! `kp = R kp_canonical + (0, t_y, 0) + exp`.
 
 use super::mapping::HeadPoseLogits;
-use tch::{Kind, Tensor};
+use tch::Tensor;
+
+/// The reference converts degrees to radians with 3.14, not pi; kept for parity.
+#[allow(clippy::approx_constant)]
+const REFERENCE_PI: f64 = 3.14;
 
 /// Degrees per bin and offset of the head-pose bins.
 const DEG_PER_BIN: f64 = 3.0;
@@ -36,7 +40,7 @@ pub fn logits_to_degrees(logits: &Tensor) -> Tensor {
 
 /// `get_rotation_matrix(yaw, pitch, roll)` in degrees, (B,) each -> (B, 3, 3).
 pub fn rotation_matrix(yaw: &Tensor, pitch: &Tensor, roll: &Tensor) -> Tensor {
-    let rad = |t: &Tensor| (t / 180.0 * 3.14).unsqueeze(1);
+    let rad = |t: &Tensor| (t / 180.0 * REFERENCE_PI).unsqueeze(1);
     let (yaw, pitch, roll) = (rad(yaw), rad(pitch), rad(roll));
     let mat = |entries: [Tensor; 9]| {
         let b = entries[0].size()[0];
@@ -116,9 +120,4 @@ pub fn transform_keypoints(kp_canonical: &Tensor, he: &HeadPoseLogits, overrides
     let exp = he.exp.view([b, -1, 3]);
     let value = rotated + t + exp;
     TransformedKeypoints { yaw, pitch, roll, rotation, value }
-}
-
-/// Degrees as plain floats, for logs and tests.
-pub fn degrees_vec(t: &Tensor) -> Vec<f32> {
-    Vec::<f32>::try_from(t.to_kind(Kind::Float).to_device(tch::Device::Cpu).flatten(0, -1)).unwrap_or_default()
 }

@@ -1,11 +1,12 @@
 //! SadTalker's face renderer (face-vid2vid with a SPADE decoder) ported to tch: the keypoint
 //! detector ([`keypoint_detector`]), the coefficient-to-head-pose mapping net ([`mapping`]), the
 //! occlusion-aware generator ([`generator`]) with its dense-motion network ([`dense_motion`]) and
-//! SPADE decoder ([`spade`]), the keypoint transformation ([`keypoints`]), the coefficient
-//! windows ([`windows`]), the per-avatar source state ([`source_state`]), batched rendering
-//! ([`renderer`]) and the paste-back into the full image ([`paste`]).
+//! SPADE decoder ([`spade`], [`upconv`]), their building blocks ([`blocks`]), the keypoint
+//! transformation ([`keypoints`]), the coefficient windows ([`windows`]), the per-avatar source
+//! state ([`source_state`]), batched rendering ([`renderer`], batch size from [`memory`]) and the
+//! seamless paste-back into the full image ([`paste`]).
 //!
-//! Layer widths come from SadTalker's YAML config ([`config`]); numerics follow
+//! Layer widths come from SadTalker's YAML config ([`config`], read by [`yaml`]); numerics follow
 //! OpenTalker/SadTalker and are checked against the golden fixtures by
 //! `pipeline/tests/sadtalker_facerender*.rs`.
 

@@ -150,7 +150,7 @@ impl PasteBack {
         let [x1, y1, x2, y2] = self.face_box;
         let (bw, bh) = (x2 - x1, y2 - y1);
         let region = self.background.narrow(1, y1, bh).narrow(2, x1, bw).unsqueeze(0).repeat([n, 1, 1, 1]);
-        let _ = region.narrow(2, 2, bh - 4).narrow(3, 2, bw - 4).copy_(&interior);
+        region.narrow(2, 2, bh - 4).narrow(3, 2, bw - 4).copy_(&interior);
         Ok(region)
     }
 
@@ -160,7 +160,7 @@ impl PasteBack {
         let n = blended.size()[0];
         let [x1, y1, x2, y2] = self.face_box;
         let frames = self.background.unsqueeze(0).repeat([n, 1, 1, 1]);
-        let _ = frames.narrow(2, y1, y2 - y1).narrow(3, x1, x2 - x1).copy_(&blended);
+        frames.narrow(2, y1, y2 - y1).narrow(3, x1, x2 - x1).copy_(&blended);
         Ok(frames.permute([0, 2, 3, 1]).contiguous().to_device(Device::Cpu))
     }
 

@@ -117,6 +117,10 @@ impl FaceRenderer {
         let kp_detector = KpDetector::new(&kp_vs.root(), config);
         let generator = Generator::new(&gen_vs.root(), config);
         let mapping = MappingNet::new(&mapping_vs.root(), &config.mapping);
+        if device.is_cuda() {
+            // Batch shapes repeat for a whole clip: let cuDNN pick its fastest algorithms once.
+            tch::Cuda::cudnn_set_benchmark(true);
+        }
         let gen_kind = if settings.half && device.is_cuda() {
             Kind::Half
         } else {
