@@ -8,8 +8,6 @@
 mod common;
 mod sadtalker_common;
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
 use vipavatar_pipeline::sadtalker::facerender::mapping::{load_mapping_pickle, MappingNet};
@@ -64,21 +62,7 @@ model_params:
       num_bins: 66
 ";
 
-type Layout = BTreeMap<String, (Vec<i64>, String)>;
-
-/// key -> (shape, dtype) of one file of official_layout.json.
-fn official(dir: &Path, file: &str) -> Layout {
-    let text = std::fs::read_to_string(dir.join("official_layout.json")).expect("official_layout.json");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("layout json");
-    let tensors = json["files"][file]["tensors"].as_array().unwrap_or_else(|| panic!("no tensors for {file}"));
-    tensors
-        .iter()
-        .map(|t| {
-            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            (t["key"].as_str().unwrap().to_string(), (shape, t["dtype"].as_str().unwrap().to_string()))
-        })
-        .collect()
-}
+use sadtalker_common::{official_layout as official, Layout};
 
 fn requested(vs: &VarStore, prefix: &str) -> Layout {
     vs.variables()

@@ -7,7 +7,7 @@
 mod common;
 mod sadtalker_common;
 
-use sadtalker_common::fixture_dir;
+use sadtalker_common::{fixture_dir, official_layout};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
@@ -16,20 +16,6 @@ use vipavatar_pipeline::sadtalker::audio2pose::{training_only_layout, Audio2Pose
 use vipavatar_pipeline::sadtalker::paths::{sadtalker_checkpoints_status, CHECKPOINT_256, PREFIX_TENSORS};
 use vipavatar_pipeline::sadtalker::recon::FaceRecon;
 use vipavatar_pipeline::sadtalker::weights::load_prefix;
-
-/// key -> (shape, dtype) of the official 256 checkpoint.
-fn official_layout(dir: &Path) -> BTreeMap<String, (Vec<i64>, String)> {
-    let text = std::fs::read_to_string(dir.join("official_layout.json")).expect("official_layout.json");
-    let json: serde_json::Value = serde_json::from_str(&text).expect("layout json");
-    let tensors = json["files"][CHECKPOINT_256]["tensors"].as_array().expect("tensors list");
-    tensors
-        .iter()
-        .map(|t| {
-            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
-            (t["key"].as_str().unwrap().to_string(), (shape, t["dtype"].as_str().unwrap().to_string()))
-        })
-        .collect()
-}
 
 /// (key, shape, dtype) the module of `prefix` requests, plus the accepted training-only keys.
 fn requested(prefix: &str) -> (Vec<(String, Vec<i64>, String)>, Vec<(String, Vec<i64>)>) {
@@ -56,7 +42,7 @@ fn requested(prefix: &str) -> (Vec<(String, Vec<i64>, String)>, Vec<(String, Vec
 #[test]
 fn sadtalker_layout_modules_request_exactly_the_official_keys() {
     let Some(dir) = fixture_dir() else { return };
-    let layout = official_layout(&dir);
+    let layout = official_layout(&dir, CHECKPOINT_256);
     for (prefix, count) in PREFIX_TENSORS {
         let official: BTreeMap<&String, &(Vec<i64>, String)> =
             layout.iter().filter(|(k, _)| k.starts_with(&format!("{prefix}."))).collect();

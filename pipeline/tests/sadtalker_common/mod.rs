@@ -3,8 +3,8 @@
 //! networks from the fixture weights, and max-abs-error comparison with a printed report line.
 #![allow(dead_code)]
 
-use std::collections::HashMap;
-use std::path::PathBuf;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
 use tch::{Kind, Tensor};
 
 /// Device of the parity runs: `$VIPAVATAR_DEVICE` (default auto: CUDA when present, else CPU).
@@ -64,4 +64,21 @@ pub fn check_values(fx: &HashMap<String, Tensor>, key: &str, ours: &[f64], tol: 
     eprintln!("sadtalker parity {key}: max abs err {err:.3e} (tol {tol:.0e})");
     assert!(err <= tol, "`{key}`: max abs err {err:e} exceeds {tol:e}");
     err
+}
+
+/// key -> (shape, dtype) of one file's entry in the fixtures' `official_layout.json`.
+pub type Layout = BTreeMap<String, (Vec<i64>, String)>;
+
+/// The official layout of `file` (e.g. `SadTalker_V0.0.2_256.safetensors`).
+pub fn official_layout(dir: &Path, file: &str) -> Layout {
+    let text = std::fs::read_to_string(dir.join("official_layout.json")).expect("official_layout.json");
+    let json: serde_json::Value = serde_json::from_str(&text).expect("layout json");
+    let tensors = json["files"][file]["tensors"].as_array().unwrap_or_else(|| panic!("no tensors for {file}"));
+    tensors
+        .iter()
+        .map(|t| {
+            let shape = t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect();
+            (t["key"].as_str().unwrap().to_string(), (shape, t["dtype"].as_str().unwrap().to_string()))
+        })
+        .collect()
 }
