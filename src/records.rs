@@ -103,6 +103,11 @@ pub struct SessionRecord {
     pub attempts: u32,
     /// True when the finished video came straight from the `video:` cache.
     pub from_cache: bool,
+    /// Milliseconds from the request until the first live fragment was published.
+    pub first_frame_ms: Option<u64>,
+    /// Frames rendered so far, of `frames_total` (0 until rendering starts).
+    pub frames_done: u64,
+    pub frames_total: u64,
 }
 
 /// What a generate request asks for: the fields a new session starts from.
@@ -140,6 +145,9 @@ impl SessionRecord {
             worker: None,
             attempts: 0,
             from_cache: false,
+            first_frame_ms: None,
+            frames_done: 0,
+            frames_total: 0,
         }
     }
 

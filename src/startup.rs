@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use vipavatar_cache::{Cache, CacheConfig};
+use vipavatar_cache::{Cache, CacheConfig, FragmentStreams};
 
 /// Layout version of everything the service stores through the cache; bump it when a stored
 /// struct changes so old values read as misses.
-pub const CACHE_SCHEMA_VERSION: u16 = 1;
+pub const CACHE_SCHEMA_VERSION: u16 = 2;
 
 /// Redis, cache, queue, files and models: what both the API and the workers use.
 pub struct Services {
@@ -28,6 +28,8 @@ pub struct Services {
     pub cache: Cache,
     pub queue: JobQueue,
     pub blobs: BlobStore,
+    /// Live video streams (fragments in Redis).
+    pub streams: FragmentStreams,
     pub engines: watch::Receiver<EngineState>,
     pub redis_child: Option<RedisChild>,
 }
@@ -52,12 +54,13 @@ impl Services {
             conn.clone(),
             CacheConfig { namespace: config.namespace.clone(), ttls: config.ttl.ttls(), schema_version: CACHE_SCHEMA_VERSION },
         );
+        let streams = FragmentStreams::new(client.clone(), conn.clone(), config.namespace.clone(), &config.ttl.ttls());
         let queue = JobQueue::new(conn, config.namespace.clone());
         queue.ensure_groups().await.context("create the job streams")?;
         let blobs = BlobStore::open(&config.data_dir)
             .with_context(|| format!("create the data directory {}", config.data_dir.display()))?;
         let engines = load_in_background(config.clone());
-        Ok(Self { client, cache, queue, blobs, engines, redis_child })
+        Ok(Self { client, cache, queue, blobs, streams, engines, redis_child })
     }
 }
 
@@ -84,6 +87,7 @@ pub fn spawn_workers(n: usize, config: &Config, services: &Services, shutdown: &
             let consumer = format!("{}-{}-w{i}", host_name(), std::process::id());
             let (config, client, cache, queue, blobs) =
                 (config.clone(), services.client.clone(), services.cache.clone(), services.queue.clone(), services.blobs.clone());
+            let streams = services.streams.clone();
             let (mut engines, shutdown) = (services.engines.clone(), shutdown.clone());
             crate::spawn_named(&format!("worker-{i}"), async move {
                 let loaded = match engines.wait_for(|e| e.is_some()).await {
@@ -105,7 +109,7 @@ pub fn spawn_workers(n: usize, config: &Config, services: &Services, shutdown: &
                     Ok(c) => c,
                     Err(e) => return tracing::error!(error = %e, "cannot open the worker's Redis connection"),
                 };
-                let ctx = Arc::new(JobContext { config, cache, queue, blobs, engines, model, consumer });
+                let ctx = Arc::new(JobContext { config, cache, queue, blobs, streams, engines, model, consumer });
                 run_worker(ctx, blocking, shutdown).await;
             })
         })
@@ -131,6 +135,7 @@ impl Application {
             cache: services.cache.clone(),
             queue: services.queue.clone(),
             blobs: services.blobs.clone(),
+            streams: services.streams.clone(),
             engines: services.engines.clone(),
             started: Instant::now(),
             local_workers: workers,

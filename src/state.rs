@@ -7,7 +7,7 @@ use crate::jobs::JobQueue;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
-use vipavatar_cache::Cache;
+use vipavatar_cache::{Cache, FragmentStreams};
 
 #[derive(Clone)]
 pub struct AppState {
@@ -15,6 +15,8 @@ pub struct AppState {
     pub cache: Cache,
     pub queue: JobQueue,
     pub blobs: BlobStore,
+    /// Live video streams (fragments in Redis).
+    pub streams: FragmentStreams,
     pub engines: watch::Receiver<EngineState>,
     pub started: Instant,
     /// Workers running in this process (0 for an API-only node).

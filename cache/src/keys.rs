@@ -21,6 +21,12 @@ pub enum Kind {
     /// (`avatar:{image_hash}:{preprocess}`), tier 1. Not in DESIGN.md's table: added for the
     /// status endpoint.
     Avatar,
+    /// Decoded 16 kHz PCM of one audio (`audio_pcm:{audio_hash}`), tier 3: the API decodes an
+    /// upload once and the worker reads the samples instead of decoding again. Not in
+    /// DESIGN.md's table.
+    AudioPcm,
+    /// `stream:{session_id}`: the fragments of a session's live fragmented MP4 (a Redis stream).
+    Stream,
 }
 
 /// How long entries of a kind live (DESIGN.md "tier" column).
@@ -37,7 +43,7 @@ pub enum Tier {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::FaceDetection,
         Kind::Landmarks,
         Kind::Coeffs3dmm,
@@ -50,6 +56,8 @@ impl Kind {
         Kind::Video,
         Kind::Session,
         Kind::Avatar,
+        Kind::AudioPcm,
+        Kind::Stream,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +74,8 @@ impl Kind {
             Kind::Video => "video",
             Kind::Session => "session",
             Kind::Avatar => "avatar",
+            Kind::AudioPcm => "audio_pcm",
+            Kind::Stream => "stream",
         }
     }
 
@@ -74,7 +84,7 @@ impl Kind {
             Kind::FaceDetection | Kind::Landmarks | Kind::FaceCrop | Kind::SourceState | Kind::Avatar => Tier::Long,
             Kind::Coeffs3dmm => Tier::Permanent,
             Kind::Gestures | Kind::Visemes | Kind::AudioFeatures | Kind::Motion | Kind::Video => Tier::Medium,
-            Kind::Session => Tier::Short,
+            Kind::Session | Kind::AudioPcm | Kind::Stream => Tier::Short,
         }
     }
 }
@@ -146,6 +156,14 @@ impl Key {
     /// `avatar:{image_hash}:{preprocess}`
     pub fn avatar(image: &ImageHash, preprocess: &str) -> Self {
         Self::new(Kind::Avatar, &[image.as_str(), preprocess])
+    }
+    /// `audio_pcm:{audio_hash}`
+    pub fn audio_pcm(audio: &AudioHash) -> Self {
+        Self::new(Kind::AudioPcm, &[audio.as_str()])
+    }
+    /// `stream:{session_id}`
+    pub fn stream(id: &SessionId) -> Self {
+        Self::new(Kind::Stream, &[id.as_str()])
     }
 }
 
@@ -221,6 +239,8 @@ mod tests {
         assert_eq!(Key::video(&i, &a, &o).to_string(), format!("video:{i}:{a}:{o}"));
         assert_eq!(Key::session(&s).to_string(), format!("session:{s}"));
         assert_eq!(Key::avatar(&i, "crop").to_string(), format!("avatar:{i}:crop"));
+        assert_eq!(Key::audio_pcm(&a).to_string(), format!("audio_pcm:{a}"));
+        assert_eq!(Key::stream(&s).to_string(), format!("stream:{s}"));
     }
 
     #[test]

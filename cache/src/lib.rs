@@ -3,11 +3,13 @@
 //! in Redis so all instances share them.
 
 pub mod codec;
+pub mod fragments;
 pub mod ids;
 pub mod keys;
 pub mod store;
 pub mod ttl;
 
+pub use fragments::{FragmentReader, FragmentStreams, Piece, StreamEntry};
 pub use ids::{AudioHash, IdError, ImageHash, OptionsHash, SessionId};
 pub use keys::{Key, Kind, Namespace, Tier};
 pub use store::{Cache, CacheConfig, CacheError, CacheStats};

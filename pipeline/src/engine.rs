@@ -161,6 +161,7 @@ impl PreparedAvatar {
 }
 
 /// The inputs an engine sees for one avatar.
+#[derive(Clone, Copy)]
 pub struct AvatarInput<'a> {
     /// The decoded, orientation-corrected original image.
     pub image: &'a RgbImage,
@@ -179,6 +180,106 @@ pub struct RenderStats {
     pub frames: usize,
     /// Named stage -> milliseconds spent (e.g. "motion", "render").
     pub stage_ms: Vec<(String, f64)>,
+}
+
+/// Where the motion of one generate run comes from.
+#[derive(Clone, Copy)]
+pub struct MotionInput<'a> {
+    /// The decoded speech (always present: it is also the soundtrack and sets the frame count).
+    pub clip: &'a AudioClip,
+    /// Cached `audio_features` blob, if any.
+    pub features: Option<&'a [u8]>,
+    /// Cached `motion` blob, if any (then no analysis runs at all).
+    pub motion: Option<&'a [u8]>,
+}
+
+/// Motion produced a chunk at a time, each chunk an engine-specific blob that the same engine's
+/// [`ChunkRenderer`] reads. Runs on its own thread while earlier chunks render.
+pub trait MotionStream: Send {
+    /// Frames the whole clip will have.
+    fn total_frames(&self) -> usize;
+    /// Motion for about the next `frames` frames (an engine may return more, or all of them);
+    /// `None` when every frame was produced.
+    fn next_chunk(&mut self, frames: usize) -> Result<Option<Vec<u8>>>;
+    /// The blobs to cache, once every chunk was produced.
+    fn finish(self: Box<Self>) -> Result<StreamBlobs>;
+}
+
+/// What a finished motion stream leaves for the cache.
+#[derive(Debug, Clone, Default)]
+pub struct StreamBlobs {
+    /// The audio features, when they were computed (not when motion came from the cache).
+    pub features: Option<Vec<u8>>,
+    /// The whole clip's motion.
+    pub motion: Vec<u8>,
+}
+
+/// Renders one session's motion chunks, in order, into a sink.
+pub trait ChunkRenderer {
+    /// Render every frame of one chunk; returns how many were pushed.
+    fn render_chunk(&mut self, motion: &[u8], sink: &mut dyn FrameSink) -> Result<usize>;
+    /// Named stage -> milliseconds so far.
+    fn stage_ms(&self) -> Vec<(String, f64)>;
+}
+
+/// The fallback stream of engines without incremental motion: the whole motion as one chunk.
+struct WholeMotion<'a> {
+    engine: &'a dyn Engine,
+    prepared: &'a PreparedAvatar,
+    input: MotionInput<'a>,
+    opts: &'a GenerateOptions,
+    done: Option<StreamBlobs>,
+}
+
+impl MotionStream for WholeMotion<'_> {
+    fn total_frames(&self) -> usize {
+        self.input.clip.num_frames()
+    }
+    fn next_chunk(&mut self, _frames: usize) -> Result<Option<Vec<u8>>> {
+        if self.done.is_some() {
+            return Ok(None);
+        }
+        let blobs = match (self.input.motion, self.input.features) {
+            (Some(m), _) => StreamBlobs { features: None, motion: m.to_vec() },
+            (None, Some(f)) => StreamBlobs { features: None, motion: self.engine.motion(self.prepared, f, self.opts)? },
+            (None, None) => {
+                let f = self.engine.audio_features(self.input.clip)?;
+                let motion = self.engine.motion(self.prepared, &f, self.opts)?;
+                StreamBlobs { features: Some(f), motion }
+            }
+        };
+        let chunk = blobs.motion.clone();
+        self.done = Some(blobs);
+        Ok(Some(chunk))
+    }
+    fn finish(self: Box<Self>) -> Result<StreamBlobs> {
+        self.done.ok_or_else(|| crate::PipelineError::Internal("motion stream finished before it ran".into()))
+    }
+}
+
+/// The fallback renderer: one `Engine::render` call per (whole-motion) chunk.
+struct WholeRender<'a> {
+    engine: &'a dyn Engine,
+    avatar: AvatarInput<'a>,
+    prepared: &'a PreparedAvatar,
+    opts: &'a GenerateOptions,
+    stages: Vec<(String, f64)>,
+}
+
+impl ChunkRenderer for WholeRender<'_> {
+    fn render_chunk(&mut self, motion: &[u8], sink: &mut dyn FrameSink) -> Result<usize> {
+        let stats = self.engine.render(&self.avatar, self.prepared, motion, self.opts, sink, &mut |_, _| {})?;
+        for (name, ms) in stats.stage_ms {
+            match self.stages.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, total)) => *total += ms,
+                None => self.stages.push((name, ms)),
+            }
+        }
+        Ok(stats.frames)
+    }
+    fn stage_ms(&self) -> Vec<(String, f64)> {
+        self.stages.clone()
+    }
 }
 
 /// One talking-head engine. Implementations are synchronous; the service calls them from a
@@ -213,4 +314,37 @@ pub trait Engine: Send + Sync {
         sink: &mut dyn FrameSink,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<RenderStats>;
+
+    /// Incremental generation: a motion stream and the renderer of its chunks. `None` (the
+    /// default) makes the caller use [`whole_stream`]: the whole motion as one chunk.
+    fn stream<'a>(
+        &'a self,
+        _avatar: AvatarInput<'a>,
+        _prepared: &'a PreparedAvatar,
+        _input: MotionInput<'a>,
+        _opts: &'a GenerateOptions,
+    ) -> Result<Option<StreamParts<'a>>> {
+        Ok(None)
+    }
+}
+
+/// A motion stream and the renderer that reads its chunks.
+pub type StreamParts<'a> = (Box<dyn MotionStream + 'a>, Box<dyn ChunkRenderer + 'a>);
+
+/// The engine's own stream, or the whole-motion fallback built on `motion` and `render`.
+pub fn stream_parts<'a>(
+    engine: &'a dyn Engine,
+    avatar: AvatarInput<'a>,
+    prepared: &'a PreparedAvatar,
+    input: MotionInput<'a>,
+    opts: &'a GenerateOptions,
+) -> Result<StreamParts<'a>> {
+    let own = engine.stream(avatar, prepared, input, opts)?;
+    Ok(match own {
+        Some(parts) => parts,
+        None => (
+            Box::new(WholeMotion { engine, prepared, input, opts, done: None }),
+            Box::new(WholeRender { engine, avatar, prepared, opts, stages: Vec::new() }),
+        ),
+    })
 }

@@ -2,6 +2,7 @@
 //! look right but do not decode are a 422 later.
 
 use crate::errors::{ApiError, Code};
+use vipavatar_pipeline::audio::audio_kind;
 use vipavatar_pipeline::image::ImageFormat;
 
 /// Accept PNG, JPEG and WebP (what the decoder reads).
@@ -30,36 +31,6 @@ pub fn check_audio(field: &str, bytes: &[u8]) -> Result<(), ApiError> {
             Code::UnsupportedMediaType,
             format!("`{field}` is not a recognised audio file: WAV, MP3, OGG/Opus, FLAC, M4A/AAC, WebM, AIFF ({})", describe(bytes)),
         ))
-    }
-}
-
-/// The audio container named by the magic bytes, if any.
-pub fn audio_kind(b: &[u8]) -> Option<&'static str> {
-    let at = |i: usize, m: &[u8]| b.get(i..i + m.len()) == Some(m);
-    if at(0, b"RIFF") && (at(8, b"WAVE") || at(8, b"RF64")) || at(0, b"RF64") {
-        Some("wav")
-    } else if at(0, b"ID3") || (b.len() > 1 && b[0] == 0xFF && (b[1] & 0xE0) == 0xE0 && (b[1] & 0x06) != 0) {
-        Some("mp3")
-    } else if b.len() > 1 && b[0] == 0xFF && (b[1] & 0xF6) == 0xF0 {
-        Some("aac")
-    } else if at(0, b"OggS") {
-        Some("ogg")
-    } else if at(0, b"fLaC") {
-        Some("flac")
-    } else if at(4, b"ftyp") {
-        Some("mp4")
-    } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
-        Some("webm")
-    } else if at(0, b"FORM") && (at(8, b"AIFF") || at(8, b"AIFC")) {
-        Some("aiff")
-    } else if at(0, b"caff") {
-        Some("caf")
-    } else if at(0, b"#!AMR") {
-        Some("amr")
-    } else if at(0, b".snd") {
-        Some("au")
-    } else {
-        None
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod health;
 pub mod media;
 pub mod multipart;
+pub mod stream;
 pub mod vip;
 
 use crate::errors::{ApiError, Code};

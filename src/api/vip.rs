@@ -22,7 +22,7 @@ use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, Preproce
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(generate, status, download),
+    paths(generate, status, download, super::stream::stream),
     components(schemas(GenerateForm, GenerateResponse, SessionStatusResponse, Performance, SessionStatus, ErrorBody))
 )]
 pub struct VipApi;
@@ -30,7 +30,8 @@ pub struct VipApi;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(generate))
         .route("/status/{session_id}", web::get().to(status))
-        .route("/download/{session_id}", web::get().to(download));
+        .route("/download/{session_id}", web::get().to(download))
+        .route("/stream/{session_id}", web::get().to(super::stream::stream));
 }
 
 /// Multipart form of a generate request.
@@ -75,6 +76,14 @@ pub struct GenerateResponse {
     pub estimated_time: f64,
     /// True when the finished video was already cached for this image, audio and options.
     pub cached: bool,
+    /// Watch the video while it renders: a fragmented MP4 that a `<video>` element plays at
+    /// once (the finished file once the session is ready and its stream has expired).
+    pub stream_url: String,
+}
+
+/// Where a session's live stream is served.
+pub fn stream_url(id: &SessionId) -> String {
+    format!("/api/vip/stream/{id}")
 }
 
 fn parse_bool(s: &str) -> Option<bool> {
@@ -207,6 +216,7 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
         rec.from_cache = true;
         state.cache.put(&Key::session(&id), &rec).await?;
         return Ok(HttpResponse::Ok().json(GenerateResponse {
+            stream_url: stream_url(&id),
             session_id: id.to_string(),
             status: SessionStatus::Ready,
             estimated_time: 0.0,
@@ -214,6 +224,7 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
         }));
     }
 
+    // Decoded once, here: the worker reads these samples instead of decoding again.
     let b = bytes.clone();
     let audio_limits = AudioLimits { max_seconds: state.config.limits.max_audio_seconds, ..AudioLimits::default() };
     let clip = tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
@@ -225,6 +236,9 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     if state.blobs.put_if_absent(&audio_path, &bytes).await? {
         guard.remove_file(audio_path);
     }
+    let pcm_key = Key::audio_pcm(&audio);
+    state.cache.put(&pcm_key, &clip.samples[..]).await?;
+    guard.remove_key(pcm_key);
     let mut queue = Queue::Vip;
     if avatar.is_none_or(|a| a.status != AvatarStatus::Ready) {
         queue = Queue::Standard;
@@ -243,6 +257,7 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     guard.disarm();
     let estimated_time = estimate_generate(&state, rec.audio_seconds, queue).await;
     Ok(HttpResponse::Accepted().json(GenerateResponse {
+        stream_url: stream_url(&id),
         session_id: id.to_string(),
         status: SessionStatus::Queued,
         estimated_time,
@@ -265,11 +280,11 @@ async fn estimate_generate(state: &AppState, audio_seconds: f64, queue: Queue) -
     ((this * (1.0 + ahead as f64)) * 10.0).round() / 10.0
 }
 
-fn parse_session_id(s: &str) -> Result<SessionId, ApiError> {
+pub(crate) fn parse_session_id(s: &str) -> Result<SessionId, ApiError> {
     SessionId::parse(s).map_err(|e| ApiError::new(Code::InvalidSessionId, e.to_string()))
 }
 
-async fn load_session(state: &AppState, id: &SessionId) -> Result<SessionRecord, ApiError> {
+pub(crate) async fn load_session(state: &AppState, id: &SessionId) -> Result<SessionRecord, ApiError> {
     state
         .cache
         .peek::<SessionRecord>(&Key::session(id))
@@ -306,6 +321,15 @@ pub struct SessionStatusResponse {
     /// Where to download the MP4 once ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub download_url: Option<String>,
+    /// The live stream (fragmented MP4), watchable from the first rendered chunk.
+    pub stream_url: String,
+    /// Milliseconds from the request until the first video fragment could be watched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_frame_ms: Option<u64>,
+    /// Frames rendered so far.
+    pub frames_done: u64,
+    /// Frames the video will have (0 until the job starts).
+    pub frames_total: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorBody>,
     pub image_id: String,
@@ -345,6 +369,10 @@ pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Resu
         progress: rec.progress.clamp(0.0, 1.0),
         video_ready: ready,
         download_url: ready.then(|| format!("/api/vip/download/{id}")),
+        stream_url: stream_url(&id),
+        first_frame_ms: rec.first_frame_ms,
+        frames_done: rec.frames_done,
+        frames_total: rec.frames_total,
         error: rec.error.clone(),
         image_id: rec.image.to_string(),
         engine: rec.engine.as_str().into(),
@@ -382,6 +410,16 @@ pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Resu
 pub async fn download(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_session_id(&path)?;
     let rec = load_session(&state, &id).await?;
+    serve_video(&req, &state, &id, rec).await
+}
+
+/// The finished MP4 of a session (Range supported), or why there is none yet.
+pub(crate) async fn serve_video(
+    req: &HttpRequest,
+    state: &AppState,
+    id: &SessionId,
+    rec: SessionRecord,
+) -> Result<HttpResponse, ApiError> {
     let video = match (rec.status, rec.video) {
         (SessionStatus::Ready, Some(v)) => v,
         (SessionStatus::Failed, _) => {
@@ -401,7 +439,7 @@ pub async fn download(req: HttpRequest, state: web::Data<AppState>, path: web::P
             parameters: vec![header::DispositionParam::Filename(format!("{id}.mp4"))],
         })
         .use_last_modified(true)
-        .into_response(&req);
+        .into_response(req);
     resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, max-age=3600"));
     Ok(resp)
 }

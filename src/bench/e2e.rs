@@ -177,15 +177,26 @@ impl EndToEnd<'_> {
         let avatar = self.server.wait_avatar(&image_id).await?;
         let mut st = stages(&avatar, "/timings");
         st.extend(stages(&session, "/performance/stages"));
-        Ok(Sample { wall_ms, stages_ms: st, peak_rss_mb: 0.0 })
+        Ok(Sample { wall_ms, stages_ms: st, peak_rss_mb: 0.0, first_frame_ms: None })
     }
 
+    /// POST, then watch the live stream to its end (the time to its first media fragment),
+    /// then wait for the status to say ready.
     async fn generate(&self, image_id: &str, audio: &[u8]) -> anyhow::Result<Sample> {
         let start = Instant::now();
         let (sid, _) = self.server.generate(image_id, audio, self.engine).await?;
+        let live = self.server.client.get_stream(&format!("/api/vip/stream/{sid}"), start).await?;
+        if live.status != 200 || !live.complete {
+            bail!("the live stream of {sid} answered {} (complete: {})", live.status, live.complete);
+        }
         let session = self.server.wait_session(&sid).await?;
         let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-        Ok(Sample { wall_ms, stages_ms: stages(&session, "/performance/stages"), peak_rss_mb: 0.0 })
+        Ok(Sample {
+            wall_ms,
+            stages_ms: stages(&session, "/performance/stages"),
+            peak_rss_mb: 0.0,
+            first_frame_ms: live.first_media_ms,
+        })
     }
 
     async fn hot(&self, image_id: &str, audio: &[u8]) -> anyhow::Result<Sample> {
@@ -195,7 +206,7 @@ impl EndToEnd<'_> {
         if !cached {
             bail!("the repeated request was not answered from the video cache");
         }
-        Ok(Sample { wall_ms, stages_ms: Vec::new(), peak_rss_mb: 0.0 })
+        Ok(Sample { wall_ms, stages_ms: Vec::new(), peak_rss_mb: 0.0, first_frame_ms: None })
     }
 
     /// Run `runs` rounds of cold, warm, hot, no-cache (interleaved).

@@ -55,6 +55,35 @@ impl Default for Form {
     }
 }
 
+/// Take the complete chunks at the front of a `Transfer-Encoding: chunked` body; `Some(true)` once
+/// the last (empty) chunk was seen, `None` when more bytes are needed.
+fn take_chunks(raw: &mut Vec<u8>, out: &mut Vec<u8>) -> anyhow::Result<bool> {
+    loop {
+        let Some(line_end) = raw.windows(2).position(|w| w == b"\r\n") else { return Ok(false) };
+        let size_text = std::str::from_utf8(&raw[..line_end])?.split(';').next().unwrap_or("").trim().to_string();
+        let size = usize::from_str_radix(&size_text, 16).with_context(|| format!("bad chunk size {size_text:?}"))?;
+        if size == 0 {
+            return Ok(true);
+        }
+        if raw.len() < line_end + 2 + size + 2 {
+            return Ok(false);
+        }
+        out.extend_from_slice(&raw[line_end + 2..line_end + 2 + size]);
+        raw.drain(..line_end + 2 + size + 2);
+    }
+}
+
+/// What reading a live stream gave.
+#[derive(Debug, Clone)]
+pub struct StreamRead {
+    pub status: u16,
+    /// Milliseconds from `since` until the first media fragment (`moof` + `mdat`) was complete.
+    pub first_media_ms: Option<f64>,
+    pub bytes: Vec<u8>,
+    /// The body ended with its final chunk (not cut off).
+    pub complete: bool,
+}
+
 /// Decode a `Transfer-Encoding: chunked` body.
 fn dechunk(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -107,6 +136,49 @@ impl Client {
         });
         let body = &raw[split + 4..];
         Ok((status, if chunked { dechunk(body)? } else { body.to_vec() }))
+    }
+
+    /// GET a live fragmented-MP4 stream to its end, noting when its first media fragment arrived.
+    pub async fn get_stream(&self, path: &str, since: std::time::Instant) -> anyhow::Result<StreamRead> {
+        let mut stream = TcpStream::connect(self.addr).await.with_context(|| format!("connect {}", self.addr))?;
+        stream.set_nodelay(true)?;
+        let head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        stream.write_all(head.as_bytes()).await?;
+        let (mut raw, mut body, mut buf) = (Vec::new(), Vec::new(), vec![0u8; 64 * 1024]);
+        let mut header: Option<(u16, bool)> = None;
+        let mut splitter = vipavatar_pipeline::video::FragmentSplitter::new();
+        let (mut first_media_ms, mut complete) = (None, false);
+        loop {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+            if header.is_none() {
+                let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { continue };
+                let text = std::str::from_utf8(&raw[..split])?.to_ascii_lowercase();
+                let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+                let chunked = text.lines().any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+                header = Some((status, chunked));
+                raw.drain(..split + 4);
+            }
+            let Some((_, chunked)) = header else { continue };
+            let before = body.len();
+            if chunked {
+                complete = take_chunks(&mut raw, &mut body)?;
+            } else {
+                body.append(&mut raw);
+            }
+            let pieces = splitter.push(&body[before..]).map_err(|e| anyhow!("stream: {e}"))?;
+            if first_media_ms.is_none() && pieces.iter().any(|p| matches!(p, vipavatar_pipeline::video::Fragment::Media(_))) {
+                first_media_ms = Some(since.elapsed().as_secs_f64() * 1e3);
+            }
+            if complete {
+                break;
+            }
+        }
+        let (status, chunked) = header.ok_or_else(|| anyhow!("no HTTP header in the reply"))?;
+        Ok(StreamRead { status, first_media_ms, bytes: body, complete: complete || !chunked })
     }
 
     /// GET `path`; the status and the JSON body.

@@ -165,6 +165,7 @@ async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Eng
         cache: services.cache.clone(),
         queue: services.queue.clone(),
         blobs: services.blobs.clone(),
+        streams: services.streams.clone(),
         engines: engines.clone(),
         model,
         consumer: "bench".into(),

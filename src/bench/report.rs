@@ -65,6 +65,9 @@ pub struct Sample {
     pub stages_ms: Vec<(String, f64)>,
     /// VmHWM after this sample, peak since the reset before it (MiB).
     pub peak_rss_mb: f64,
+    /// Time to the first watchable frame: in process the first encoded fragment in Redis, end
+    /// to end the first media fragment received by an HTTP client after the POST.
+    pub first_frame_ms: Option<f64>,
 }
 
 /// Columns of the per-stage breakdown, in table order. `cache_io_other` is the wall time not
@@ -97,7 +100,7 @@ pub fn bucket(stage: &str, has_render_children: bool) -> Option<&'static str> {
         "pose" | "coeffs" | "3dmm" | "recon" => "coeffs",
         "prepare" => "prepare",
         "precompute" => "precompute",
-        "audio_decode" | "features" => "audio",
+        "audio_decode" | "audio_load" | "features" => "audio",
         "motion" => "motion",
         "render.sink" | "encode_finish" | "encode" => "encode",
         "render" if !has_render_children => "render",
@@ -161,6 +164,13 @@ pub struct CaseResult {
     pub stages_ms: BTreeMap<String, f64>,
     /// Highest VmHWM seen in this case's runs (MiB).
     pub peak_rss_mb: f64,
+    /// Time to the first watchable frame, per run (cases that stream only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub first_frame_ms: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_frame_median_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_frame_p90_ms: Option<f64>,
     /// Every run's stages as the service reported them (ms), for digging into the breakdown.
     pub raw_stages_ms: Vec<Vec<(String, f64)>>,
 }
@@ -177,7 +187,12 @@ impl CaseResult {
                 (b.to_string(), median(&vals))
             })
             .collect();
+        let first: Vec<f64> = samples.iter().filter_map(|s| s.first_frame_ms).collect();
+        let has_first = !first.is_empty();
         Self {
+            first_frame_median_ms: has_first.then(|| median(&first)),
+            first_frame_p90_ms: has_first.then(|| p90_nearest_rank(&first)),
+            first_frame_ms: first,
             case,
             runs: samples.len(),
             wall_ms: wall.clone(),
@@ -334,7 +349,7 @@ pub fn render_table(r: &BenchReport) -> String {
                 };
                 let _ = write!(s, " {name:>8}");
             }
-            let _ = writeln!(s, " | {:>7}", "RSS MiB");
+            let _ = writeln!(s, " | {:>7} | {:>9} {:>9}", "RSS MiB", "1st frame", "p90");
             for c in &g.cases {
                 let _ = write!(
                     s,
@@ -349,12 +364,23 @@ pub fn render_table(r: &BenchReport) -> String {
                 for b in BUCKETS {
                     let _ = write!(s, " {:>8}", fmt_ms(c.stages_ms.get(b).copied().unwrap_or(0.0)));
                 }
-                let _ = writeln!(s, " | {:>7.0}", c.peak_rss_mb);
+                let first = |v: Option<f64>| v.map(fmt_ms).unwrap_or_else(|| "-".into());
+                let _ = writeln!(
+                    s,
+                    " | {:>7.0} | {:>9} {:>9}",
+                    c.peak_rss_mb,
+                    first(c.first_frame_median_ms),
+                    first(c.first_frame_p90_ms)
+                );
             }
         }
     }
     let _ = writeln!(s, "\nsummary (medians, ms; speedups over no-cache)");
-    let _ = writeln!(s, "{:<10} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}", "engine", "mode", "audio s", "cold", "warm", "hot", "no-cache", "VIP x", "hot x");
+    let _ = writeln!(
+        s,
+        "{:<10} {:<11} {:>7} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
+        "engine", "mode", "audio s", "cold", "warm", "hot", "no-cache", "VIP x", "hot x", "warm 1st fr"
+    );
     for e in &r.engines {
         if !e.available {
             let _ = writeln!(s, "{:<10} unavailable", e.engine);
@@ -366,9 +392,16 @@ pub fn render_table(r: &BenchReport) -> String {
                 Mode::InProcess => "in-process",
                 Mode::EndToEnd => "end-to-end",
             };
+            let first = g
+                .cases
+                .iter()
+                .find(|c| c.case == Case::Warm)
+                .and_then(|c| c.first_frame_median_ms)
+                .map(fmt_ms)
+                .unwrap_or_else(|| "-".into());
             let _ = writeln!(
                 s,
-                "{:<10} {:<11} {:>7.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9}",
+                "{:<10} {:<11} {:>7.1} {:>9} {:>9} {:>9} {:>9} {:>9} {:>9} {:>11}",
                 e.engine,
                 mode,
                 g.audio_seconds,
@@ -377,7 +410,8 @@ pub fn render_table(r: &BenchReport) -> String {
                 m(Case::Hot),
                 m(Case::Nocache),
                 fmt_x(g.speedup_vip_over_nocache),
-                fmt_x(g.speedup_hot_over_nocache)
+                fmt_x(g.speedup_hot_over_nocache),
+                first
             );
         }
     }
@@ -429,6 +463,7 @@ mod tests {
                 .map(|(n, v)| (n.to_string(), *v))
                 .collect(),
             peak_rss_mb: 0.0,
+            first_frame_ms: None,
         };
         let b = breakdown(&s);
         assert_eq!(b["render"], 30.0);

@@ -1,6 +1,7 @@
 //! The generate job: wait for the avatar if it is still being precomputed, assemble every
-//! image-side part from the cache (or rebuild it), reuse cached audio features and motion, render
-//! and encode on the model thread, store the video under `video:` and finish the session.
+//! image-side part from the cache (or rebuild it), take the audio the API decoded, reuse cached
+//! audio features and motion, render and encode on the model thread while publishing the live
+//! fragments to `stream:{session}`, store the video under `video:` and finish the session.
 
 use super::avatar::{ensure_analysis, ensure_prepared};
 use super::{counters, internal, JobContext, JobError, Tracker};
@@ -8,12 +9,13 @@ use crate::blobs::BlobStore;
 use crate::errors::{ApiError, Code};
 use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionStatus, VideoRef};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-use vipavatar_cache::{AudioHash, ImageHash, Key, Kind, SessionId};
-use vipavatar_pipeline::audio::{decode_audio, AudioLimits};
+use tokio::sync::{mpsc, watch};
+use vipavatar_cache::{AudioHash, ImageHash, Key, Kind, Piece, SessionId};
+use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits, SAMPLE_RATE};
 use vipavatar_pipeline::engine::{AvatarInput, EngineKind, PreprocessMode};
-use vipavatar_pipeline::video::{generate_video, GenerateRequest};
+use vipavatar_pipeline::video::{generate_streamed, Fragment, FragmentSink, GenerateRequest};
 
 /// `audio_features:{audio}`: each engine's features for this audio (engines differ in what they
 /// extract, and the key does not name the engine).
@@ -83,14 +85,8 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     let prepared = ensure_prepared(ctx, &mut t, &engine, &rec.image, &avatar, rec.options.size).await?;
 
     let s = Instant::now();
-    let audio_bytes = ctx
-        .blobs
-        .read(&ctx.blobs.audio_path(&rec.audio))
-        .await?
-        .ok_or_else(|| internal(format!("the audio {} of this session is no longer stored", rec.audio)))?;
-    let limits = AudioLimits { max_seconds: ctx.config.limits.max_audio_seconds, ..AudioLimits::default() };
-    let clip = tokio::task::spawn_blocking(move || decode_audio(&audio_bytes, &limits)).await.map_err(internal)??;
-    t.stage("audio_decode", s);
+    let clip = load_audio(ctx, &mut t, &rec.audio).await?;
+    t.stage("audio_load", s);
 
     let fkey = Key::audio_features(&rec.audio);
     let mut features_entry = ctx.cache.get::<AudioFeaturesEntry>(&fkey).await?.unwrap_or_default();
@@ -106,14 +102,21 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
         None => t.miss(Kind::Motion),
     }
     rec.progress = PRE_RENDER_PROGRESS;
+    rec.frames_total = clip.num_frames() as u64;
     save(ctx, &rec).await?;
 
-    // Render + encode on the model thread; progress flows back through a watch channel.
+    // Render + encode on the model thread; progress flows back through a watch channel and the
+    // live fragments through a channel to the publisher, which appends them to `stream:{id}`.
+    ctx.streams.reset(&rec.id).await?;
     let tmp = ctx.blobs.temp_path("mp4");
-    let (progress_tx, progress_rx) = watch::channel(PRE_RENDER_PROGRESS);
-    let writer = spawn_progress_writer(ctx, rec.clone(), progress_rx);
+    let (live_tx, live_rx) = watch::channel(Live { progress: PRE_RENDER_PROGRESS, ..Live::default() });
+    let live_tx = Arc::new(live_tx);
+    let writer = spawn_progress_writer(ctx, rec.clone(), live_rx);
+    let (frag_tx, frag_rx) = mpsc::unbounded_channel::<Fragment>();
+    let publisher = spawn_publisher(ctx, &rec, attempt, frag_rx, live_tx.clone());
     let (had_features, had_motion) = (features.is_some(), motion.is_some());
     let (e, a, p, o, out) = (engine.clone(), avatar.clone(), prepared, rec.options.clone(), tmp.clone());
+    let progress_tx = live_tx.clone();
     let s = Instant::now();
     let result = ctx
         .model
@@ -130,33 +133,45 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
                 thumbnail: None,
                 contact_sheet: None,
             };
-            generate_video(&req, &mut |pr| {
+            let sink: FragmentSink = Box::new(move |f| {
+                let _ = frag_tx.send(f);
+            });
+            generate_streamed(&req, Some(sink), &mut |pr| {
                 if pr.stage == "render" && pr.total > 0 {
                     let f = pr.done as f32 / pr.total as f32;
-                    let _ = progress_tx.send(PRE_RENDER_PROGRESS + (0.98 - PRE_RENDER_PROGRESS) * f);
+                    progress_tx.send_modify(|l| {
+                        l.progress = PRE_RENDER_PROGRESS + (0.98 - PRE_RENDER_PROGRESS) * f;
+                        l.frames_done = pr.done as u64;
+                    });
                 }
             })
         })
         .await;
+    // Every fragment is in Redis once the publisher has drained its channel (the encoder's sink,
+    // and with it the sender, is gone when the model call returns).
+    let published = publisher.await.map_err(internal)?;
     // Stop the writer now instead of letting it finish its throttle sleep (that cost up to
     // 250 ms per job). Awaiting the aborted handle orders any in-flight progress write before
     // the final session save below (one multiplexed connection keeps command order).
     writer.abort();
     let _ = writer.await;
-    let output = match result {
+    let output = match result.map_err(JobError::from).and_then(|o| published.map(|_| o)) {
         Ok(o) => o,
         Err(e) => {
             let _ = ctx.blobs.remove(&tmp).await;
-            return Err(e.into());
+            let _ = ctx.streams.append(&rec.id, attempt, &Piece::Error(error_json(&e))).await;
+            return Err(e);
         }
     };
+    ctx.streams.append(&rec.id, attempt, &Piece::End).await?;
+    let live = *live_tx.borrow();
     t.stage("generate", s);
     t.stages_ms.extend(output.stats.stage_ms.iter().cloned());
     ctx.cache.incr(counters::RENDER_RUNS, 1).await?;
-    if !had_features {
+    if let (false, Some(f)) = (had_features, output.features.as_ref()) {
         ctx.cache.incr(counters::AUDIO_FEATURE_RUNS, 1).await?;
         features_entry.engines.retain(|(k, _)| *k != rec.engine);
-        features_entry.engines.push((rec.engine, output.features.clone()));
+        features_entry.engines.push((rec.engine, f.clone()));
         ctx.cache.put(&fkey, &features_entry).await?;
     }
     if !had_motion {
@@ -183,20 +198,85 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     rec.cache_misses = t.misses;
     rec.video = Some(video);
     rec.error = None;
+    rec.first_frame_ms = live.first_frame_ms;
+    rec.frames_done = output.stats.frames as u64;
+    rec.frames_total = output.stats.frames as u64;
     save(ctx, &rec).await
+}
+
+/// The session's decoded audio: the samples the API left under `audio_pcm:`, or (when they
+/// expired) the stored original decoded again.
+async fn load_audio(ctx: &JobContext, t: &mut Tracker, audio: &AudioHash) -> Result<AudioClip, JobError> {
+    if let Some(samples) = ctx.cache.get::<Vec<f32>>(&Key::audio_pcm(audio)).await? {
+        t.hit(Kind::AudioPcm);
+        return Ok(AudioClip { samples, sample_rate: SAMPLE_RATE });
+    }
+    t.miss(Kind::AudioPcm);
+    let bytes = ctx
+        .blobs
+        .read(&ctx.blobs.audio_path(audio))
+        .await?
+        .ok_or_else(|| internal(format!("the audio {audio} of this session is no longer stored")))?;
+    let limits = AudioLimits { max_seconds: ctx.config.limits.max_audio_seconds, ..AudioLimits::default() };
+    Ok(tokio::task::spawn_blocking(move || decode_audio(&bytes, &limits)).await.map_err(internal)??)
+}
+
+/// What the progress writer publishes into the session while it renders.
+#[derive(Debug, Clone, Copy, Default)]
+struct Live {
+    progress: f32,
+    frames_done: u64,
+    first_frame_ms: Option<u64>,
+}
+
+/// Append the encoder's fragments to the session's stream in order; notes when the first media
+/// fragment went out (milliseconds since the request).
+fn spawn_publisher(
+    ctx: &JobContext,
+    rec: &SessionRecord,
+    attempt: u32,
+    mut rx: mpsc::UnboundedReceiver<Fragment>,
+    live: Arc<watch::Sender<Live>>,
+) -> tokio::task::JoinHandle<Result<usize, JobError>> {
+    let (streams, id, created) = (ctx.streams.clone(), rec.id.clone(), rec.created_ms);
+    let name = format!("stream-{id}");
+    crate::spawn_named(&name, async move {
+        let mut count = 0;
+        while let Some(fragment) = rx.recv().await {
+            let piece = match fragment {
+                Fragment::Init(b) => Piece::Init(b),
+                Fragment::Media(b) => Piece::Media(b),
+            };
+            let media = matches!(piece, Piece::Media(_));
+            streams.append(&id, attempt, &piece).await?;
+            count += 1;
+            if media && live.borrow().first_frame_ms.is_none() {
+                let ms = now_ms().saturating_sub(created);
+                live.send_modify(|l| l.first_frame_ms = Some(ms));
+            }
+        }
+        Ok(count)
+    })
+}
+
+fn error_json(e: &JobError) -> String {
+    serde_json::to_string(e.body()).unwrap_or_default()
 }
 
 /// Write progress into the session at most a few times a second while rendering.
 fn spawn_progress_writer(
     ctx: &JobContext,
     mut rec: SessionRecord,
-    mut rx: watch::Receiver<f32>,
+    mut rx: watch::Receiver<Live>,
 ) -> tokio::task::JoinHandle<()> {
     let cache = ctx.cache.clone();
     let name = format!("progress-{}", rec.id);
     let fut = async move {
         while rx.changed().await.is_ok() {
-            rec.progress = *rx.borrow_and_update();
+            let live = *rx.borrow_and_update();
+            rec.progress = live.progress;
+            rec.frames_done = live.frames_done;
+            rec.first_frame_ms = live.first_frame_ms;
             if let Err(e) = cache.put(&Key::session(&rec.id), &rec).await {
                 tracing::warn!(error = %e, "could not store progress");
             }
@@ -214,7 +294,10 @@ pub async fn fail_generate(ctx: &JobContext, id: &SessionId, err: &JobError) -> 
     rec.status = SessionStatus::Failed;
     rec.error = Some(err.body().clone());
     rec.finished_ms = Some(now_ms());
-    save(ctx, &rec).await
+    save(ctx, &rec).await?;
+    // Anyone watching the live stream learns it ended badly.
+    ctx.streams.append(id, rec.attempts, &Piece::Error(error_json(err))).await?;
+    Ok(())
 }
 
 /// The stored video for (image, audio, options) if its file still exists.

@@ -14,7 +14,7 @@ use crate::errors::{ApiError, Code, ErrorBody};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
-use vipavatar_cache::{Cache, ImageHash, Kind, SessionId};
+use vipavatar_cache::{Cache, FragmentStreams, ImageHash, Kind, SessionId};
 use vipavatar_pipeline::engine::PreprocessMode;
 use vipavatar_pipeline::PipelineError;
 
@@ -97,6 +97,8 @@ pub struct JobContext {
     pub cache: Cache,
     pub queue: JobQueue,
     pub blobs: BlobStore,
+    /// Live video streams: the generate job publishes its fragments here.
+    pub streams: FragmentStreams,
     pub engines: Arc<Engines>,
     pub model: ModelThread,
     /// This worker's consumer name (also written into sessions it works on).

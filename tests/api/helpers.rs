@@ -301,3 +301,55 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }
+
+/// Per-frame MD5s of a file's decoded video (ffmpeg's framemd5 muxer), in order.
+pub fn video_frame_md5s(path: &Path) -> Vec<String> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0", "-f", "framemd5", "-"])
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success(), "ffmpeg framemd5 failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(',').next().map(|m| m.trim().to_string()))
+        .collect()
+}
+
+/// Top-level MP4 box types of `bytes`, in order (panics on a malformed box).
+pub fn mp4_boxes(bytes: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while at + 8 <= bytes.len() {
+        let size = u32::from_be_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        assert!(size >= 8 && at + size <= bytes.len(), "box at {at} has size {size} of {}", bytes.len());
+        out.push(String::from_utf8_lossy(&bytes[at + 4..at + 8]).into_owned());
+        at += size;
+    }
+    assert_eq!(at, bytes.len(), "trailing bytes after the last box");
+    out
+}
+
+/// Read a live stream: every body chunk with the session's `frames_done` when it arrived, and
+/// whether the body ended cleanly (`Err`: the connection was cut).
+pub async fn read_stream(app: &TestApp, sid: &str) -> (Vec<u8>, Vec<(usize, u64)>, Result<(), String>) {
+    use futures_util::StreamExt;
+    let resp = app.get(&format!("/api/vip/stream/{sid}")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "video/mp4");
+    let mut body = resp.bytes_stream();
+    let (mut bytes, mut marks) = (Vec::new(), Vec::new());
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(c) => {
+                bytes.extend_from_slice(&c);
+                let s = app.session(sid).await;
+                marks.push((bytes.len(), s["frames_done"].as_u64().unwrap_or(0)));
+            }
+            Err(e) => return (bytes, marks, Err(e.to_string())),
+        }
+    }
+    (bytes, marks, Ok(()))
+}

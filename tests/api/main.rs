@@ -9,5 +9,6 @@ mod health;
 mod helpers;
 mod openapi;
 mod private_redis;
+mod stream;
 mod vip;
 mod workers;

@@ -42,11 +42,13 @@ async fn upload_generate_download_and_reuse() {
     assert_eq!(done["download_url"], format!("/api/vip/download/{sid}"));
     let perf = &done["performance"];
     assert!(perf["total_time"].as_f64().unwrap() >= perf["queue_time"].as_f64().unwrap(), "{perf}");
-    for stage in ["generate", "render", "motion", "features", "audio_decode"] {
+    // The API decoded the audio (the worker took its samples from `audio_pcm:`); the features
+    // are computed chunk by chunk inside `motion`.
+    for stage in ["generate", "render", "motion", "audio_load"] {
         assert!(perf["stages"][stage].as_f64().is_some(), "no {stage} stage: {perf}");
     }
     let hits: Vec<&str> = perf["cache_hits"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
-    for kind in ["3dmm_coeffs", "source_state", "face_crop", "gestures", "visemes"] {
+    for kind in ["3dmm_coeffs", "source_state", "face_crop", "gestures", "visemes", "audio_pcm"] {
         assert!(hits.contains(&kind), "{kind} was not reused: {perf}");
     }
     let misses: Vec<&str> = perf["cache_misses"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();

@@ -117,14 +117,29 @@ async fn a_job_that_keeps_failing_is_retried_then_failed_with_its_error() {
     let id = app.ready_avatar(read(data.join("images/happy.png"))).await;
     drop(worker);
 
-    // Queue a job, then lose the stored audio before any worker runs it.
+    // Queue a job, then lose the stored audio (the original and the decoded samples the API
+    // left for the worker) before any worker runs it.
     let audio = read(data.join("audio/chinese_poem1.wav"));
     let (s, body) = app.generate(&id, audio.clone(), &[]).await;
     assert_eq!(s, 202, "{body}");
     let sid = body["session_id"].as_str().unwrap().to_string();
-    let stored = app.config.data_dir.join("audio").join(blake3::hash(&audio).to_hex().as_str());
+    let hash = blake3::hash(&audio).to_hex();
+    let stored = app.config.data_dir.join("audio").join(hash.as_str());
     std::fs::remove_file(&stored).expect("the audio was stored before the job was queued");
+    let client = redis::Client::open(redis_url()).expect("redis url");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("redis");
+    let pcm = format!("{}:audio_pcm:{hash}", app.config.namespace.as_str());
+    let removed: u64 = redis::cmd("DEL").arg(&pcm).query_async(&mut conn).await.expect("DEL");
+    assert_eq!(removed, 1, "the API left the decoded samples under {pcm}");
 
+    // A client watching the stream of the queued session sees it end with an error.
+    let watcher = {
+        let (address, sid) = (app.address.clone(), sid.clone());
+        tokio::spawn(async move {
+            let resp = reqwest::get(format!("{address}/api/vip/stream/{sid}")).await.expect("stream request");
+            (resp.status(), resp.bytes().await.map(|b| b.len()))
+        })
+    };
     let _worker = WorkerProcess::start(&app.config, &dir.join("worker2.log"));
     let done = app.wait_session(&sid, Duration::from_secs(120)).await;
     assert_eq!(done["status"], "failed", "{done}");
@@ -136,6 +151,31 @@ async fn a_job_that_keeps_failing_is_retried_then_failed_with_its_error() {
     let (_, stats) = app.get_json("/api/cache/stats").await;
     assert_eq!(stats["queue_status"]["failed"], 1);
     assert_error(&json(app.get(&format!("/api/vip/download/{sid}")).await).await, 409, "video_failed");
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), watcher).await.expect("the stream ended").unwrap();
+    assert_eq!(status, 200);
+    assert!(body.is_err(), "the failed session's stream ended as if complete: {body:?}");
+    assert_error(&json(app.get(&format!("/api/vip/stream/{sid}")).await).await, 409, "video_failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_node_streams_what_a_worker_process_renders() {
+    let Some(data) = testdata() else { return };
+    let app = spawn_app_with(0, |_| {}).await;
+    let dir = scratch("remote-stream");
+    let _worker = WorkerProcess::start(&app.config, &dir.join("worker.log"));
+    let id = app.ready_avatar(read(data.join("images/happy.png"))).await;
+    let (s, body) = app.generate(&id, read(data.join("audio/chinese_poem1.wav")), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_string();
+    let (live, _, end) = read_stream(&app, &sid).await;
+    assert!(end.is_ok(), "{end:?}");
+    let done = app.wait_session(&sid, Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    let boxes = mp4_boxes(&live);
+    assert_eq!(&boxes[..2], ["ftyp", "moov"]);
+    let path = dir.join("live.mp4");
+    std::fs::write(&path, &live).unwrap();
+    assert_eq!(video_frame_md5s(&path).len() as u64, done["frames_total"].as_u64().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

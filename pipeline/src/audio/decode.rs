@@ -1,10 +1,12 @@
-//! Decoding uploaded audio bytes (WAV/MP3/OGG/FLAC/M4A/...) to 16 kHz mono f32 with the ffmpeg CLI.
+//! Decoding uploaded audio bytes to 16 kHz mono f32: in process first ([`super::native`], symphonia +
+//! rubato), with the ffmpeg CLI as the fallback for what symphonia lacks (Opus, WebM, AMR, ...).
 //!
-//! The bytes go to a private temporary file (MP4/M4A keeps its index at the end, which a pipe
+//! On the ffmpeg path the bytes go to a private temporary file (MP4/M4A keeps its index at the end, which a pipe
 //! cannot seek to), `ffprobe` checks that there is an audio stream, and `ffmpeg -f f32le -ac 1
 //! -ar 16000` streams the samples back through a pipe. The length limit is enforced on the
 //! samples actually decoded, never on what a header claims.
 
+use super::native::{self, Native};
 use super::{AudioClip, SAMPLE_RATE};
 use crate::error::{PipelineError, Result};
 use std::io::Read;
@@ -42,16 +44,64 @@ pub fn decode_audio(bytes: &[u8], limits: &AudioLimits) -> Result<AudioClip> {
     if bytes.is_empty() {
         return Err(PipelineError::NotAudio("the upload is empty".into()));
     }
-    let file = TempInput::write(bytes)?;
-    let probe = probe_file(file.path())?;
-    tracing::debug!(codec = %probe.codec, rate = probe.sample_rate, channels = probe.channels, "probed audio");
-    let samples = decode_file(file.path(), limits, &probe)?;
+    // Only containers recognised at byte 0 go to the native decoder: its probe would otherwise
+    // scan arbitrary bytes for something that looks like an MP3 frame.
+    let native = match audio_kind(bytes) {
+        Some("wav" | "mp3" | "flac" | "ogg" | "mp4" | "aac" | "aiff" | "caf") => native::decode(bytes, limits)?,
+        Some(other) => Native::Unsupported(format!("{other} is decoded by ffmpeg")),
+        None => Native::Unsupported("unknown container".into()),
+    };
+    let samples = match native {
+        Native::Decoded(samples) => samples,
+        Native::Unsupported(why) => {
+            tracing::debug!(reason = %why, "decoding with ffmpeg");
+            decode_with_ffmpeg(bytes, limits)?
+        }
+    };
     let clip = AudioClip { samples, sample_rate: SAMPLE_RATE };
     let seconds = clip.duration_s();
     if seconds < limits.min_seconds {
         return Err(PipelineError::AudioTooShort { seconds, min: limits.min_seconds });
     }
     Ok(clip)
+}
+
+/// The ffmpeg CLI path: a private temporary file, `ffprobe`, then `ffmpeg` streaming f32 samples.
+pub fn decode_with_ffmpeg(bytes: &[u8], limits: &AudioLimits) -> Result<Vec<f32>> {
+    let file = TempInput::write(bytes)?;
+    let probe = probe_file(file.path())?;
+    tracing::debug!(codec = %probe.codec, rate = probe.sample_rate, channels = probe.channels, "probed audio");
+    decode_file(file.path(), limits, &probe)
+}
+
+/// The audio container named by the magic bytes at the start of `b`, if any.
+pub fn audio_kind(b: &[u8]) -> Option<&'static str> {
+    let at = |i: usize, m: &[u8]| b.get(i..i + m.len()) == Some(m);
+    if at(0, b"RIFF") && (at(8, b"WAVE") || at(8, b"RF64")) || at(0, b"RF64") {
+        Some("wav")
+    } else if at(0, b"ID3") || (b.len() > 1 && b[0] == 0xFF && (b[1] & 0xE0) == 0xE0 && (b[1] & 0x06) != 0) {
+        Some("mp3")
+    } else if b.len() > 1 && b[0] == 0xFF && (b[1] & 0xF6) == 0xF0 {
+        Some("aac")
+    } else if at(0, b"OggS") {
+        Some("ogg")
+    } else if at(0, b"fLaC") {
+        Some("flac")
+    } else if at(4, b"ftyp") {
+        Some("mp4")
+    } else if at(0, &[0x1A, 0x45, 0xDF, 0xA3]) {
+        Some("webm")
+    } else if at(0, b"FORM") && (at(8, b"AIFF") || at(8, b"AIFC")) {
+        Some("aiff")
+    } else if at(0, b"caff") {
+        Some("caf")
+    } else if at(0, b"#!AMR") {
+        Some("amr")
+    } else if at(0, b".snd") {
+        Some("au")
+    } else {
+        None
+    }
 }
 
 /// Run `ffprobe` on a file and describe its first audio stream.

@@ -1,8 +1,9 @@
 //! Audio input: decoding any common container/codec to 16 kHz mono f32.
 
 pub mod decode;
+pub mod native;
 
-pub use decode::{decode_audio, probe_file, AudioLimits, AudioProbe};
+pub use decode::{audio_kind, decode_audio, decode_with_ffmpeg, probe_file, AudioLimits, AudioProbe};
 
 use serde::{Deserialize, Serialize};
 

@@ -68,52 +68,195 @@ const HOP: usize = 160;
 const WIN: usize = 400;
 const NFFT: usize = 512;
 
-/// Analyse a clip into a [`LipSyncTrack`] with `clip.num_frames()` frames.
+/// Statistics are refreshed every `BLOCK` video frames (1 s)...
+pub const BLOCK: usize = 25;
+/// ...over everything up to `LOOKAHEAD` frames past the end of the block being produced, so a
+/// block needs at most 2 s of audio beyond its first frame and never the whole clip.
+pub const LOOKAHEAD: usize = 25;
+/// Frames of loudness an accent test looks ahead (peak search and the relative-level window).
+const PEAK_AHEAD: usize = 13;
+
+/// Analyse a whole clip into a [`LipSyncTrack`] with `clip.num_frames()` frames (the streaming
+/// analyser run to the end: the same numbers however the clip is chunked).
 pub fn analyse(clip: &AudioClip) -> LipSyncTrack {
-    let sr = clip.sample_rate as f32;
-    let frames = analysis_frames(&clip.samples, sr);
-    let n = clip.num_frames();
-    let spf = clip.sample_rate as usize / FPS as usize; // samples per video frame
-    let lead = (LEAD_MS / 1000.0 * sr) as usize;
+    let mut s = LipSyncStream::new(clip);
+    s.advance(s.total());
+    s.into_track()
+}
 
-    // Loudness per video frame over a 40 ms window centred LEAD_MS after the frame's middle.
-    let loudness_db: Vec<f32> = (0..n)
-        .map(|t| {
-            let len = clip.samples.len();
-            let end = (t * spf + lead + spf).min(len);
+/// Per-block normalisation: loudness percentiles and the speaker's formant statistics over the
+/// audio up to the block's end plus [`LOOKAHEAD`].
+struct BlockStats {
+    gate: Gate,
+    speech_smooth: f32,
+    norm: SpeakerNorm,
+}
+
+/// Incremental lip-sync analysis: frame `t` depends only on audio up to the end of its 1 s block
+/// plus [`LOOKAHEAD`], and every state (smoothing, accents, onsets) carries across calls, so
+/// `advance` in any steps yields exactly the frames of one call to the end.
+pub struct LipSyncStream<'a> {
+    samples: &'a [f32],
+    sr: f32,
+    n: usize,
+    spf: usize,
+    lead: usize,
+    /// Loudness per video frame, computed on demand.
+    db: Vec<f32>,
+    /// 10 ms analysis frames, computed on demand.
+    frames: Vec<Frame>,
+    window: Vec<f32>,
+    stats: Option<(usize, BlockStats)>,
+    track: LipSyncTrack,
+    open_y: f32,
+    prev_w: [f32; NUM_VISEMES],
+    quiet: usize,
+}
+
+impl<'a> LipSyncStream<'a> {
+    pub fn new(clip: &'a AudioClip) -> Self {
+        let n = clip.num_frames();
+        Self {
+            samples: &clip.samples,
+            sr: clip.sample_rate as f32,
+            n,
+            spf: clip.sample_rate as usize / FPS as usize,
+            lead: (LEAD_MS / 1000.0 * clip.sample_rate as f32) as usize,
+            db: Vec::with_capacity(n),
+            frames: Vec::new(),
+            window: (0..WIN)
+                .map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / (WIN - 1) as f32).cos())
+                .collect(),
+            stats: None,
+            track: LipSyncTrack {
+                fps: FPS,
+                open: Vec::with_capacity(n),
+                weights: Vec::with_capacity(n),
+                loudness_db: Vec::with_capacity(n),
+                accents: Vec::new(),
+                onsets: Vec::new(),
+            },
+            open_y: 0.0,
+            prev_w: [1.0 / NUM_VISEMES as f32; NUM_VISEMES],
+            // The clip start counts as after a pause.
+            quiet: 10,
+        }
+    }
+
+    /// Video frames the whole clip yields.
+    pub fn total(&self) -> usize {
+        self.n
+    }
+
+    /// Frames analysed so far.
+    pub fn done(&self) -> usize {
+        self.track.open.len()
+    }
+
+    /// The track so far.
+    pub fn track(&self) -> &LipSyncTrack {
+        &self.track
+    }
+
+    pub fn into_track(self) -> LipSyncTrack {
+        self.track
+    }
+
+    /// Analyse frames up to `until` (clamped to the clip).
+    pub fn advance(&mut self, until: usize) {
+        let until = until.min(self.n);
+        while self.done() < until {
+            self.step();
+        }
+    }
+
+    /// Loudness of frame `t` over a 40 ms window centred LEAD_MS after the frame's middle.
+    fn ensure_db(&mut self, upto: usize) {
+        let upto = upto.min(self.n);
+        let len = self.samples.len();
+        while self.db.len() < upto {
+            let t = self.db.len();
+            let end = (t * self.spf + self.lead + self.spf).min(len);
             // At the very end of the clip the window slides back rather than shrinking.
-            let start = end.saturating_sub(spf).min(t * spf + lead);
-            db(rms(&clip.samples[start..end]))
-        })
-        .collect();
-    let target = opening_targets(&loudness_db);
-    let open = attack_release(&target);
+            let start = end.saturating_sub(self.spf).min(t * self.spf + self.lead);
+            self.db.push(db(rms(&self.samples[start..end])));
+        }
+    }
 
-    // Shape features: analysis frames whose centres fall in the same window.
-    let z = SpeakerNorm::fit(&frames);
-    let mut weights = Vec::with_capacity(n);
-    let mut prev = [1.0 / NUM_VISEMES as f32; NUM_VISEMES];
-    for (t, &goal) in target.iter().enumerate() {
+    /// Analysis frames whose window starts before sample `upto_sample`; returns their count.
+    fn ensure_frames(&mut self, upto_sample: usize) -> usize {
+        let count = if self.samples.len() >= WIN { (self.samples.len() - WIN) / HOP + 1 } else { 0 };
+        let want = (upto_sample.div_ceil(HOP)).min(count);
+        while self.frames.len() < want {
+            let j = self.frames.len();
+            let f = analysis_frame(&self.samples[j * HOP..j * HOP + WIN], &self.window, self.sr);
+            self.frames.push(f);
+        }
+        want
+    }
+
+    fn block_stats(&mut self, block: usize) -> &BlockStats {
+        if self.stats.as_ref().map(|(b, _)| *b) != Some(block) {
+            let end_frame = ((block + 1) * BLOCK + LOOKAHEAD).min(self.n);
+            self.ensure_db(end_frame);
+            let analysed = self.ensure_frames(end_frame * self.spf + self.lead);
+            let db = &self.db[..end_frame];
+            let smooth: Vec<f32> = (0..db.len()).map(|t| smooth_at(db, t)).collect();
+            let stats = BlockStats {
+                gate: Gate::fit(db),
+                speech_smooth: percentile(&smooth, 0.95).unwrap_or(-120.0),
+                norm: SpeakerNorm::fit(&self.frames[..analysed]),
+            };
+            self.stats = Some((block, stats));
+        }
+        &self.stats.as_ref().expect("stats were just set").1
+    }
+
+    /// One video frame: opening, viseme weights, and any accent or onset at it.
+    fn step(&mut self) {
+        let t = self.done();
+        self.ensure_db(t + PEAK_AHEAD + 1);
+        let db_t = self.db[t];
+        let stats = self.block_stats(t / BLOCK);
+        let goal = stats.gate.target(db_t);
+        let speech_smooth = stats.speech_smooth;
+        // Shape features: analysis frames whose centres fall in the frame's window.
         let centre_s = (t as f32 + 0.5) / FPS as f32 + LEAD_MS / 1000.0;
-        let first = ((centre_s - 0.02) * sr / HOP as f32 - WIN as f32 / (2.0 * HOP as f32)).max(0.0) as usize;
-        let last = (first + 4).min(frames.len());
-        let feats = pool(&frames[first.min(frames.len())..last]);
-        let rel = local_rel_db(&loudness_db, t);
-        let w = if goal > 0.0 { classify(&feats, &z, rel) } else { prev };
+        let first = ((centre_s - 0.02) * self.sr / HOP as f32 - WIN as f32 / (2.0 * HOP as f32)).max(0.0) as usize;
+        self.ensure_frames((first + 4) * HOP + 1);
+        let last = (first + 4).min(self.frames.len());
+        let feats = pool(&self.frames[first.min(self.frames.len())..last]);
+        let rel = local_rel_db(&self.db, t);
+        let norm = &self.stats.as_ref().expect("stats").1.norm;
+        let w = if goal > 0.0 { classify(&feats, norm, rel) } else { self.prev_w };
         let mut s = [0.0f32; NUM_VISEMES];
         let mut sum = 0.0;
         for k in 0..NUM_VISEMES {
-            s[k] = prev[k] + SHAPE_SMOOTH * (w[k] - prev[k]);
+            s[k] = self.prev_w[k] + SHAPE_SMOOTH * (w[k] - self.prev_w[k]);
             sum += s[k];
         }
         for v in s.iter_mut() {
             *v /= sum.max(1e-6);
         }
-        weights.push(s);
-        prev = s;
+        self.prev_w = s;
+        // Asymmetric one-pole smoothing: opens fast, closes a bit slower.
+        let k = if goal > self.open_y { ATTACK } else { RELEASE };
+        self.open_y += k * (goal - self.open_y);
+        if goal == 0.0 && self.open_y < 0.03 {
+            self.open_y = 0.0; // settle fully closed in silence
+        }
+        let open = self.open_y;
+        if let Some(strength) = accent_at(&self.db, t, open, speech_smooth, self.track.accents.last()) {
+            self.track.accents.push((t as u32, strength));
+        }
+        if open > 0.15 && self.quiet >= 10 {
+            self.track.onsets.push(t as u32);
+        }
+        self.quiet = if open < 0.05 { self.quiet + 1 } else { 0 };
+        self.track.open.push(open);
+        self.track.weights.push(s);
+        self.track.loudness_db.push(self.db[t]);
     }
-    let (accents, onsets) = prosody(&loudness_db, &open);
-    LipSyncTrack { fps: FPS, open, weights, loudness_db, accents, onsets }
 }
 
 fn rms(x: &[f32]) -> f32 {
@@ -127,45 +270,37 @@ fn db(rms: f32) -> f32 {
     20.0 * rms.max(1e-6).log10()
 }
 
-fn analysis_frames(samples: &[f32], sr: f32) -> Vec<Frame> {
-    let window: Vec<f32> =
-        (0..WIN).map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / (WIN - 1) as f32).cos()).collect();
-    let count = if samples.len() >= WIN { (samples.len() - WIN) / HOP + 1 } else { 0 };
+/// Features of one analysis window of `WIN` samples.
+fn analysis_frame(raw: &[f32], window: &[f32], sr: f32) -> Frame {
     let bin_hz = sr / NFFT as f32;
     let min_lag = (sr / 400.0) as usize;
     let max_lag = (sr / 70.0) as usize;
-    (0..count)
-        .map(|j| {
-            let raw = &samples[j * HOP..j * HOP + WIN];
-            let energy = raw.iter().map(|v| v * v).sum::<f32>() / WIN as f32;
-            if energy < 1e-9 {
-                return Frame::default();
-            }
-            let win: Vec<f32> = raw.iter().zip(&window).map(|(s, w)| s * w).collect();
-            let p = dsp::power_spectrum(&win, NFFT);
-            let (mut tot, mut wsum, mut high) = (0.0f32, 0.0f32, 0.0f32);
-            for (k, v) in p.iter().enumerate().skip(3) {
-                let f = k as f32 * bin_hz;
-                tot += v;
-                wsum += v * f;
-                if f >= 2500.0 {
-                    high += v;
-                }
-            }
-            let voicing = dsp::voicing(&win, min_lag, max_lag);
-            // Pre-emphasised frame for LPC (flattens the glottal tilt so formants stand out).
-            let pre: Vec<f32> =
-                (0..WIN).map(|i| (raw[i] - if i > 0 { 0.97 * raw[i - 1] } else { 0.0 }) * window[i]).collect();
-            let formants = if voicing > 0.4 { dsp::lpc(&pre, 14).and_then(|a| dsp::formants(&a, sr)) } else { None };
-            Frame {
-                energy,
-                voicing,
-                centroid: if tot > 0.0 { wsum / tot } else { 0.0 },
-                high_ratio: if tot > 0.0 { high / tot } else { 0.0 },
-                formants,
-            }
-        })
-        .collect()
+    let energy = raw.iter().map(|v| v * v).sum::<f32>() / WIN as f32;
+    if energy < 1e-9 {
+        return Frame::default();
+    }
+    let win: Vec<f32> = raw.iter().zip(window).map(|(s, w)| s * w).collect();
+    let p = dsp::power_spectrum(&win, NFFT);
+    let (mut tot, mut wsum, mut high) = (0.0f32, 0.0f32, 0.0f32);
+    for (k, v) in p.iter().enumerate().skip(3) {
+        let f = k as f32 * bin_hz;
+        tot += v;
+        wsum += v * f;
+        if f >= 2500.0 {
+            high += v;
+        }
+    }
+    let voicing = dsp::voicing(&win, min_lag, max_lag);
+    // Pre-emphasised frame for LPC (flattens the glottal tilt so formants stand out).
+    let pre: Vec<f32> = (0..WIN).map(|i| (raw[i] - if i > 0 { 0.97 * raw[i - 1] } else { 0.0 }) * window[i]).collect();
+    let formants = if voicing > 0.4 { dsp::lpc(&pre, 14).and_then(|a| dsp::formants(&a, sr)) } else { None };
+    Frame {
+        energy,
+        voicing,
+        centroid: if tot > 0.0 { wsum / tot } else { 0.0 },
+        high_ratio: if tot > 0.0 { high / tot } else { 0.0 },
+        formants,
+    }
 }
 
 /// Energy-weighted average of a few analysis frames.
@@ -224,48 +359,48 @@ impl SpeakerNorm {
     }
 }
 
-/// Loudness -> opening target: 0 below the gate, 1 at the clip's speech level.
-fn opening_targets(db: &[f32]) -> Vec<f32> {
-    let mut sorted: Vec<f32> = db.iter().copied().filter(|v| v.is_finite()).collect();
+/// The `p` quantile (nearest rank) of the finite values.
+fn percentile(values: &[f32], p: f32) -> Option<f32> {
+    let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
     if sorted.is_empty() {
-        return vec![0.0; db.len()];
+        return None;
     }
     sorted.sort_by(f32::total_cmp);
-    let pct = |p: f32| sorted[((sorted.len() - 1) as f32 * p).round() as usize];
-    let speech = pct(0.95);
-    let noise = pct(0.10);
-    if speech < -50.0 {
-        return vec![0.0; db.len()]; // nothing louder than a quiet room: silence
-    }
-    let lo = (speech - 30.0).max(-58.0).max(noise + 6.0).min(speech - 6.0);
-    let hi = pct(0.98);
-    // Between the gate and the speech level the opening follows the amplitude (not the dB
-    // value) with a gentle compression, so quiet syllables still move the lips.
-    let amp = |d: f32| 10f32.powf(d / 20.0);
-    let (a_lo, a_hi) = (amp(lo), amp(hi));
-    db.iter()
-        .map(|&v| {
-            if v < lo + 3.0 {
-                return 0.0;
-            }
-            ((amp(v) - a_lo) / (a_hi - a_lo).max(1e-9)).clamp(0.0, 1.0).powf(0.8)
-        })
-        .collect()
+    Some(sorted[((sorted.len() - 1) as f32 * p).round() as usize])
 }
 
-/// Asymmetric one-pole smoothing: opens fast, closes a bit slower.
-fn attack_release(target: &[f32]) -> Vec<f32> {
-    let mut out = Vec::with_capacity(target.len());
-    let mut y = 0.0f32;
-    for &x in target {
-        let k = if x > y { ATTACK } else { RELEASE };
-        y += k * (x - y);
-        if x == 0.0 && y < 0.03 {
-            y = 0.0; // settle fully closed in silence
+/// Loudness -> opening target: 0 below the gate, 1 at the speech level of the audio seen so far.
+struct Gate {
+    /// `None`: nothing louder than a quiet room yet, every target is 0.
+    range: Option<(f32, f32, f32)>,
+}
+
+impl Gate {
+    fn fit(db: &[f32]) -> Self {
+        let (Some(speech), Some(noise), Some(hi)) = (percentile(db, 0.95), percentile(db, 0.10), percentile(db, 0.98))
+        else {
+            return Self { range: None };
+        };
+        if speech < -50.0 {
+            return Self { range: None };
         }
-        out.push(y);
+        let lo = (speech - 30.0).max(-58.0).max(noise + 6.0).min(speech - 6.0);
+        Self { range: Some((lo, amp(lo), amp(hi))) }
     }
-    out
+
+    /// Between the gate and the speech level the opening follows the amplitude (not the dB
+    /// value) with a gentle compression, so quiet syllables still move the lips.
+    fn target(&self, v: f32) -> f32 {
+        let Some((lo, a_lo, a_hi)) = self.range else { return 0.0 };
+        if v < lo + 3.0 {
+            return 0.0;
+        }
+        ((amp(v) - a_lo) / (a_hi - a_lo).max(1e-9)).clamp(0.0, 1.0).powf(0.8)
+    }
+}
+
+fn amp(d: f32) -> f32 {
+    10f32.powf(d / 20.0)
 }
 
 /// Frame loudness relative to the loudest frame within +-0.5 s.
@@ -344,49 +479,33 @@ fn classify(f: &Frame, z: &SpeakerNorm, rel_db: f32) -> [f32; NUM_VISEMES] {
     score
 }
 
-/// Emphasis peaks and speech onsets from the loudness curve.
-fn prosody(db: &[f32], open: &[f32]) -> (Vec<(u32, f32)>, Vec<u32>) {
-    let n = db.len();
-    let smooth: Vec<f32> = (0..n)
-        .map(|t| {
-            let lo = t.saturating_sub(1);
-            let hi = (t + 2).min(n);
-            db[lo..hi].iter().sum::<f32>() / (hi - lo) as f32
-        })
-        .collect();
-    let speech = {
-        let mut s: Vec<f32> = smooth.clone();
-        s.sort_by(f32::total_cmp);
-        s.get(((s.len().max(1) - 1) as f32 * 0.95) as usize).copied().unwrap_or(-120.0)
-    };
-    let mut accents: Vec<(u32, f32)> = Vec::new();
-    for t in 0..n {
-        if open[t] < 0.3 || smooth[t] < speech - 9.0 {
-            continue;
-        }
-        let lo = t.saturating_sub(6);
-        let hi = (t + 7).min(n);
-        if smooth[lo..hi].iter().any(|&v| v > smooth[t]) {
-            continue;
-        }
-        let before = smooth[t.saturating_sub(8)..t].iter().copied().fold(f32::MAX, f32::min);
-        if before == f32::MAX || smooth[t] - before < 6.0 {
-            continue;
-        }
-        if accents.last().is_some_and(|(f, _)| t as u32 - f < 10) {
-            continue;
-        }
-        accents.push((t as u32, ((smooth[t] - (speech - 10.0)) / 10.0).clamp(0.2, 1.0)));
+/// Loudness averaged over frames `t-1..=t+1`.
+fn smooth_at(db: &[f32], t: usize) -> f32 {
+    let lo = t.saturating_sub(1);
+    let hi = (t + 2).min(db.len());
+    db[lo..hi].iter().sum::<f32>() / (hi - lo) as f32
+}
+
+/// An emphasis peak at `t`: a local loudness maximum (+-6 frames) well above the preceding
+/// 8 frames, while the mouth is open, at least 10 frames after the previous accent.
+fn accent_at(db: &[f32], t: usize, open: f32, speech: f32, last: Option<&(u32, f32)>) -> Option<f32> {
+    let here = smooth_at(db, t);
+    if open < 0.3 || here < speech - 9.0 {
+        return None;
     }
-    let mut onsets = Vec::new();
-    let mut quiet = 10usize; // the clip start counts as after a pause
-    for (t, &o) in open.iter().enumerate() {
-        if o > 0.15 && quiet >= 10 {
-            onsets.push(t as u32);
-        }
-        quiet = if o < 0.05 { quiet + 1 } else { 0 };
+    let lo = t.saturating_sub(6);
+    let hi = (t + 7).min(db.len());
+    if (lo..hi).any(|u| smooth_at(db, u) > here) {
+        return None;
     }
-    (accents, onsets)
+    let before = (t.saturating_sub(8)..t).map(|u| smooth_at(db, u)).fold(f32::MAX, f32::min);
+    if before == f32::MAX || here - before < 6.0 {
+        return None;
+    }
+    if last.is_some_and(|(f, _)| t as u32 - f < 10) {
+        return None;
+    }
+    Some(((here - (speech - 10.0)) / 10.0).clamp(0.2, 1.0))
 }
 
 #[cfg(test)]

@@ -14,11 +14,13 @@ pub mod motion;
 pub mod mouth;
 pub mod render;
 pub mod shape;
+pub mod stream;
 pub mod visemes;
 
 use crate::audio::AudioClip;
 use crate::engine::{
-    AvatarInput, Engine, EngineKind, FrameSink, GenerateOptions, PreparedAvatar, PreprocessMode, RenderStats, StateKind,
+    AvatarInput, ChunkRenderer, Engine, EngineKind, FrameSink, GenerateOptions, MotionInput, PreparedAvatar,
+    PreprocessMode, RenderStats, StateKind, StreamParts,
 };
 use crate::error::{PipelineError, Result, ResultExt};
 use crate::face::crop::CropInfo;
@@ -30,9 +32,9 @@ use motion::MotionTrack;
 use mouth::MouthPalette;
 use opencv::core::{Size, Vector};
 use opencv::prelude::*;
-use render::{Renderer, SourceState};
+use render::SourceState;
+use stream::{ClassicMotion, ClassicRenderer};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use std::time::Instant;
 use visemes::VisemeSet;
 
 /// Bumped whenever a cached blob layout or its meaning changes; stale blobs are rejected.
@@ -169,47 +171,24 @@ impl Engine for ClassicEngine {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<RenderStats> {
         self.check_options(opts)?;
-        let t0 = Instant::now();
-        let state = source_state(prepared)?;
-        if state.mode != opts.preprocess || (state.mode != PreprocessMode::Full && state.size != opts.size) {
-            return Err(PipelineError::InvalidOption {
-                field: "preprocess",
-                reason: format!(
-                    "the avatar was prepared for {} at {}, the request asks for {} at {}",
-                    state.mode.as_str(),
-                    state.size,
-                    opts.preprocess.as_str(),
-                    opts.size
-                ),
-            });
-        }
-        let visemes: VisemeSet = decode(part(prepared, StateKind::Visemes)?, "visemes")?;
-        let shapes_ok = visemes.shapes.len() == visemes::NUM_VISEMES
-            && visemes.shapes.iter().chain([&visemes.blink, &visemes.brow, &visemes.rest]).all(|s| s.len() == 68);
-        if !shapes_ok {
-            return Err(PipelineError::Internal(
-                "classic visemes blob is inconsistent; prepare the avatar again".into(),
-            ));
-        }
         let track: MotionTrack = decode(motion, "motion")?;
-        let (canvas, _, _) = build_canvas(avatar.image, &avatar.analysis.crop, state.mode, state.size)?;
-        let mut renderer = Renderer::new(&state, &visemes, canvas)?;
-        let setup_ms = t0.elapsed().as_secs_f64() * 1e3;
+        let mut renderer = ClassicRenderer::new(avatar, prepared, opts)?;
         let total = track.frames.len();
-        let (mut render_ms, mut sink_ms) = (0.0, 0.0);
-        for (i, m) in track.frames.iter().enumerate() {
-            let t = Instant::now();
-            let frame = renderer.render(m)?;
-            let t1 = Instant::now();
-            render_ms += (t1 - t).as_secs_f64() * 1e3;
-            sink.push(frame)?;
-            sink_ms += t1.elapsed().as_secs_f64() * 1e3;
-            progress(i + 1, total);
-        }
-        Ok(RenderStats {
-            frames: total,
-            stage_ms: vec![("render_setup".into(), setup_ms), ("render".into(), render_ms), ("sink".into(), sink_ms)],
-        })
+        renderer.render_frames(&track.frames, sink, &mut |i| progress(i, total))?;
+        Ok(RenderStats { frames: total, stage_ms: renderer.stage_ms() })
+    }
+
+    fn stream<'a>(
+        &'a self,
+        avatar: AvatarInput<'a>,
+        prepared: &'a PreparedAvatar,
+        input: MotionInput<'a>,
+        opts: &'a GenerateOptions,
+    ) -> Result<Option<StreamParts<'a>>> {
+        self.check_options(opts)?;
+        let renderer = ClassicRenderer::new(&avatar, prepared, opts)?;
+        let motion = ClassicMotion::new(prepared, input, opts)?;
+        Ok(Some((Box::new(motion), Box::new(renderer))))
     }
 }
 

@@ -60,67 +60,138 @@ impl Style {
     }
 }
 
-/// Combine lip-sync, gestures and options into per-frame motion.
+/// Combine lip-sync, gestures and options into per-frame motion for the whole track.
 pub fn build(lips: &LipSyncTrack, gestures: &GestureSet, opts: &GenerateOptions) -> MotionTrack {
-    let n = lips.len();
-    let style = Style::from_index(opts.pose_style);
-    let mut pick = SplitMix::new(opts.seed ^ (opts.pose_style as u64).wrapping_mul(0x9E37_79B9));
-    let mut poses: Vec<Pose> = (0..n)
-        .map(|t| {
-            let p = gestures.idle_at(style.idle_start + t as f32 * style.idle_speed);
-            std::array::from_fn(|c| p[c] * style.idle_amp + style.bias[c])
-        })
-        .collect();
-    let mut brow = vec![0.0f32; n];
-    // Accents: a nod, shake or tilt (by style preference), sometimes with raised brows.
-    for &(frame, strength) in &lips.accents {
-        let total: f32 = style.prefs.iter().sum();
-        let mut x = pick.unit() * total;
+    let mut planner = MotionPlanner::new(lips.len(), gestures.clone(), opts);
+    MotionTrack { fps: lips.fps, frames: planner.emit(lips, lips.len()) }
+}
+
+/// Motion, a few frames at a time, as the lip-sync track grows. Events (accents, onsets) are
+/// taken in frame order as they appear and each draws from one seeded stream, so the motion of
+/// a frame is the same however the track is chunked. A frame is final once the lip-sync track
+/// reaches [`MotionPlanner::lookahead`] frames past it (a gesture starts a little before its
+/// accent).
+pub struct MotionPlanner {
+    gestures: GestureSet,
+    style: Style,
+    pick: SplitMix,
+    head_scale: f32,
+    expr: f32,
+    poses: Vec<Pose>,
+    brow: Vec<f32>,
+    blink: Vec<f32>,
+    accents_seen: usize,
+    onsets_seen: usize,
+    emitted: usize,
+}
+
+impl MotionPlanner {
+    /// A planner for a clip of `n` frames.
+    pub fn new(n: usize, gestures: GestureSet, opts: &GenerateOptions) -> Self {
+        let style = Style::from_index(opts.pose_style);
+        let poses = (0..n)
+            .map(|t| {
+                let p = gestures.idle_at(style.idle_start + t as f32 * style.idle_speed);
+                std::array::from_fn(|c| p[c] * style.idle_amp + style.bias[c])
+            })
+            .collect();
+        let blink = blink_curve(n, &gestures.blink, opts.seed);
+        Self {
+            gestures,
+            pick: SplitMix::new(opts.seed ^ (opts.pose_style as u64).wrapping_mul(0x9E37_79B9)),
+            style,
+            head_scale: if opts.still_mode { STILL_FACTOR } else { 1.0 },
+            expr: opts.expression_scale,
+            poses,
+            brow: vec![0.0; n],
+            blink,
+            accents_seen: 0,
+            onsets_seen: 0,
+            emitted: 0,
+        }
+    }
+
+    /// Lip-sync frames needed past the last frame to emit.
+    pub fn lookahead(&self) -> usize {
+        let g = &self.gestures;
+        g.nod.len().max(g.shake.len()).max(g.tilt.len()) / 3 + 1
+    }
+
+    /// Frames emitted so far.
+    pub fn emitted(&self) -> usize {
+        self.emitted
+    }
+
+    /// Motion of frames `emitted()..upto`; `lips` must reach `upto + lookahead()` (or its end).
+    pub fn emit(&mut self, lips: &LipSyncTrack, upto: usize) -> Vec<FrameMotion> {
+        let upto = upto.min(self.poses.len()).min(lips.len());
+        self.take_events(lips);
+        let frames = (self.emitted..upto)
+            .map(|t| {
+                let mut pose = self.poses[t];
+                for c in 0..6 {
+                    pose[c] = (pose[c] * self.head_scale).clamp(-POSE_LIMIT[c], POSE_LIMIT[c]);
+                }
+                let mut mouth = [0.0f32; NUM_VISEMES];
+                for (m, w) in mouth.iter_mut().zip(&lips.weights[t]) {
+                    *m = w * lips.open[t] * self.expr;
+                }
+                FrameMotion { pose, mouth, blink: self.blink[t], brow: (self.brow[t] * self.expr).min(1.5) }
+            })
+            .collect();
+        self.emitted = self.emitted.max(upto);
+        frames
+    }
+
+    /// Apply the accents and onsets that appeared since the last call, in frame order (an
+    /// accent before an onset of the same frame).
+    fn take_events(&mut self, lips: &LipSyncTrack) {
+        loop {
+            let accent = lips.accents.get(self.accents_seen).copied();
+            let onset = lips.onsets.get(self.onsets_seen).copied();
+            match (accent, onset) {
+                (Some((fa, strength)), o) if o.is_none_or(|fo| fa <= fo) => {
+                    self.accents_seen += 1;
+                    self.accent(fa as usize, strength);
+                }
+                (_, Some(fo)) => {
+                    self.onsets_seen += 1;
+                    // Speech onsets after pauses: a small tilt as the speaker starts a phrase.
+                    if self.pick.unit() < 0.5 {
+                        add_sequence(&mut self.poses, &self.gestures.tilt, fo as usize, 0.5);
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    /// A nod, shake or tilt (by style preference), sometimes with raised brows.
+    fn accent(&mut self, frame: usize, strength: f32) {
+        let prefs = self.style.prefs;
+        let total: f32 = prefs.iter().sum();
+        let mut x = self.pick.unit() * total;
         let mut which = 0;
-        for (i, w) in style.prefs.iter().enumerate() {
+        for (i, w) in prefs.iter().enumerate() {
             if x < *w {
                 which = i;
                 break;
             }
             x -= w;
         }
+        let g = &self.gestures;
         let seq = match which {
-            0 => &gestures.nod,
-            1 => &gestures.shake,
-            _ => &gestures.tilt,
+            0 => &g.nod,
+            1 => &g.shake,
+            _ => &g.tilt,
         };
         // Start slightly before the peak so the head arrives with the stress.
-        let start = (frame as usize).saturating_sub(seq.len() / 3);
-        let gain = strength * style.accent_gain;
-        add_sequence(&mut poses, seq, start, gain);
-        if pick.unit() < 0.5 {
-            add_bump(&mut brow, start, 15, strength);
+        let start = frame.saturating_sub(seq.len() / 3);
+        add_sequence(&mut self.poses, seq, start, strength * self.style.accent_gain);
+        if self.pick.unit() < 0.5 {
+            add_bump(&mut self.brow, start, 15, strength);
         }
     }
-    // Speech onsets after pauses: a small tilt as the speaker starts a phrase.
-    for &frame in &lips.onsets {
-        if pick.unit() < 0.5 {
-            add_sequence(&mut poses, &gestures.tilt, frame as usize, 0.5);
-        }
-    }
-    let head_scale = if opts.still_mode { STILL_FACTOR } else { 1.0 };
-    for p in poses.iter_mut() {
-        for c in 0..6 {
-            p[c] = (p[c] * head_scale).clamp(-POSE_LIMIT[c], POSE_LIMIT[c]);
-        }
-    }
-    let blink = blink_curve(n, &gestures.blink, opts.seed);
-    let expr = opts.expression_scale;
-    let frames = (0..n)
-        .map(|t| {
-            let mut mouth = [0.0f32; NUM_VISEMES];
-            for (m, w) in mouth.iter_mut().zip(&lips.weights[t]) {
-                *m = w * lips.open[t] * expr;
-            }
-            FrameMotion { pose: poses[t], mouth, blink: blink[t], brow: (brow[t] * expr).min(1.5) }
-        })
-        .collect();
-    MotionTrack { fps: lips.fps, frames }
 }
 
 fn add_sequence(poses: &mut [Pose], seq: &[Pose], start: usize, gain: f32) {
@@ -194,7 +265,25 @@ mod tests {
         for w in starts.windows(2) {
             assert!((50..=151).contains(&(w[1] - w[0])), "blink gap {}", w[1] - w[0]);
         }
-        let zero = build(&l, &g, &GenerateOptions { expression_scale: 0.0, ..o });
+        let zero = build(&l, &g, &GenerateOptions { expression_scale: 0.0, ..o.clone() });
         assert!(zero.frames.iter().all(|f| f.mouth.iter().all(|&m| m == 0.0)));
+        // Chunked planning, fed a growing track, gives the same frames.
+        let mut planner = MotionPlanner::new(l.len(), g.clone(), &o);
+        let mut chunked = Vec::new();
+        let mut upto = 0;
+        while upto < l.len() {
+            upto = (upto + 7).min(l.len());
+            let seen = (upto + planner.lookahead()).min(l.len());
+            let partial = LipSyncTrack {
+                open: l.open[..seen].to_vec(),
+                weights: l.weights[..seen].to_vec(),
+                loudness_db: l.loudness_db[..seen].to_vec(),
+                accents: l.accents.iter().copied().filter(|a| (a.0 as usize) < seen).collect(),
+                onsets: l.onsets.iter().copied().filter(|&f| (f as usize) < seen).collect(),
+                ..l.clone()
+            };
+            chunked.extend(planner.emit(&partial, upto));
+        }
+        assert!(chunked == a.frames, "chunked motion differs");
     }
 }

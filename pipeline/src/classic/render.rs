@@ -41,8 +41,8 @@ impl SourceState {
 }
 
 /// Reusable per-render buffers.
-pub struct Renderer<'a> {
-    state: &'a SourceState,
+pub struct Renderer {
+    state: SourceState,
     /// Landmark displacements in canvas pixels: 14 visemes, then blink, brow, rest.
     visemes: Vec<Vec<Point>>,
     blink: Vec<Point>,
@@ -62,9 +62,9 @@ pub struct Renderer<'a> {
     frame: RgbImage,
 }
 
-impl<'a> Renderer<'a> {
+impl Renderer {
     /// `canvas` is the unanimated output frame (canvas-sized RGB).
-    pub fn new(state: &'a SourceState, visemes: &VisemeSet, canvas: RgbImage) -> Result<Self> {
+    pub fn new(state: SourceState, visemes: &VisemeSet, canvas: RgbImage) -> Result<Self> {
         if canvas.width != state.canvas[0] || canvas.height != state.canvas[1] {
             return Err(PipelineError::Internal(format!(
                 "canvas {}x{} does not match the prepared {}x{}",
@@ -92,8 +92,8 @@ impl<'a> Renderer<'a> {
         let map_xy = Mat::new_rows_cols_with_default(rh, rw, CV_16SC2, Scalar::all(0.0)).ctx("alloc map")?;
         let map_frac = Mat::new_rows_cols_with_default(rh, rw, CV_16UC1, Scalar::all(0.0)).ctx("alloc map")?;
         let warped = Mat::new_rows_cols_with_default(rh, rw, CV_8UC3, Scalar::all(0.0)).ctx("alloc warped")?;
+        let vertices = state.mesh.points.len();
         Ok(Self {
-            state,
             visemes: visemes.shapes.iter().map(to_px).collect(),
             blink: to_px(&visemes.blink),
             brow: to_px(&visemes.brow),
@@ -106,8 +106,9 @@ impl<'a> Renderer<'a> {
             map_frac,
             identity,
             warped,
-            dst: Vec::with_capacity(state.mesh.points.len()),
+            dst: Vec::with_capacity(vertices),
             frame: canvas,
+            state,
         })
     }
 

@@ -1,7 +1,10 @@
 //! H.264 + AAC MP4 encoding through an `ffmpeg` child process: raw RGB frames are streamed to its
 //! stdin from a writer thread (so rendering and encoding overlap), the audio comes from a small
-//! raw f32 file next to the output, and the MP4 gets `+faststart`.
+//! raw f32 file next to the output, and the MP4 gets `+faststart`. With a live stream, one encode
+//! feeds ffmpeg's tee muxer: the faststart file and a fragmented MP4 on stdout (a keyframe and a
+//! fragment at every chunk start), split into fragments by a reader thread as they are written.
 
+use super::fmp4::{Fragment, FragmentSplitter};
 use crate::audio::AudioClip;
 use crate::engine::{FrameSink, Quality};
 use crate::error::{PipelineError, Result};
@@ -26,19 +29,37 @@ pub fn crf(quality: Quality) -> u32 {
     }
 }
 
+/// Receives the live stream's pieces, in order, on the encoder's reader thread.
+pub type FragmentSink = Box<dyn FnMut(Fragment) + Send>;
+
 /// What the encoder needs to know up front.
-#[derive(Debug, Clone)]
 pub struct EncoderConfig {
     pub output: PathBuf,
     pub quality: Quality,
     /// x264 preset (default `veryfast`).
     pub preset: String,
+    /// The live fragmented stream, if wanted.
+    pub stream: Option<FragmentSink>,
+    /// Frame indices that start a keyframe (and, live, a fragment); empty: x264 decides.
+    pub keyframes: Vec<usize>,
 }
 
 impl EncoderConfig {
     pub fn new(output: &Path, quality: Quality) -> Self {
-        Self { output: output.to_path_buf(), quality, preset: "veryfast".into() }
+        Self { output: output.to_path_buf(), quality, preset: "veryfast".into(), stream: None, keyframes: Vec::new() }
     }
+}
+
+/// Escape a path for a tee muxer slave (its separators are `|`, `[`, `]` and `\`).
+fn tee_escape(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        if matches!(c, '|' | '[' | ']' | '\\' | '\'') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// A running ffmpeg process fed by a writer thread.
@@ -50,6 +71,8 @@ struct Running {
     recycled: Receiver<Vec<u8>>,
     writer: Option<JoinHandle<std::io::Result<()>>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
+    /// Live stream reader: fragments published, or why the stream broke.
+    reader: Option<JoinHandle<Result<usize>>>,
 }
 
 /// MP4 encoder; starts ffmpeg on the first frame (when the frame size is known).
@@ -80,23 +103,47 @@ impl Mp4Encoder {
         if width & 1 != 0 || height & 1 != 0 || width == 0 || height == 0 {
             return Err(PipelineError::Encode(format!("frame size {width}x{height} must be even and non-zero")));
         }
-        let mut child = Command::new("ffmpeg")
-            .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
             .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}")])
             .args(["-framerate", &FPS.to_string(), "-i", "pipe:0"])
             .args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
             .arg(&self.audio_path)
             .args(["-map", "0:v:0", "-map", "1:a:0"])
             .args(["-c:v", "libx264", "-preset", &self.config.preset, "-crf", &crf(self.config.quality).to_string()])
-            .args(["-pix_fmt", "yuv420p", "-r", &FPS.to_string()])
-            .args(["-c:a", "aac", "-b:a", "96k"])
-            .args(["-movflags", "+faststart", "-f", "mp4"])
-            .arg(&self.config.output)
+            .args(["-pix_fmt", "yuv420p", "-r", &FPS.to_string()]);
+        if !self.config.keyframes.is_empty() {
+            let times: Vec<String> =
+                self.config.keyframes.iter().map(|&f| format!("{:.3}", f as f64 / FPS as f64)).collect();
+            cmd.args(["-force_key_frames", &times.join(",")]).args(["-g", "100000", "-sc_threshold", "0"]);
+        }
+        cmd.args(["-c:a", "aac", "-b:a", "96k"]);
+        let live = self.config.stream.is_some();
+        if live {
+            // No lookahead or B-frames: each frame's packet leaves the encoder at once, so a
+            // fragment is complete as soon as the next chunk's keyframe is encoded.
+            cmd.args(["-tune", "zerolatency", "-flags", "+global_header", "-f", "tee"]).arg(format!(
+                "[f=mp4:movflags=+faststart]{}|[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1]pipe:1",
+                tee_escape(&self.config.output)
+            ));
+        } else {
+            cmd.args(["-movflags", "+faststart", "-f", "mp4"]).arg(&self.config.output);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
-            .stdout(Stdio::null())
+            .stdout(if live { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| PipelineError::io("start ffmpeg (is it installed?)", e))?;
+        let reader = match (self.config.stream.take(), child.stdout.take()) {
+            (Some(sink), Some(out)) => Some(
+                std::thread::Builder::new()
+                    .name("ffmpeg-fragments".into())
+                    .spawn(move || read_fragments(out, sink))
+                    .map_err(|e| PipelineError::io("spawn the fragment reader", e))?,
+            ),
+            _ => None,
+        };
         let stdin = child.stdin.take().ok_or_else(|| PipelineError::Encode("ffmpeg has no stdin".into()))?;
         let stderr_pipe = child.stderr.take();
         let stderr = std::thread::Builder::new()
@@ -115,8 +162,16 @@ impl Mp4Encoder {
             .name("ffmpeg-writer".into())
             .spawn(move || write_frames(stdin, rx, back_tx))
             .map_err(|e| PipelineError::io("spawn ffmpeg writer", e))?;
-        self.running =
-            Some(Running { child, width, height, tx: Some(tx), recycled, writer: Some(writer), stderr: Some(stderr) });
+        self.running = Some(Running {
+            child,
+            width,
+            height,
+            tx: Some(tx),
+            recycled,
+            writer: Some(writer),
+            stderr: Some(stderr),
+            reader,
+        });
         Ok(())
     }
 
@@ -140,6 +195,11 @@ impl Mp4Encoder {
             }
             Some(Err(_)) => return Err(PipelineError::Encode("the frame writer thread panicked".into())),
         }
+        match run.reader.take().map(|r| r.join()) {
+            None | Some(Ok(Ok(_))) => {}
+            Some(Ok(Err(e))) => return Err(e),
+            Some(Err(_)) => return Err(PipelineError::Encode("the fragment reader thread panicked".into())),
+        }
         Ok(self.frames)
     }
 
@@ -150,6 +210,7 @@ impl Mp4Encoder {
             let _ = run.child.kill();
             let _ = run.child.wait();
             let _ = run.writer.take().map(|w| w.join());
+            let _ = run.reader.take().map(|r| r.join());
             let stderr = run.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
             let log = String::from_utf8_lossy(&stderr).trim().chars().take(600).collect::<String>();
             return PipelineError::Encode(format!("ffmpeg stopped accepting frames: {log}"));
@@ -191,6 +252,7 @@ impl Drop for Mp4Encoder {
             let _ = run.child.kill();
             let _ = run.child.wait();
             let _ = run.writer.take().map(|w| w.join());
+            let _ = run.reader.take().map(|r| r.join());
         }
         let _ = std::fs::remove_file(&self.audio_path);
     }
@@ -202,4 +264,26 @@ fn write_frames(mut stdin: ChildStdin, rx: Receiver<Vec<u8>>, back: mpsc::Sender
         let _ = back.send(buf);
     }
     stdin.flush()
+}
+
+/// Read ffmpeg's fragmented stdout and hand each finished piece to `sink`.
+fn read_fragments(mut out: std::process::ChildStdout, mut sink: FragmentSink) -> Result<usize> {
+    let mut splitter = FragmentSplitter::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut count = 0;
+    loop {
+        let n = out.read(&mut buf).map_err(|e| PipelineError::io("read the live stream from ffmpeg", e))?;
+        if n == 0 {
+            break;
+        }
+        for piece in splitter.push(&buf[..n]).map_err(|e| PipelineError::Encode(format!("live stream: {e}")))? {
+            sink(piece);
+            count += 1;
+        }
+    }
+    if let Some(last) = splitter.finish() {
+        sink(last);
+        count += 1;
+    }
+    Ok(count)
 }

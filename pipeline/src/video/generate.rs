@@ -1,15 +1,19 @@
 //! Orchestration shared by the CLI and the service: engine + prepared avatar + audio + options ->
-//! MP4 (+ JPEG thumbnail, optional contact sheet) + timings, with progress callbacks.
+//! MP4 (+ optional live fragmented stream, JPEG thumbnail, contact sheet) + timings, in chunks
+//! whose analysis, rendering and encoding overlap.
 
-use super::encoder::{EncoderConfig, Mp4Encoder, FPS};
+use super::encoder::{EncoderConfig, FragmentSink, Mp4Encoder, FPS};
+use super::fmp4::Fragment;
 use super::sheet::{write_jpeg, ContactSheet};
 use crate::audio::{decode_audio, AudioClip, AudioLimits};
-use crate::engine::{AvatarInput, Engine, FrameSink, GenerateOptions, PreparedAvatar};
+use crate::engine::{stream_parts, AvatarInput, Engine, FrameSink, GenerateOptions, MotionInput, PreparedAvatar};
 use crate::error::{PipelineError, Result};
 use crate::image::RgbImage;
 use crate::precompute::{ImageLimits, Precomputer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 /// One generate job for a prepared avatar.
@@ -52,63 +56,152 @@ pub struct GenerateStats {
     pub total_ms: f64,
     /// Audio seconds per wall-clock second (above 1 = faster than real time).
     pub realtime_factor: f64,
+    /// Milliseconds from the start until the first frame was rendered.
+    #[serde(default)]
+    pub first_frame_ms: Option<f64>,
+    /// Milliseconds from the start until the first live media fragment was published.
+    #[serde(default)]
+    pub first_fragment_ms: Option<f64>,
 }
 
 /// The result: stats plus the blobs computed on the way (for the caller's cache).
 #[derive(Debug, Clone)]
 pub struct GenerateOutput {
     pub stats: GenerateStats,
-    pub features: Vec<u8>,
+    /// The audio features, when this run computed them.
+    pub features: Option<Vec<u8>>,
+    /// The whole clip's motion.
     pub motion: Vec<u8>,
+}
+
+/// Frames in the first chunk: small, so the first fragment of a live stream is out quickly.
+pub const FIRST_CHUNK_FRAMES: usize = 6;
+/// Frames in every later chunk (1 s): one keyframe and one live fragment each.
+pub const CHUNK_FRAMES: usize = 25;
+/// Motion chunks buffered between the analysis thread and the renderer.
+const MOTION_QUEUE: usize = 2;
+
+/// Chunk sizes for a clip of `total` frames.
+pub fn chunk_sizes(total: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut left = total;
+    while left > 0 {
+        let size = if sizes.is_empty() { FIRST_CHUNK_FRAMES } else { CHUNK_FRAMES }.min(left);
+        sizes.push(size);
+        left -= size;
+    }
+    sizes
+}
+
+/// First frame of each chunk (where keyframes and live fragments start).
+pub fn chunk_starts(total: usize) -> Vec<usize> {
+    chunk_sizes(total)
+        .iter()
+        .scan(0, |at, &n| {
+            let start = *at;
+            *at += n;
+            Some(start)
+        })
+        .collect()
 }
 
 /// Run features -> motion -> render -> encode for one prepared avatar.
 pub fn generate_video(req: &GenerateRequest<'_>, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
+    generate_streamed(req, None, progress)
+}
+
+/// [`generate_video`] with an optional live stream. The stages overlap: audio analysis and
+/// motion planning run a chunk ahead on their own thread, frames render on this one, and ffmpeg
+/// encodes (and publishes each live fragment) while later chunks are still being analysed.
+pub fn generate_streamed(
+    req: &GenerateRequest<'_>,
+    stream: Option<FragmentSink>,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<GenerateOutput> {
     let t0 = Instant::now();
     req.engine.check_options(req.options)?;
-    let mut stage_ms: Vec<(String, f64)> = Vec::new();
-    let timed = |stages: &mut Vec<(String, f64)>, name: &str, since: Instant| {
-        stages.push((name.to_string(), since.elapsed().as_secs_f64() * 1e3))
-    };
-
-    let t = Instant::now();
-    let features = match req.features {
-        Some(f) => f.to_vec(),
-        None => req.engine.audio_features(req.audio)?,
-    };
-    timed(&mut stage_ms, "features", t);
-    progress(Progress { stage: "features", done: 1, total: 1 });
-
-    let t = Instant::now();
-    let motion = match req.motion {
-        Some(m) => m.to_vec(),
-        None => req.engine.motion(req.prepared, &features, req.options)?,
-    };
-    timed(&mut stage_ms, "motion", t);
-    progress(Progress { stage: "motion", done: 1, total: 1 });
-
+    let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    let input = MotionInput { clip: req.audio, features: req.features, motion: req.motion };
+    let (motion_stream, mut renderer) = stream_parts(req.engine, req.avatar, req.prepared, input, req.options)?;
+    let total = motion_stream.total_frames();
+    if total == 0 {
+        return Err(PipelineError::Encode("the audio yields no video frames".into()));
+    }
     if let Some(dir) = req.output.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(format!("create {}", dir.display()), e))?;
     }
-    let encoder = Mp4Encoder::new(EncoderConfig::new(req.output, req.options.quality), req.audio)?;
+    // The first live media fragment, in ms since t0.
+    let first_fragment = Arc::new(AtomicU64::new(u64::MAX));
+    let stream = stream.map(|mut sink| {
+        let first = first_fragment.clone();
+        Box::new(move |f: Fragment| {
+            if matches!(f, Fragment::Media(_)) {
+                let _ = first.compare_exchange(u64::MAX, (ms_since(t0) * 1e3) as u64, Ordering::Relaxed, Ordering::Relaxed);
+            }
+            sink(f)
+        }) as FragmentSink
+    });
+    let config = EncoderConfig { stream, keyframes: chunk_starts(total), ..EncoderConfig::new(req.output, req.options.quality) };
+    let encoder = Mp4Encoder::new(config, req.audio)?;
     let mut sink = Tee {
         encoder,
         sheet: req.contact_sheet.map(|_| ContactSheet::new(5, 256, 8)),
         first: None,
+        first_ms: None,
         want_first: req.thumbnail.is_some(),
+        started: t0,
+        total,
+        progress,
     };
-    let t = Instant::now();
-    let render_stats = req.engine.render(&req.avatar, req.prepared, &motion, req.options, &mut sink, &mut |d, n| {
-        progress(Progress { stage: "render", done: d, total: n })
+    let t_render = Instant::now();
+    let sizes = chunk_sizes(total);
+    let (blobs, motion_ms) = std::thread::scope(|scope| -> Result<(crate::engine::StreamBlobs, f64)> {
+        let (tx, rx) = mpsc::sync_channel::<Result<Vec<u8>>>(MOTION_QUEUE);
+        let planner = std::thread::Builder::new()
+            .name("motion-plan".into())
+            .spawn_scoped(scope, move || {
+                let mut ms = motion_stream;
+                let mut busy = 0.0;
+                for size in sizes {
+                    let t = Instant::now();
+                    let next = ms.next_chunk(size);
+                    busy += ms_since(t);
+                    let stop = !matches!(next, Ok(Some(_)));
+                    let next = next.transpose();
+                    if let Some(item) = next {
+                        if tx.send(item).is_err() {
+                            break;
+                        }
+                    }
+                    if stop {
+                        break;
+                    }
+                }
+                (ms, busy)
+            })
+            .map_err(|e| PipelineError::io("spawn the motion thread", e))?;
+        let mut rendered: Result<()> = Ok(());
+        for chunk in rx.iter() {
+            rendered = chunk.and_then(|c| renderer.render_chunk(&c, &mut sink).map(|_| ()));
+            if rendered.is_err() {
+                break;
+            }
+        }
+        drop(rx);
+        let (ms, busy) = planner.join().map_err(|_| PipelineError::Internal("the motion thread panicked".into()))?;
+        rendered?;
+        Ok((ms.finish()?, busy))
     })?;
-    timed(&mut stage_ms, "render", t);
-    for (name, ms) in &render_stats.stage_ms {
-        stage_ms.push((format!("render.{name}"), *ms));
+    let render_ms = ms_since(t_render);
+    let mut stage_ms: Vec<(String, f64)> = vec![("motion".into(), motion_ms), ("render".into(), render_ms)];
+    for (name, ms) in renderer.stage_ms() {
+        stage_ms.push((format!("render.{name}"), ms));
     }
-    let Tee { encoder, sheet, first, .. } = sink;
+    drop(renderer);
+    let Tee { encoder, sheet, first, first_ms, .. } = sink;
     let t = Instant::now();
     let frames = encoder.finish()?;
-    timed(&mut stage_ms, "encode_finish", t);
+    stage_ms.push(("encode_finish".into(), ms_since(t)));
     let first = first.ok_or_else(|| PipelineError::Encode("no frames were rendered".into()))?;
     if let Some(path) = req.thumbnail {
         write_jpeg(&first, path)?;
@@ -116,10 +209,14 @@ pub fn generate_video(req: &GenerateRequest<'_>, progress: &mut dyn FnMut(Progre
     if let (Some(path), Some(sheet)) = (req.contact_sheet, sheet.as_ref()) {
         sheet.write_png(path)?;
     }
-    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let total_ms = ms_since(t0);
     let audio_seconds = req.audio.duration_s();
     progress(Progress { stage: "done", done: frames, total: frames });
-    tracing::info!(frames, total_ms, audio_seconds, "video generated");
+    let first_fragment_ms = match first_fragment.load(Ordering::Relaxed) {
+        u64::MAX => None,
+        us => Some(us as f64 / 1e3),
+    };
+    tracing::info!(frames, total_ms, audio_seconds, ?first_fragment_ms, "video generated");
     Ok(GenerateOutput {
         stats: GenerateStats {
             frames,
@@ -130,30 +227,39 @@ pub fn generate_video(req: &GenerateRequest<'_>, progress: &mut dyn FnMut(Progre
             stage_ms,
             total_ms,
             realtime_factor: audio_seconds / (total_ms / 1e3).max(1e-9),
+            first_frame_ms: first_ms,
+            first_fragment_ms,
         },
-        features,
-        motion,
+        features: blobs.features,
+        motion: blobs.motion,
     })
 }
 
-/// Fans frames out to the encoder, the contact sheet and the thumbnail.
-struct Tee {
+/// Fans frames out to the encoder, the contact sheet and the thumbnail, and reports progress.
+struct Tee<'p> {
     encoder: Mp4Encoder,
     sheet: Option<ContactSheet>,
     first: Option<RgbImage>,
+    first_ms: Option<f64>,
     want_first: bool,
+    started: Instant,
+    total: usize,
+    progress: &'p mut dyn FnMut(Progress),
 }
 
-impl FrameSink for Tee {
+impl FrameSink for Tee<'_> {
     fn push(&mut self, frame: &RgbImage) -> Result<()> {
         if self.first.is_none() {
             // Kept even without a thumbnail path: its size goes into the stats.
             self.first = Some(if self.want_first { frame.clone() } else { RgbImage::new(frame.width, frame.height) });
+            self.first_ms = Some(self.started.elapsed().as_secs_f64() * 1e3);
         }
         if let Some(s) = self.sheet.as_mut() {
             s.offer(frame)?;
         }
-        self.encoder.push(frame)
+        self.encoder.push(frame)?;
+        (self.progress)(Progress { stage: "render", done: self.encoder.frames(), total: self.total });
+        Ok(())
     }
 }
 

@@ -1,0 +1,187 @@
+//! Live video streams: the pieces of a session's fragmented MP4 in a Redis stream
+//! (`stream:{session_id}`, tier 3). The worker that renders appends them; any API node reads them
+//! from the first entry on (a late client gets the whole stream), blocking on a connection of
+//! its own so the shared multiplexed connection never waits.
+
+use crate::ids::SessionId;
+use crate::keys::{Key, Kind, Namespace};
+use crate::store::Result;
+use crate::ttl::Ttls;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+use redis::Value;
+use std::time::Duration;
+
+/// One entry of a live stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Piece {
+    /// `ftyp` + `moov`.
+    Init(Vec<u8>),
+    /// One `moof` + `mdat`.
+    Media(Vec<u8>),
+    /// The stream is complete.
+    End,
+    /// The session failed; the payload is its JSON error body.
+    Error(String),
+}
+
+impl Piece {
+    fn kind(&self) -> &'static str {
+        match self {
+            Piece::Init(_) => "init",
+            Piece::Media(_) => "media",
+            Piece::End => "end",
+            Piece::Error(_) => "error",
+        }
+    }
+    fn payload(&self) -> &[u8] {
+        match self {
+            Piece::Init(b) | Piece::Media(b) => b,
+            Piece::End => b"",
+            Piece::Error(s) => s.as_bytes(),
+        }
+    }
+}
+
+/// A piece as read back, with the job attempt that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    pub attempt: u32,
+    pub piece: Piece,
+}
+
+/// Writes and opens the live streams of one namespace.
+#[derive(Clone)]
+pub struct FragmentStreams {
+    client: redis::Client,
+    conn: ConnectionManager,
+    namespace: Namespace,
+    ttl: Option<Duration>,
+}
+
+impl FragmentStreams {
+    pub fn new(client: redis::Client, conn: ConnectionManager, namespace: Namespace, ttls: &Ttls) -> Self {
+        Self { client, conn, namespace, ttl: ttls.for_kind(Kind::Stream) }
+    }
+
+    fn key(&self, id: &SessionId) -> String {
+        self.namespace.key(&Key::stream(id))
+    }
+
+    /// Drop whatever an earlier attempt wrote.
+    pub async fn reset(&self, id: &SessionId) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("DEL").arg(self.key(id)).query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Append one piece (and refresh the stream's TTL).
+    pub async fn append(&self, id: &SessionId, attempt: u32, piece: &Piece) -> Result<()> {
+        let key = self.key(id);
+        let mut pipe = redis::pipe();
+        pipe.cmd("XADD")
+            .arg(&key)
+            .arg("*")
+            .arg("kind")
+            .arg(piece.kind())
+            .arg("attempt")
+            .arg(attempt)
+            .arg("data")
+            .arg(piece.payload())
+            .ignore();
+        if let Some(ttl) = self.ttl {
+            pipe.cmd("EXPIRE").arg(&key).arg(ttl.as_secs().max(1)).ignore();
+        }
+        let mut conn = self.conn.clone();
+        pipe.query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Whether anything was written for this session.
+    pub async fn exists(&self, id: &SessionId) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let n: u64 = redis::cmd("EXISTS").arg(self.key(id)).query_async(&mut conn).await?;
+        Ok(n > 0)
+    }
+
+    /// A reader positioned before the first entry, on a connection of its own.
+    pub async fn reader(&self, id: &SessionId) -> Result<FragmentReader> {
+        let conn = self.client.get_multiplexed_async_connection().await?;
+        Ok(FragmentReader { conn, key: self.key(id), last: "0-0".into() })
+    }
+}
+
+/// Reads one live stream in order.
+pub struct FragmentReader {
+    conn: MultiplexedConnection,
+    key: String,
+    last: String,
+}
+
+impl FragmentReader {
+    /// The next entries, waiting up to `block` for new ones (empty: nothing new yet).
+    pub async fn next(&mut self, block: Duration, count: usize) -> Result<Vec<StreamEntry>> {
+        let reply: Value = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(count.max(1))
+            .arg("BLOCK")
+            .arg(block.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(&self.key)
+            .arg(&self.last)
+            .query_async(&mut self.conn)
+            .await?;
+        let mut out = Vec::new();
+        for (id, fields) in parse_xread(reply) {
+            self.last = id;
+            if let Some(entry) = entry_from(&fields) {
+                out.push(entry);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `XREAD` reply -> `(id, [(field, value)])` of the one stream asked for.
+fn parse_xread(reply: Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+    let bytes = |v: &Value| -> Option<Vec<u8>> {
+        match v {
+            Value::BulkString(b) => Some(b.clone()),
+            Value::SimpleString(s) => Some(s.clone().into_bytes()),
+            _ => None,
+        }
+    };
+    let streams = match reply {
+        Value::Array(s) => s,
+        Value::Map(m) => m.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for stream in streams {
+        let Value::Array(parts) = stream else { continue };
+        let Some(Value::Array(entries)) = parts.into_iter().nth(1) else { continue };
+        for entry in entries {
+            let Value::Array(e) = entry else { continue };
+            let (Some(id), Some(Value::Array(kv))) = (e.first().and_then(bytes), e.get(1)) else { continue };
+            let fields = kv
+                .chunks(2)
+                .filter_map(|p| Some((String::from_utf8(bytes(p.first()?)?).ok()?, bytes(p.get(1)?)?)))
+                .collect();
+            out.push((String::from_utf8_lossy(&id).into_owned(), fields));
+        }
+    }
+    out
+}
+
+fn entry_from(fields: &[(String, Vec<u8>)]) -> Option<StreamEntry> {
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let attempt = String::from_utf8(get("attempt")?).ok()?.parse().ok()?;
+    let data = get("data").unwrap_or_default();
+    let piece = match get("kind")?.as_slice() {
+        b"init" => Piece::Init(data),
+        b"media" => Piece::Media(data),
+        b"end" => Piece::End,
+        b"error" => Piece::Error(String::from_utf8_lossy(&data).into_owned()),
+        _ => return None,
+    };
+    Some(StreamEntry { attempt, piece })
+}

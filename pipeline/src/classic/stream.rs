@@ -1,0 +1,198 @@
+//! Incremental generation for the classic engine: lip-sync analysis and motion planning a chunk
+//! at a time ([`ClassicMotion`]), and a renderer that keeps its buffers across chunks
+//! ([`ClassicRenderer`]). The whole-clip `audio_features` / `motion` / `render` calls are these
+//! same pieces run to the end.
+
+use super::gestures::GestureSet;
+use super::lipsync::{LipSyncStream, LipSyncTrack};
+use super::motion::{FrameMotion, MotionPlanner, MotionTrack};
+use super::render::{Renderer, SourceState};
+use super::visemes::{self, VisemeSet};
+use super::{build_canvas, decode, encode, part, source_state};
+use crate::engine::{
+    AvatarInput, ChunkRenderer, FrameSink, GenerateOptions, MotionInput, MotionStream, PreparedAvatar,
+    PreprocessMode, StateKind, StreamBlobs,
+};
+use crate::error::{PipelineError, Result};
+use std::time::Instant;
+
+/// Where the motion comes from.
+enum Source<'a> {
+    /// Analyse the audio as the chunks are asked for.
+    Analyse { lips: LipSyncStream<'a>, planner: MotionPlanner },
+    /// Cached lip-sync features: only plan the motion.
+    Features { lips: LipSyncTrack, planner: MotionPlanner },
+    /// Cached motion: hand it out in slices.
+    Replay { track: MotionTrack, pos: usize },
+}
+
+/// The classic engine's motion stream.
+pub struct ClassicMotion<'a> {
+    source: Source<'a>,
+    total: usize,
+    frames: Vec<FrameMotion>,
+    /// Milliseconds spent analysing + planning.
+    pub busy_ms: f64,
+}
+
+impl<'a> ClassicMotion<'a> {
+    pub fn new(prepared: &PreparedAvatar, input: MotionInput<'a>, opts: &GenerateOptions) -> Result<Self> {
+        let source = match (input.motion, input.features) {
+            (Some(m), _) => {
+                let track: MotionTrack = decode(m, "motion")?;
+                Source::Replay { track, pos: 0 }
+            }
+            (None, features) => {
+                if input.clip.sample_rate != crate::audio::SAMPLE_RATE {
+                    return Err(PipelineError::Internal(format!(
+                        "audio must be 16 kHz, got {} Hz",
+                        input.clip.sample_rate
+                    )));
+                }
+                let gestures: GestureSet = decode(part(prepared, StateKind::Gestures)?, "gestures")?;
+                match features {
+                    Some(f) => {
+                        let lips: LipSyncTrack = decode(f, "audio features")?;
+                        if lips.weights.len() != lips.open.len() {
+                            return Err(PipelineError::Internal(
+                                "classic audio features blob is inconsistent; recompute it".into(),
+                            ));
+                        }
+                        let planner = MotionPlanner::new(lips.len(), gestures, opts);
+                        Source::Features { lips, planner }
+                    }
+                    None => {
+                        let lips = LipSyncStream::new(input.clip);
+                        let planner = MotionPlanner::new(lips.total(), gestures, opts);
+                        Source::Analyse { lips, planner }
+                    }
+                }
+            }
+        };
+        let total = match &source {
+            Source::Analyse { lips, .. } => lips.total(),
+            Source::Features { lips, .. } => lips.len(),
+            Source::Replay { track, .. } => track.frames.len(),
+        };
+        Ok(Self { source, total, frames: Vec::with_capacity(total), busy_ms: 0.0 })
+    }
+
+    /// The motion of the next `frames` frames (empty at the end).
+    pub fn next_frames(&mut self, frames: usize) -> Vec<FrameMotion> {
+        let t = Instant::now();
+        let out = match &mut self.source {
+            Source::Analyse { lips, planner } => {
+                let upto = planner.emitted() + frames;
+                lips.advance(upto + planner.lookahead());
+                planner.emit(lips.track(), upto)
+            }
+            Source::Features { lips, planner } => {
+                let upto = planner.emitted() + frames;
+                planner.emit(lips, upto)
+            }
+            Source::Replay { track, pos } => {
+                let end = (*pos + frames).min(track.frames.len());
+                let out = track.frames[*pos..end].to_vec();
+                *pos = end;
+                out
+            }
+        };
+        self.frames.extend_from_slice(&out);
+        self.busy_ms += t.elapsed().as_secs_f64() * 1e3;
+        out
+    }
+}
+
+impl MotionStream for ClassicMotion<'_> {
+    fn total_frames(&self) -> usize {
+        self.total
+    }
+
+    fn next_chunk(&mut self, frames: usize) -> Result<Option<Vec<u8>>> {
+        let out = self.next_frames(frames.max(1));
+        if out.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(encode(&MotionTrack { fps: super::lipsync::FPS, frames: out })?))
+    }
+
+    fn finish(self: Box<Self>) -> Result<StreamBlobs> {
+        let features = match self.source {
+            Source::Analyse { lips, .. } => Some(encode(&lips.into_track())?),
+            Source::Features { .. } | Source::Replay { .. } => None,
+        };
+        let motion = encode(&MotionTrack { fps: super::lipsync::FPS, frames: self.frames })?;
+        Ok(StreamBlobs { features, motion })
+    }
+}
+
+/// The classic engine's renderer: one mesh warp per frame, buffers kept across chunks.
+pub struct ClassicRenderer {
+    renderer: Renderer,
+    setup_ms: f64,
+    render_ms: f64,
+    sink_ms: f64,
+}
+
+impl ClassicRenderer {
+    pub fn new(avatar: &AvatarInput<'_>, prepared: &PreparedAvatar, opts: &GenerateOptions) -> Result<Self> {
+        let t0 = Instant::now();
+        let state: SourceState = source_state(prepared)?;
+        if state.mode != opts.preprocess || (state.mode != PreprocessMode::Full && state.size != opts.size) {
+            return Err(PipelineError::InvalidOption {
+                field: "preprocess",
+                reason: format!(
+                    "the avatar was prepared for {} at {}, the request asks for {} at {}",
+                    state.mode.as_str(),
+                    state.size,
+                    opts.preprocess.as_str(),
+                    opts.size
+                ),
+            });
+        }
+        let visemes: VisemeSet = decode(part(prepared, StateKind::Visemes)?, "visemes")?;
+        let shapes_ok = visemes.shapes.len() == visemes::NUM_VISEMES
+            && visemes.shapes.iter().chain([&visemes.blink, &visemes.brow, &visemes.rest]).all(|s| s.len() == 68);
+        if !shapes_ok {
+            return Err(PipelineError::Internal("classic visemes blob is inconsistent; prepare the avatar again".into()));
+        }
+        let (canvas, _, _) = build_canvas(avatar.image, &avatar.analysis.crop, state.mode, state.size)?;
+        let renderer = Renderer::new(state, &visemes, canvas)?;
+        Ok(Self { renderer, setup_ms: t0.elapsed().as_secs_f64() * 1e3, render_ms: 0.0, sink_ms: 0.0 })
+    }
+
+    /// Render `frames` in order into `sink`, calling `progress(i)` after each.
+    pub fn render_frames(
+        &mut self,
+        frames: &[FrameMotion],
+        sink: &mut dyn FrameSink,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<()> {
+        for (i, m) in frames.iter().enumerate() {
+            let t = Instant::now();
+            let frame = self.renderer.render(m)?;
+            let t1 = Instant::now();
+            self.render_ms += (t1 - t).as_secs_f64() * 1e3;
+            sink.push(frame)?;
+            self.sink_ms += t1.elapsed().as_secs_f64() * 1e3;
+            progress(i + 1);
+        }
+        Ok(())
+    }
+}
+
+impl ChunkRenderer for ClassicRenderer {
+    fn render_chunk(&mut self, motion: &[u8], sink: &mut dyn FrameSink) -> Result<usize> {
+        let track: MotionTrack = decode(motion, "motion")?;
+        self.render_frames(&track.frames, sink, &mut |_| {})?;
+        Ok(track.frames.len())
+    }
+
+    fn stage_ms(&self) -> Vec<(String, f64)> {
+        vec![
+            ("render_setup".into(), self.setup_ms),
+            ("render".into(), self.render_ms),
+            ("sink".into(), self.sink_ms),
+        ]
+    }
+}
