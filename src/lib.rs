@@ -11,6 +11,7 @@ pub mod errors;
 pub mod jobs;
 pub mod records;
 pub mod redis_server;
+pub mod redis_watch;
 pub mod startup;
 pub mod state;
 

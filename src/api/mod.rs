@@ -4,6 +4,7 @@
 
 pub mod avatar;
 pub mod cache;
+pub mod edge;
 pub mod health;
 pub mod media;
 pub mod multipart;
@@ -55,7 +56,7 @@ impl Modify for SecurityAddon {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-API-Key",
-                "Required on every route except /healthz when the server sets API_KEYS",
+                "Required on every route except /healthz and /readyz when the server sets API_KEYS (unset: no key needed)",
             ))),
         );
         openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new())]);
@@ -81,7 +82,13 @@ pub fn openapi_json() -> String {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
         .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::new(Code::InvalidField, e.to_string()).into()))
-        .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
+        .app_data(web::JsonConfig::default().error_handler(|e, _| {
+            let timed_out = match &e {
+                actix_web::error::JsonPayloadError::Payload(p) => edge::payload_error(p),
+                _ => None,
+            };
+            timed_out.unwrap_or_else(|| ApiError::new(Code::BadRequest, e.to_string())).into()
+        }))
         .service(web::scope("/api/avatar").configure(avatar::configure))
         .service(web::scope("/api/vip").configure(vip::configure))
         .service(web::scope("/api/cache").configure(cache::configure))
@@ -91,7 +98,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
         )
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi()))
-        .default_service(web::to(|| async { ApiError::new(Code::RouteNotFound, "no such route").error_response() }));
+        .default_service(web::to(edge::fallback));
 }
 
 /// Wrap the app: request log, API-key check, JSON bodies for actix's own errors.
@@ -128,10 +135,14 @@ fn json_error_body(res: ServiceResponse<BoxBody>) -> actix_web::Result<ErrorHand
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, new).map_into_right_body()))
 }
 
-/// `X-API-Key` check (constant time) when `API_KEYS` is set; `/healthz` stays open.
+/// Routes that never need an API key: the probes (orchestrators cannot send one; they tell
+/// nothing secret).
+pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz"];
+
+/// `X-API-Key` check (constant time) when `API_KEYS` is set; [`OPEN_ROUTES`] stay open.
 pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<BoxBody>> {
     let keys = req.app_data::<web::Data<AppState>>().map(|s| s.config.api_keys.clone()).unwrap_or_default();
-    if !keys.is_enabled() || req.path() == "/healthz" {
+    if !keys.is_enabled() || OPEN_ROUTES.contains(&req.path()) {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let Some(given) = req.headers().get("x-api-key") else {
@@ -149,7 +160,13 @@ pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 
     }
 }
 
-/// One log line per request through `tracing`.
+/// Polled routes (probes and status polls) are logged at DEBUG so they do not flood the log.
+fn is_polled(path: &str) -> bool {
+    OPEN_ROUTES.contains(&path) || path.starts_with("/api/avatar/status/") || path.starts_with("/api/vip/status/")
+}
+
+/// One log line per request through `tracing`: DEBUG for polled routes that succeed, INFO
+/// otherwise (`RUST_LOG=vipavatar=debug` shows them all).
 pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
     let (method, path) = (req.method().clone(), req.path().to_string());
     let start = std::time::Instant::now();
@@ -158,7 +175,12 @@ pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'sta
         Ok(r) => r.status().as_u16(),
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
-    tracing::info!(%method, %path, status, ms = start.elapsed().as_millis() as u64, "request");
+    let ms = start.elapsed().as_millis() as u64;
+    if is_polled(&path) && status < 500 {
+        tracing::debug!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
     res
 }
 

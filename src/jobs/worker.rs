@@ -74,6 +74,8 @@ async fn process(ctx: &JobContext, d: &Delivery) {
             return;
         }
     };
+    // Temporaries of this job survive tmp sweeps while it runs.
+    let _files = ctx.blobs.hold();
     let span = tracing::info_span!("job", queue = d.queue.name(), entry = %d.entry, ?job);
     async {
         if d.reclaimed {
