@@ -112,6 +112,9 @@ pub struct EdgeArgs {
     /// 503 `redis_unavailable`.
     #[arg(long, env = "VIPAVATAR_REDIS_TIMEOUT_MS", default_value_t = 2000)]
     pub redis_timeout_ms: u64,
+    /// Serve `/metrics` without an API key even when `API_KEYS` is set.
+    #[arg(long, env = "VIPAVATAR_METRICS_OPEN")]
+    pub metrics_open: bool,
 }
 
 impl EdgeArgs {

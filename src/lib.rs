@@ -14,6 +14,7 @@ pub mod redis_server;
 pub mod redis_watch;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 
 pub use config::Config;
 pub use startup::Application;

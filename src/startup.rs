@@ -152,6 +152,7 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config, workers: usize) -> anyhow::Result<Self> {
+        crate::telemetry::handle();
         let mut services = Services::connect(&config, true).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut worker_handles = vec![sweep_tmp_periodically(&services.blobs, &config, &shutdown_rx).await];

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod edge;
 pub mod health;
 pub mod media;
+pub mod metrics;
 pub mod multipart;
 pub mod vip;
 
@@ -67,6 +68,7 @@ impl Modify for SecurityAddon {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(health::HealthApi::openapi());
+    doc.merge(metrics::MetricsApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
 }
@@ -93,6 +95,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::scope("/api/vip").configure(vip::configure))
         .service(web::scope("/api/cache").configure(cache::configure))
         .configure(health::configure)
+        .configure(metrics::configure)
         .route(
             "/docs",
             web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
@@ -141,8 +144,12 @@ pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz"];
 
 /// `X-API-Key` check (constant time) when `API_KEYS` is set; [`OPEN_ROUTES`] stay open.
 pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<BoxBody>> {
-    let keys = req.app_data::<web::Data<AppState>>().map(|s| s.config.api_keys.clone()).unwrap_or_default();
-    if !keys.is_enabled() || OPEN_ROUTES.contains(&req.path()) {
+    let (keys, metrics_open) = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| (s.config.api_keys.clone(), s.config.edge.metrics_open))
+        .unwrap_or_default();
+    let open = OPEN_ROUTES.contains(&req.path()) || (metrics_open && req.path() == "/metrics");
+    if !keys.is_enabled() || open {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let Some(given) = req.headers().get("x-api-key") else {
@@ -160,22 +167,25 @@ pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 
     }
 }
 
-/// Polled routes (probes and status polls) are logged at DEBUG so they do not flood the log.
+/// Polled routes (probes, scrapes and status polls) are logged at DEBUG so they do not flood the log.
 fn is_polled(path: &str) -> bool {
-    OPEN_ROUTES.contains(&path) || path.starts_with("/api/avatar/status/") || path.starts_with("/api/vip/status/")
+    OPEN_ROUTES.contains(&path) || path == "/metrics" || path.starts_with("/api/avatar/status/") || path.starts_with("/api/vip/status/")
 }
 
 /// One log line per request through `tracing`: DEBUG for polled routes that succeed, INFO
 /// otherwise (`RUST_LOG=vipavatar=debug` shows them all).
 pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
     let (method, path) = (req.method().clone(), req.path().to_string());
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let start = std::time::Instant::now();
     let res = next.call(req).await;
     let status = match &res {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
-    let ms = start.elapsed().as_millis() as u64;
+    let took = start.elapsed();
+    crate::telemetry::record_request(method.as_str(), &route, status, took);
+    let ms = took.as_millis() as u64;
     if is_polled(&path) && status < 500 {
         tracing::debug!(%method, %path, status, ms, "request");
     } else {
