@@ -172,8 +172,8 @@ fn is_polled(path: &str) -> bool {
     OPEN_ROUTES.contains(&path) || path == "/metrics" || path.starts_with("/api/avatar/status/") || path.starts_with("/api/vip/status/")
 }
 
-/// One log line per request through `tracing`: DEBUG for polled routes that succeed, INFO
-/// otherwise (`RUST_LOG=vipavatar=debug` shows them all).
+/// One log line per request through `tracing`: DEBUG for polled routes (unless they answer
+/// 500), INFO otherwise (`RUST_LOG=vipavatar=debug` shows them all).
 pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
     let (method, path) = (req.method().clone(), req.path().to_string());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
@@ -186,7 +186,9 @@ pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'sta
     let took = start.elapsed();
     crate::telemetry::record_request(method.as_str(), &route, status, took);
     let ms = took.as_millis() as u64;
-    if is_polled(&path) && status < 500 {
+    // A not-ready 503 from a probe or poll is expected (model loading, a Redis outage the
+    // watcher already logged); only internal errors of polled routes stay at INFO.
+    if is_polled(&path) && status != 500 {
         tracing::debug!(%method, %path, status, ms, "request");
     } else {
         tracing::info!(%method, %path, status, ms, "request");

@@ -138,6 +138,15 @@ async fn serve_manages_a_private_redis() {
     assert_eq!(serve.status("/api/cache/stats").await, Some(200));
     assert!(data.join("redis/appendonlydir").is_dir(), "AOF files belong in the data dir");
 
+    // At RUST_LOG=info, probe and status polls are not logged; other requests are.
+    for path in ["/healthz", "/readyz", "/api/avatar/status/0000000000000000000000000000000000000000000000000000000000000000"] {
+        serve.status(path).await;
+    }
+    wait_until(Duration::from_secs(5), "the stats request was not logged at INFO", || serve.logged("path=/api/cache/stats"));
+    for quiet in ["path=/healthz", "path=/readyz", "path=/api/avatar/status/"] {
+        assert!(!serve.logged(quiet), "{quiet} logged at INFO: {:?}", serve.log.lock().unwrap());
+    }
+
     // SIGTERM: the service exits cleanly and takes its redis-server with it.
     let mut serve = serve;
     serve.signal("-TERM");
