@@ -97,6 +97,33 @@ pub struct Config {
 
     #[command(flatten)]
     pub jobs: JobArgs,
+
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// Timeouts at the edges of a request: the client's body, and every Redis call.
+#[derive(Debug, Clone, Args)]
+pub struct EdgeArgs {
+    /// A request body that sends nothing for this long is answered 408 `body_timeout`.
+    #[arg(long, env = "VIPAVATAR_BODY_TIMEOUT_SECS", default_value_t = 15)]
+    pub body_timeout_secs: u64,
+    /// Longest wait for one Redis reply (or connection attempt) before a request fails with
+    /// 503 `redis_unavailable`.
+    #[arg(long, env = "VIPAVATAR_REDIS_TIMEOUT_MS", default_value_t = 2000)]
+    pub redis_timeout_ms: u64,
+    /// Serve `/metrics` without an API key even when `API_KEYS` is set.
+    #[arg(long, env = "VIPAVATAR_METRICS_OPEN")]
+    pub metrics_open: bool,
+}
+
+impl EdgeArgs {
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs.max(1))
+    }
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(50))
+    }
 }
 
 /// Request size limits.
@@ -151,6 +178,13 @@ pub struct JobArgs {
     /// First retry delay in milliseconds; doubles per attempt.
     #[arg(long, env = "VIPAVATAR_JOB_BACKOFF_MS", default_value_t = 1000)]
     pub job_backoff_ms: u64,
+    /// Temporary files in `{data}/tmp` that no live process owns are removed; unowned (legacy)
+    /// ones, and this process's own while none of its jobs runs, once older than this.
+    #[arg(long, env = "VIPAVATAR_TMP_MAX_AGE_SECS", default_value_t = 3600)]
+    pub tmp_max_age_secs: u64,
+    /// How often `{data}/tmp` is swept (also once at start-up).
+    #[arg(long, env = "VIPAVATAR_TMP_SWEEP_SECS", default_value_t = 600)]
+    pub tmp_sweep_secs: u64,
 }
 
 impl JobArgs {

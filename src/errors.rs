@@ -57,6 +57,7 @@ pub enum Code {
     InvalidSessionId,
     RouteNotFound,
     MethodNotAllowed,
+    BodyTimeout,
     // resources
     ImageNotFound,
     SessionNotFound,
@@ -107,6 +108,7 @@ impl Code {
             Code::InvalidSessionId => (S::BAD_REQUEST, "invalid_session_id", InvalidRequest),
             Code::RouteNotFound => (S::NOT_FOUND, "route_not_found", InvalidRequest),
             Code::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", InvalidRequest),
+            Code::BodyTimeout => (S::REQUEST_TIMEOUT, "body_timeout", InvalidRequest),
             Code::ImageNotFound => (S::NOT_FOUND, "image_not_found", InvalidRequest),
             Code::SessionNotFound => (S::NOT_FOUND, "session_not_found", InvalidRequest),
             Code::VideoNotReady => (S::CONFLICT, "video_not_ready", InvalidRequest),
@@ -207,6 +209,10 @@ impl ResponseError for ApiError {
             tracing::debug!(code = self.code.info().1, message = %self.message, "request rejected");
         }
         let mut resp = HttpResponse::build(status);
+        if self.code == Code::BodyTimeout {
+            // The rest of the body may never come: do not keep the connection for another request.
+            resp.force_close();
+        }
         if let Some(s) = self.retry_after {
             resp.insert_header((header::RETRY_AFTER, s.to_string()));
         }
@@ -280,6 +286,7 @@ const ALL_CODES: &[Code] = &[
     Code::InvalidSessionId,
     Code::RouteNotFound,
     Code::MethodNotAllowed,
+    Code::BodyTimeout,
     Code::ImageNotFound,
     Code::SessionNotFound,
     Code::VideoNotReady,

@@ -11,8 +11,10 @@ pub mod errors;
 pub mod jobs;
 pub mod records;
 pub mod redis_server;
+pub mod redis_watch;
 pub mod startup;
 pub mod state;
+pub mod telemetry;
 
 pub use config::Config;
 pub use startup::Application;

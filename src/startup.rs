@@ -8,6 +8,7 @@ use crate::engines::{load_in_background, EngineState};
 use crate::jobs::worker::run_worker;
 use crate::jobs::{JobContext, JobQueue, ModelThread};
 use crate::redis_server::RedisChild;
+use crate::redis_watch::{self, RedisHealth};
 use crate::state::AppState;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -46,10 +47,13 @@ impl Services {
             None => anyhow::bail!("REDIS_URL must be set: workers share the Redis of the API nodes"),
         };
         let client = redis::Client::open(url.as_str()).with_context(|| format!("invalid REDIS_URL {url:?}"))?;
-        let conn = tokio::time::timeout(Duration::from_secs(15), client.get_connection_manager())
-            .await
-            .context("timed out connecting to Redis")?
-            .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        let conn = tokio::time::timeout(
+            Duration::from_secs(20),
+            redis_watch::connect(&client, config.edge.redis_timeout(), Duration::from_secs(15)),
+        )
+        .await
+        .context("timed out connecting to Redis")?
+        .with_context(|| format!("cannot connect to Redis at {url}"))?;
         let cache = Cache::new(
             conn.clone(),
             CacheConfig { namespace: config.namespace.clone(), ttls: config.ttl.ttls(), schema_version: CACHE_SCHEMA_VERSION },
@@ -116,6 +120,31 @@ pub fn spawn_workers(n: usize, config: &Config, services: &Services, shutdown: &
         .collect()
 }
 
+/// Sweep `{data}/tmp` now (see [`BlobStore::sweep_tmp`]), then every `VIPAVATAR_TMP_SWEEP_SECS`
+/// until `shutdown`.
+pub async fn sweep_tmp_periodically(blobs: &BlobStore, config: &Config, shutdown: &watch::Receiver<bool>) -> JoinHandle<()> {
+    let max_age = Duration::from_secs(config.jobs.tmp_max_age_secs);
+    let every = Duration::from_secs(config.jobs.tmp_sweep_secs.max(1));
+    let sweep = move |blobs: BlobStore| async move {
+        match tokio::task::spawn_blocking(move || blobs.sweep_tmp(max_age)).await {
+            Ok(Ok(s)) if s.files > 0 => tracing::info!(files = s.files, bytes = s.bytes, "removed orphaned temporary files"),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "sweeping temporary files failed"),
+            Err(e) => tracing::warn!(error = %e, "sweeping temporary files panicked"),
+        }
+    };
+    sweep(blobs.clone()).await;
+    let (blobs, mut shutdown) = (blobs.clone(), shutdown.clone());
+    crate::spawn_named("tmp-sweeper", async move {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => sweep(blobs.clone()).await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
+}
+
 /// The API server plus in-process workers.
 pub struct Application {
     port: u16,
@@ -127,9 +156,12 @@ pub struct Application {
 
 impl Application {
     pub async fn build(config: Config, workers: usize) -> anyhow::Result<Self> {
+        crate::telemetry::handle();
         let mut services = Services::connect(&config, true).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let worker_handles = spawn_workers(workers, &config, &services, &shutdown_rx);
+        let mut worker_handles = vec![sweep_tmp_periodically(&services.blobs, &config, &shutdown_rx).await];
+        worker_handles.extend(spawn_workers(workers, &config, &services, &shutdown_rx));
+        let redis = RedisHealth::watch(services.cache.connection(), config.edge.redis_timeout(), shutdown_rx.clone());
         let state = AppState {
             config: Arc::new(config.clone()),
             cache: services.cache.clone(),
@@ -139,12 +171,15 @@ impl Application {
             engines: services.engines.clone(),
             started: Instant::now(),
             local_workers: workers,
+            redis,
         };
         let listener = std::net::TcpListener::bind(&config.bind).with_context(|| format!("bind {}", config.bind))?;
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(web::Data::new(state.clone()))
+                .wrap(from_fn(api::edge::body_timeout))
+                .wrap(from_fn(api::edge::redis_gate))
                 .wrap(from_fn(api::require_api_key))
                 .wrap(api::error_handlers())
                 .wrap(from_fn(api::log_request))
@@ -195,7 +230,8 @@ pub async fn stop_workers(shutdown: &watch::Sender<bool>, workers: Vec<JoinHandl
 pub async fn run_workers(config: Config, n: usize) -> anyhow::Result<()> {
     let services = Services::connect(&config, false).await?;
     let (shutdown, rx) = watch::channel(false);
-    let workers = spawn_workers(n, &config, &services, &rx);
+    let mut workers = vec![sweep_tmp_periodically(&services.blobs, &config, &rx).await];
+    workers.extend(spawn_workers(n, &config, &services, &rx));
     tracing::info!(workers = n, "worker process running");
     shutdown_signal().await;
     tracing::info!("shutting down workers");

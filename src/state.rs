@@ -4,6 +4,7 @@ use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::engines::EngineState;
 use crate::jobs::JobQueue;
+use crate::redis_watch::RedisHealth;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::watch;
@@ -21,4 +22,6 @@ pub struct AppState {
     pub started: Instant,
     /// Workers running in this process (0 for an API-only node).
     pub local_workers: usize,
+    /// Whether Redis answered its last PING (requests fail fast while it does not).
+    pub redis: RedisHealth,
 }

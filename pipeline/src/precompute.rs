@@ -56,8 +56,9 @@ pub struct Precomputer {
     limits: ImageLimits,
 }
 
-/// Images smaller than this on the short side are refused outright (nothing to animate).
-const ABSOLUTE_MIN_SIDE: u32 = 48;
+/// Images smaller than this on the short side are refused outright (nothing to animate). The
+/// service checks it from the file header at upload time.
+pub const ABSOLUTE_MIN_SIDE: u32 = 48;
 
 impl Precomputer {
     /// Load and verify the registry-fetched models from `checkpoints` (see checkpoints/manifest.json).

@@ -82,7 +82,7 @@ pub struct UploadResponse {
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 413, description = "Image larger than the byte limit", body = ErrorBody),
         (status = 415, description = "Not a PNG, JPEG or WebP file, or not multipart", body = ErrorBody),
-        (status = 422, description = "The image does not decode or is too large in pixels", body = ErrorBody),
+        (status = 422, description = "The image does not decode, or is too small or too large in pixels", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(image_id))]
@@ -92,6 +92,7 @@ pub async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multi
     let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?.unwrap_or_default();
     let file = form.take_file("image_file")?;
     check_image("image_file", &file.bytes)?;
+    check_dimensions(&file.bytes)?;
     let bytes = std::sync::Arc::new(file.bytes);
     let max_pixels = state.config.limits.max_image_pixels;
     let b = bytes.clone();
@@ -145,6 +146,19 @@ pub async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multi
         cached: false,
         preprocess_mode: mode.as_str().into(),
     }))
+}
+
+/// Refuse, from the header alone, an image too small on its short side to hold a face.
+fn check_dimensions(bytes: &[u8]) -> Result<(), ApiError> {
+    let (_, width, height) = vipavatar_pipeline::image::header_dimensions(bytes)?;
+    let min = vipavatar_pipeline::precompute::ABSOLUTE_MIN_SIDE;
+    if width.min(height) < min {
+        return Err(ApiError::new(
+            Code::ImageTooSmall,
+            format!("`image_file` is {width}x{height} pixels; both sides must be at least {min}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Average precompute time times the jobs ahead, in seconds.

@@ -1,5 +1,5 @@
-//! Service info (`/`), liveness (`/healthz`, always open) and readiness (`/readyz`: Redis
-//! reachable and models loaded).
+//! Service info (`/`), liveness (`/healthz`) and readiness (`/readyz`: Redis reachable and
+//! models loaded); both probes are always open (no API key).
 
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
@@ -66,12 +66,13 @@ pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(Health { status: "ok".into() })
 }
 
-/// Readiness: Redis answers PING and the models are loaded.
+/// Readiness: Redis answers PING and the models are loaded (never needs an API key).
 #[utoipa::path(
     get,
     path = "/readyz",
     tag = "health",
-    responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness))
+    responses((status = 200, body = Readiness), (status = 503, description = "Not ready", body = Readiness)),
+    security(())
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut conn = state.cache.connection();

@@ -4,8 +4,10 @@
 
 pub mod avatar;
 pub mod cache;
+pub mod edge;
 pub mod health;
 pub mod media;
+pub mod metrics;
 pub mod multipart;
 pub mod stream;
 pub mod vip;
@@ -56,7 +58,7 @@ impl Modify for SecurityAddon {
             "api_key",
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description(
                 "X-API-Key",
-                "Required on every route except /healthz when the server sets API_KEYS",
+                "Required on every route except /healthz and /readyz when the server sets API_KEYS (unset: no key needed)",
             ))),
         );
         openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new())]);
@@ -67,6 +69,7 @@ impl Modify for SecurityAddon {
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.merge(health::HealthApi::openapi());
+    doc.merge(metrics::MetricsApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     doc
 }
@@ -82,17 +85,24 @@ pub fn openapi_json() -> String {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.app_data(web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
         .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::new(Code::InvalidField, e.to_string()).into()))
-        .app_data(web::JsonConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
+        .app_data(web::JsonConfig::default().error_handler(|e, _| {
+            let timed_out = match &e {
+                actix_web::error::JsonPayloadError::Payload(p) => edge::payload_error(p),
+                _ => None,
+            };
+            timed_out.unwrap_or_else(|| ApiError::new(Code::BadRequest, e.to_string())).into()
+        }))
         .service(web::scope("/api/avatar").configure(avatar::configure))
         .service(web::scope("/api/vip").configure(vip::configure))
         .service(web::scope("/api/cache").configure(cache::configure))
         .configure(health::configure)
+        .configure(metrics::configure)
         .route(
             "/docs",
             web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
         )
         .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi()))
-        .default_service(web::to(|| async { ApiError::new(Code::RouteNotFound, "no such route").error_response() }));
+        .default_service(web::to(edge::fallback));
 }
 
 /// Wrap the app: request log, API-key check, JSON bodies for actix's own errors.
@@ -129,10 +139,18 @@ fn json_error_body(res: ServiceResponse<BoxBody>) -> actix_web::Result<ErrorHand
     Ok(ErrorHandlerResponse::Response(ServiceResponse::new(req, new).map_into_right_body()))
 }
 
-/// `X-API-Key` check (constant time) when `API_KEYS` is set; `/healthz` stays open.
+/// Routes that never need an API key: the probes (orchestrators cannot send one; they tell
+/// nothing secret).
+pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz"];
+
+/// `X-API-Key` check (constant time) when `API_KEYS` is set; [`OPEN_ROUTES`] stay open.
 pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<BoxBody>> {
-    let keys = req.app_data::<web::Data<AppState>>().map(|s| s.config.api_keys.clone()).unwrap_or_default();
-    if !keys.is_enabled() || req.path() == "/healthz" {
+    let (keys, metrics_open) = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| (s.config.api_keys.clone(), s.config.edge.metrics_open))
+        .unwrap_or_default();
+    let open = OPEN_ROUTES.contains(&req.path()) || (metrics_open && req.path() == "/metrics");
+    if !keys.is_enabled() || open {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
     let Some(given) = req.headers().get("x-api-key") else {
@@ -150,16 +168,32 @@ pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 
     }
 }
 
-/// One log line per request through `tracing`.
+/// Polled routes (probes, scrapes and status polls) are logged at DEBUG so they do not flood the log.
+fn is_polled(path: &str) -> bool {
+    OPEN_ROUTES.contains(&path) || path == "/metrics" || path.starts_with("/api/avatar/status/") || path.starts_with("/api/vip/status/")
+}
+
+/// One log line per request through `tracing`: DEBUG for polled routes (unless they answer
+/// 500), INFO otherwise (`RUST_LOG=vipavatar=debug` shows them all).
 pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
     let (method, path) = (req.method().clone(), req.path().to_string());
+    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let start = std::time::Instant::now();
     let res = next.call(req).await;
     let status = match &res {
         Ok(r) => r.status().as_u16(),
         Err(e) => e.as_response_error().status_code().as_u16(),
     };
-    tracing::info!(%method, %path, status, ms = start.elapsed().as_millis() as u64, "request");
+    let took = start.elapsed();
+    crate::telemetry::record_request(method.as_str(), &route, status, took);
+    let ms = took.as_millis() as u64;
+    // A not-ready 503 from a probe or poll is expected (model loading, a Redis outage the
+    // watcher already logged); only internal errors of polled routes stay at INFO.
+    if is_polled(&path) && status != 500 {
+        tracing::debug!(%method, %path, status, ms, "request");
+    } else {
+        tracing::info!(%method, %path, status, ms, "request");
+    }
     res
 }
 

@@ -4,7 +4,6 @@
 
 use crate::errors::{ApiError, Code};
 use actix_multipart::{Multipart, MultipartError};
-use actix_web::error::PayloadError;
 use actix_web::http::header;
 use actix_web::HttpRequest;
 use futures_util::StreamExt;
@@ -68,12 +67,20 @@ fn too_large(what: &str, max: u64) -> ApiError {
     ApiError::new(Code::PayloadTooLarge, format!("{what} is larger than the limit of {max} bytes"))
 }
 
-fn map_multipart(e: MultipartError) -> ApiError {
+/// `multipart` says whether the request's Content-Type names a multipart type (a multipart type
+/// whose parameters do not parse, e.g. an empty `boundary=`, is a malformed multipart body).
+fn map_multipart(e: MultipartError, multipart: bool) -> ApiError {
     match e {
+        MultipartError::ContentTypeMissing | MultipartError::ContentTypeParse | MultipartError::ContentTypeIncompatible
+            if multipart =>
+        {
+            ApiError::new(Code::MalformedMultipart, "the multipart Content-Type has no usable boundary parameter")
+        }
         MultipartError::ContentTypeMissing | MultipartError::ContentTypeParse | MultipartError::ContentTypeIncompatible => {
             ApiError::new(Code::ExpectedMultipart, "the request body must be multipart/form-data")
         }
-        MultipartError::Payload(PayloadError::Overflow) => ApiError::new(Code::PayloadTooLarge, "the request body is too large"),
+        MultipartError::Payload(p) => super::edge::payload_error(&p)
+            .unwrap_or_else(|| ApiError::new(Code::MalformedMultipart, format!("the request body could not be read: {p}"))),
         other => ApiError::new(Code::MalformedMultipart, format!("malformed multipart body: {other}")),
     }
 }
@@ -95,9 +102,15 @@ pub async fn read_form(req: &HttpRequest, mut payload: Multipart, limits: &[File
             ));
         }
     }
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("multipart/"));
+    let to_api = |e: MultipartError| map_multipart(e, multipart);
     let mut form = Form::default();
     while let Some(field) = payload.next().await {
-        let mut field = field.map_err(map_multipart)?;
+        let mut field = field.map_err(to_api)?;
         let name = field.name().unwrap_or_default().to_string();
         if form.files.iter().any(|(n, _)| *n == name) || form.texts.iter().any(|(n, _)| *n == name) {
             return Err(ApiError::new(Code::DuplicateField, format!("the field `{name}` appears more than once")));
@@ -105,7 +118,7 @@ pub async fn read_form(req: &HttpRequest, mut payload: Multipart, limits: &[File
         if let Some(limit) = limits.iter().find(|l| l.field == name) {
             let mut bytes = Vec::new();
             while let Some(chunk) = field.next().await {
-                let chunk = chunk.map_err(map_multipart)?;
+                let chunk = chunk.map_err(to_api)?;
                 if (bytes.len() + chunk.len()) as u64 > limit.max_bytes {
                     return Err(too_large(&format!("`{name}`"), limit.max_bytes));
                 }
@@ -120,7 +133,7 @@ pub async fn read_form(req: &HttpRequest, mut payload: Multipart, limits: &[File
         } else {
             let mut bytes = Vec::new();
             while let Some(chunk) = field.next().await {
-                let chunk = chunk.map_err(map_multipart)?;
+                let chunk = chunk.map_err(to_api)?;
                 if bytes.len() + chunk.len() > TEXT_MAX {
                     return Err(too_large(&format!("the text field `{name}`"), TEXT_MAX as u64));
                 }

@@ -74,8 +74,16 @@ async fn process(ctx: &JobContext, d: &Delivery) {
             return;
         }
     };
+    // Temporaries of this job survive tmp sweeps while it runs.
+    let _files = ctx.blobs.hold();
     let span = tracing::info_span!("job", queue = d.queue.name(), entry = %d.entry, ?job);
-    async {
+    let started = std::time::Instant::now();
+    let kind = match &job {
+        Job::Precompute { .. } => "precompute",
+        Job::Generate { .. } => "generate",
+    };
+    let outcome = async {
+        let mut outcome = "failed";
         if d.reclaimed {
             let _ = ctx.cache.incr(counters::JOBS_RECLAIMED, 1).await;
         }
@@ -86,7 +94,7 @@ async fn process(ctx: &JobContext, d: &Delivery) {
                 Err(e) => {
                     // Leave the entry pending; it is reclaimed after the lease.
                     tracing::error!(error = %e, "cannot record the attempt; leaving the job for later");
-                    return;
+                    return "abandoned";
                 }
             };
             if attempt > max {
@@ -104,6 +112,7 @@ async fn process(ctx: &JobContext, d: &Delivery) {
             match result {
                 Ok(()) => {
                     let _ = ctx.cache.incr(counters::JOBS_DONE, 1).await;
+                    outcome = "done";
                     break;
                 }
                 Err(e @ JobError::Final(_)) => {
@@ -127,9 +136,11 @@ async fn process(ctx: &JobContext, d: &Delivery) {
         if let Err(e) = ctx.queue.ack(d).await {
             tracing::error!(error = %e, "ack failed; the job may run again");
         }
+        outcome
     }
     .instrument(span)
-    .await
+    .await;
+    crate::telemetry::record_job(kind, outcome, started.elapsed());
 }
 
 async fn run(ctx: &JobContext, job: &Job, attempt: u32) -> Result<(), JobError> {

@@ -1,5 +1,5 @@
 //! X-API-Key authentication: on when API_KEYS is set (401 with the error body), off otherwise;
-//! /healthz always open.
+//! the probes /healthz and /readyz always open.
 
 use crate::helpers::{assert_error, json, spawn_app_with};
 use vipavatar::config::ApiKeys;
@@ -24,8 +24,12 @@ async fn keys_required_when_configured() {
         let r = app.client.get(app.url("/api/cache/stats")).header("X-API-Key", good).send().await.unwrap();
         assert_eq!(r.status(), 200, "{good}");
     }
-    // Liveness stays open.
+    // The probes stay open (orchestrators cannot send a key); the rest does not.
     assert_eq!(app.get_json("/healthz").await.0, 200);
+    let (s, ready) = app.get_json("/readyz").await;
+    assert_eq!(s, 200, "{ready}");
+    assert_eq!(ready["status"], "ready");
+    assert_error(&app.get_json("/").await, 401, "missing_api_key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
