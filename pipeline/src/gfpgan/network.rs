@@ -132,6 +132,38 @@ impl GfpganNet {
         self.decoder.prepare();
     }
 
+    /// A network with seeded random weights of plausible scale (weights ~ N(0, 1/fan_in),
+    /// biases ~ N(0, 0.01), modulation biases ~ 1): meaningless output, for benchmarks and
+    /// tests that need the real architecture without the official file.
+    pub fn random(cfg: &GfpganConfig, device: Device, seed: u64) -> Result<Self> {
+        let mut net = Self::build(cfg, device)?;
+        let mut rng = super::noise::SplitMix64(seed);
+        let mut vars: Vec<(String, Tensor)> = net.vs.variables().into_iter().collect();
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        tch::no_grad(|| {
+            for (name, var) in &vars {
+                let size = var.size();
+                let numel: i64 = size.iter().product();
+                let draws = Tensor::from_slice(&super::noise::normals(&mut rng, numel as usize)).view(size.as_slice());
+                let fan_in: i64 = if name.ends_with("modulated_conv.weight") { size[2..].iter().product() } else { size[1..].iter().product::<i64>().max(1) };
+                let value = if name.ends_with("modulation.bias") {
+                    draws * 0.1 + 1.0
+                } else if name.ends_with("bias") {
+                    draws * 0.1
+                } else if name.contains("noises.") || name.contains("constant_input") {
+                    draws
+                } else if size.len() == 1 {
+                    draws * 0.3
+                } else {
+                    draws / (fan_in as f64).sqrt()
+                };
+                var.shallow_clone().copy_(&value.to_device(device));
+            }
+        });
+        net.prepare();
+        Ok(net)
+    }
+
     pub fn config(&self) -> &GfpganConfig {
         &self.cfg
     }

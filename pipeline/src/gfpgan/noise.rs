@@ -24,7 +24,7 @@ pub enum Noise {
 
 /// SplitMix64: a tiny, well-mixed 64-bit generator (Steele, Lea, Flood 2014).
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub(crate) struct SplitMix64(pub(crate) u64);
 
 impl SplitMix64 {
     fn next_u64(&mut self) -> u64 {
@@ -42,7 +42,7 @@ impl SplitMix64 {
 }
 
 /// `n` standard normal draws (Box-Muller, both outputs used).
-fn normals(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
+pub(crate) fn normals(rng: &mut SplitMix64, n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n + 1);
     while out.len() < n {
         let (u1, u2) = (rng.open_unit(), rng.open_unit());
