@@ -162,7 +162,7 @@ pub fn erode(mask: &Tensor, k: i64) -> Result<Tensor> {
     Ok(-pooled)
 }
 
-/// OpenCV's `getGaussianKernel(k, 0)` (float32): the fixed small tables for k <= 7, else a
+/// OpenCV's `getGaussianKernel(k, 0)` (float32): the fixed small tables for k <= 9, else a
 /// sampled Gaussian with `sigma = 0.3 ((k - 1) / 2 - 1) + 0.8`.
 pub fn gaussian_kernel(k: i64) -> Vec<f32> {
     let small: &[f32] = match k {
@@ -170,6 +170,7 @@ pub fn gaussian_kernel(k: i64) -> Vec<f32> {
         3 => &[0.25, 0.5, 0.25],
         5 => &[0.0625, 0.25, 0.375, 0.25, 0.0625],
         7 => &[0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+        9 => &[4.0 / 256.0, 13.0 / 256.0, 30.0 / 256.0, 51.0 / 256.0, 60.0 / 256.0, 51.0 / 256.0, 30.0 / 256.0, 13.0 / 256.0, 4.0 / 256.0],
         _ => &[],
     };
     if !small.is_empty() {
