@@ -54,6 +54,13 @@ fn gfpgan_helper_alignment_and_paste_match_facexlib() {
     fx::check("pasted frames", &unit(&pasted), &unit(fx::get(&io, "out.pasted")), FRAME_MAX, FRAME_MEAN);
     // The paste really changed the frames (the comparison is not against the input).
     assert!(fx::errors(&unit(&pasted), &unit(&frames)).1 > 0.05);
+    // Cached masks (computed once for a repeated matrix) give the same frames.
+    let repeated = [aligned.affines[0], aligned.affines[0]];
+    let masks = enh.paste_masks((frames.size()[1], frames.size()[2]), &repeated, device).unwrap();
+    let first = enh.paste(&frames.narrow(0, 0, 1), &restored.narrow(0, 0, 1), &repeated[..1]).unwrap();
+    let both = enh.paste_with_masks(&frames.narrow(0, 0, 1).repeat([2, 1, 1, 1]), &restored.narrow(0, 0, 1).repeat([2, 1, 1, 1]), &masks).unwrap();
+    assert!(both.get(0).equal(&first.get(0)) && both.get(1).equal(&first.get(0)), "cached masks change the paste");
+    assert!(enh.paste_with_masks(&frames, &restored, &enh.paste_masks((10, 10), &aligned.affines, device).unwrap()).is_err());
 }
 
 #[test]

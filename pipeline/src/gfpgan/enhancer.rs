@@ -28,6 +28,24 @@ pub struct AlignedFaces {
     pub affines: Vec<Affine>,
 }
 
+/// The geometry-only part of the paste-back for a batch of frames (see
+/// [`FaceEnhancer::paste_masks`]).
+#[derive(Debug)]
+pub struct PasteMasks {
+    affines: Vec<Affine>,
+    frame_hw: (i64, i64),
+    /// (n, h, w, 1) float: the warped square mask eroded by 2 px (`inv_mask_erosion`).
+    eroded: Tensor,
+    /// (n, h, w, 1) float: the blend weight (`inv_soft_mask`).
+    soft: Tensor,
+}
+
+impl PasteMasks {
+    pub fn affines(&self) -> &[Affine] {
+        &self.affines
+    }
+}
+
 /// GFPGAN restoration of one face per frame.
 #[derive(Debug)]
 pub struct FaceEnhancer {
@@ -95,19 +113,25 @@ impl FaceEnhancer {
         Ok(Tensor::cat(&out, 0))
     }
 
-    /// Paste restored faces (n, s, s, 3) uint8 back into `frames` (n, h, w, 3) uint8 through the
-    /// inverse of each `affines[i]` (`paste_faces_to_input_image`, square soft mask).
-    pub fn paste(&self, frames: &Tensor, restored: &Tensor, affines: &[Affine]) -> Result<Tensor> {
-        let (h, w) = Self::check_frames(frames, affines.len())?;
+    /// The paste-back masks of `affines` for frames of `frame_hw` (h, w), computed once per
+    /// distinct matrix. They depend only on the geometry: an engine whose face does not move
+    /// (still mode, an idle loop, a repeated source fit) computes them once per avatar and
+    /// passes them to [`Self::paste_with_masks`].
+    pub fn paste_masks(&self, frame_hw: (i64, i64), affines: &[Affine], device: Device) -> Result<PasteMasks> {
+        let (h, w) = frame_hw;
         let s = self.face_size();
-        if restored.size() != [affines.len() as i64, s, s, 3] {
-            return Err(bad_input(format!("restored faces {:?} do not match {} frames of {s}x{s}", restored.size(), affines.len())));
+        let mut unique: Vec<Affine> = Vec::new();
+        let mut slot = Vec::with_capacity(affines.len());
+        for a in affines {
+            let at = unique.iter().position(|u| u == a).unwrap_or_else(|| {
+                unique.push(*a);
+                unique.len() - 1
+            });
+            slot.push(at as i64);
         }
-        let device = frames.device();
-        let inverse: Vec<Affine> = affines.iter().map(Affine::invert).collect();
-        let inv_restored = warp_affine_u8(&restored.to_device(device), &inverse, (h, w), &[0, 0, 0])?;
+        let inverse: Vec<Affine> = unique.iter().map(Affine::invert).collect();
         let ones = Tensor::ones([1, s, s, 1], (Kind::Float, device));
-        let inv_mask = warp_affine_f32(&ones, &inverse, (h, w), 0.0)?.permute([0, 3, 1, 2]); // (n, 1, h, w)
+        let inv_mask = warp_affine_f32(&ones, &inverse, (h, w), 0.0)?.permute([0, 3, 1, 2]); // (u, 1, h, w)
         let eroded = erode(&inv_mask, 2)?;
         let areas = Vec::<f64>::try_from(eroded.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu))
             .map_err(|e| PipelineError::Internal(format!("mask area: {e}")))?;
@@ -118,8 +142,35 @@ impl FaceEnhancer {
             let center = erode(&eroded.narrow(0, i as i64, 1), w_edge * 2)?;
             soft.push(gaussian_blur(&center, w_edge * 2 + 1)?);
         }
-        let soft = Tensor::cat(&soft, 0).permute([0, 2, 3, 1]); // (n, h, w, 1)
-        let eroded = eroded.permute([0, 2, 3, 1]);
+        let index = Tensor::from_slice(&slot).to_device(device);
+        let soft = Tensor::cat(&soft, 0).permute([0, 2, 3, 1]).index_select(0, &index); // (n, h, w, 1)
+        let eroded = eroded.permute([0, 2, 3, 1]).index_select(0, &index);
+        Ok(PasteMasks { affines: affines.to_vec(), frame_hw, eroded, soft })
+    }
+
+    /// Paste restored faces (n, s, s, 3) uint8 back into `frames` (n, h, w, 3) uint8 through the
+    /// inverse of each `affines[i]` (`paste_faces_to_input_image`, square soft mask).
+    pub fn paste(&self, frames: &Tensor, restored: &Tensor, affines: &[Affine]) -> Result<Tensor> {
+        let (h, w) = Self::check_frames(frames, affines.len())?;
+        let masks = self.paste_masks((h, w), affines, frames.device())?;
+        self.paste_with_masks(frames, restored, &masks)
+    }
+
+    /// [`Self::paste`] with precomputed masks (see [`Self::paste_masks`]).
+    pub fn paste_with_masks(&self, frames: &Tensor, restored: &Tensor, masks: &PasteMasks) -> Result<Tensor> {
+        let n = masks.affines.len();
+        let (h, w) = Self::check_frames(frames, n)?;
+        let s = self.face_size();
+        if (h, w) != masks.frame_hw {
+            return Err(bad_input(format!("masks are for {:?} frames, got {h}x{w}", masks.frame_hw)));
+        }
+        if restored.size() != [n as i64, s, s, 3] {
+            return Err(bad_input(format!("restored faces {:?} do not match {n} frames of {s}x{s}", restored.size())));
+        }
+        let device = frames.device();
+        let inverse: Vec<Affine> = masks.affines.iter().map(Affine::invert).collect();
+        let inv_restored = warp_affine_u8(&restored.to_device(device), &inverse, (h, w), &[0, 0, 0])?;
+        let (soft, eroded) = (masks.soft.to_device(device), masks.eroded.to_device(device));
         let pasted_face = &eroded * inv_restored.to_kind(Kind::Float);
         let blended = &soft * pasted_face + (-&soft + 1.0) * frames.to_kind(Kind::Float);
         Ok(blended.floor().clamp(0.0, 255.0).to_kind(Kind::Uint8))

@@ -18,7 +18,7 @@ pub mod weights;
 
 pub use align::{fit_affine, FacePoints};
 pub use config::GfpganConfig;
-pub use enhancer::{AlignedFaces, FaceEnhancer};
+pub use enhancer::{AlignedFaces, FaceEnhancer, PasteMasks};
 pub use network::{GfpganNet, Intermediates};
 pub use noise::Noise;
 pub use warp::Affine;
