@@ -6,6 +6,14 @@
 //!
 //! Numerics follow `gfpgan==1.3.8` / `basicsr==1.4.2` / `facexlib==0.3.0` and are checked against
 //! the golden fixtures in `pipeline/tests/fixtures/gfpgan` by `pipeline/tests/gfpgan*.rs`.
+//!
+//! How an engine uses it (on its model thread, after rendering a batch of frames):
+//! ```text
+//! let enhancer = FaceEnhancer::load(&checkpoints.join(GFPGAN_V1_4_FILE), device)?; // once
+//! // frames: (n, h, w, 3) uint8 RGB on any device; points: one FacePoints per frame
+//! let out = enhancer.enhance(&frames, &points, &Noise::Seeded(request_seed))?;
+//! ```
+//! A missing or mismatched file is a [`crate::PipelineError::Checkpoint`] naming the file and key.
 
 pub mod align;
 pub mod config;
