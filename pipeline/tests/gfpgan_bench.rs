@@ -115,8 +115,8 @@ fn gfpgan_bench_batched_vs_naive_at_256() {
 
     let t = Instant::now();
     let mut naive = Vec::new();
-    for i in 0..n {
-        naive.push(naive_frame(&net, mtcnn.as_ref(), &frames.get(i as i64), &points[i], i as u64));
+    for (i, given) in points.iter().enumerate() {
+        naive.push(naive_frame(&net, mtcnn.as_ref(), &frames.get(i as i64), given, i as u64));
     }
     let naive_s = t.elapsed().as_secs_f64();
 

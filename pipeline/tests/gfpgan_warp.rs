@@ -37,8 +37,8 @@ fn affine_mat(a: &Affine) -> Mat {
 
 fn matrices() -> Vec<Affine> {
     let mut out = Vec::new();
-    for (k, (scale, angle, tx, ty)) in [(2.3, 0.09, -64.6, 8.7), (0.37, -0.3, 90.0, 40.0), (1.0, 0.0, 0.5, -0.25), (3.1, 1.2, 300.0, -200.0)].into_iter().enumerate() {
-        let (c, s) = ((angle as f64).cos() * scale, (angle as f64).sin() * scale);
+    for (k, (scale, angle, tx, ty)) in [(2.3f64, 0.09f64, -64.6, 8.7), (0.37, -0.3, 90.0, 40.0), (1.0, 0.0, 0.5, -0.25), (3.1, 1.2, 300.0, -200.0)].into_iter().enumerate() {
+        let (c, s) = (angle.cos() * scale, angle.sin() * scale);
         out.push(Affine([[c, -s + 0.01 * k as f64, tx], [s, c, ty]]));
     }
     out

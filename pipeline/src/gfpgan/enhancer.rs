@@ -6,6 +6,11 @@
 //! Every step mirrors `GFPGANer.enhance` + `FaceRestoreHelper` numerically: 8-bit crops,
 //! `(x / 255 - 0.5) / 0.5` input, output clamped to [-1, 1] and rounded back to 8 bits, the
 //! eroded + blurred warped mask, and the float blend truncated to 8 bits.
+//!
+//! Difference from `GFPGANer`: it builds its helper with `use_parse=True`, blending through a
+//! face-parsing mask from a second network (facexlib's ParseNet, `parsing_parsenet.pth`). That
+//! network is not ported; the paste-back here is facexlib's square soft mask (`use_parse=False`),
+//! which also covers hair/neck edges of the crop with the restored pixels.
 
 use super::align::{fit_affine, FacePoints};
 use super::network::GfpganNet;
