@@ -83,7 +83,7 @@ pub struct GfpganNet {
 }
 
 impl GfpganNet {
-    /// Build with zero weights; [`super::weights`] fills them in and calls `prepare`.
+    /// Build with zero weights; [`super::weights`] fills them in.
     pub(crate) fn build(cfg: &GfpganConfig, device: Device) -> Result<Self> {
         cfg.validate()?;
         let vs = VarStore::new(device);
@@ -128,15 +128,11 @@ impl GfpganNet {
         })
     }
 
-    pub(crate) fn prepare(&mut self) {
-        self.decoder.prepare();
-    }
-
     /// A network with seeded random weights of plausible scale (weights ~ N(0, 1/fan_in),
     /// biases ~ N(0, 0.01), modulation biases ~ 1): meaningless output, for benchmarks and
     /// tests that need the real architecture without the official file.
     pub fn random(cfg: &GfpganConfig, device: Device, seed: u64) -> Result<Self> {
-        let mut net = Self::build(cfg, device)?;
+        let net = Self::build(cfg, device)?;
         let mut rng = super::noise::SplitMix64(seed);
         let mut vars: Vec<(String, Tensor)> = net.vs.variables().into_iter().collect();
         vars.sort_by(|a, b| a.0.cmp(&b.0));
@@ -160,7 +156,6 @@ impl GfpganNet {
                 var.shallow_clone().copy_(&value.to_device(device));
             }
         });
-        net.prepare();
         Ok(net)
     }
 

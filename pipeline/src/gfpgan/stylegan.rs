@@ -40,8 +40,7 @@ pub struct ModulatedConv {
     modulation: Linear,
     /// (out, in, k, k) view of the stored (1, out, in, k, k) weight.
     weight: Tensor,
-    /// sum over the kernel of weight^2: (out, in), for the demodulation.
-    weight_sq: Option<Tensor>,
+    demodulate: bool,
     padding: i64,
     upsample: bool,
 }
@@ -51,14 +50,7 @@ impl ModulatedConv {
         let modulation = Linear::new(&p / "modulation", style, cin);
         let stored = p.zeros_no_train("weight", &[1, cout, cin, kernel, kernel]);
         let weight = stored.squeeze_dim(0);
-        Self { modulation, weight, weight_sq: demodulate.then(Tensor::new), padding: kernel / 2, upsample }
-    }
-
-    /// Precompute what only depends on the weights (call after loading them).
-    pub fn prepare(&mut self) {
-        if self.weight_sq.is_some() {
-            self.weight_sq = Some(self.weight.square().sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float));
-        }
+        Self { modulation, weight, demodulate, padding: kernel / 2, upsample }
     }
 
     /// x (b, in, h, w), style (b, style) -> (b, out, h', w').
@@ -68,12 +60,13 @@ impl ModulatedConv {
         let x = if self.upsample { resize2(x, true) } else { x.shallow_clone() };
         let x = x * s.view([b, -1, 1, 1]);
         let out = conv(&x, &self.weight, None, self.padding);
-        match &self.weight_sq {
-            Some(wsq) => {
-                let demod = (s.square().matmul(&wsq.tr()) + DEMOD_EPS).rsqrt(); // (b, out)
-                out * demod.view([b, -1, 1, 1])
-            }
-            None => out,
+        if self.demodulate {
+            // sum over (in, k, k) of (weight * style)^2 = style^2 @ (sum over k of weight^2)^T
+            let wsq = self.weight.square().sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float); // (out, in)
+            let demod = (s.square().matmul(&wsq.tr()) + DEMOD_EPS).rsqrt(); // (b, out)
+            out * demod.view([b, -1, 1, 1])
+        } else {
+            out
         }
     }
 }
@@ -90,11 +83,6 @@ impl StyleConv {
     pub fn new(p: Path, cin: i64, cout: i64, style: i64, upsample: bool) -> Self {
         let conv = ModulatedConv::new(&p / "modulated_conv", cin, cout, 3, style, true, upsample);
         Self { conv, noise_strength: p.zeros_no_train("weight", &[1]), bias: p.zeros_no_train("bias", &[1, cout, 1, 1]) }
-    }
-
-    /// Call after loading the weights (see [`ModulatedConv::prepare`]).
-    pub fn prepare(&mut self) {
-        self.conv.prepare();
     }
 
     /// `noise` broadcasts over the batch: (1 or b, 1, h', w').
@@ -180,11 +168,6 @@ impl StyleGanDecoder {
             sft_half: cfg.sft_half,
             input_is_latent: cfg.input_is_latent,
         }
-    }
-
-    pub(crate) fn prepare(&mut self) {
-        self.conv1.prepare();
-        self.convs.iter_mut().for_each(StyleConv::prepare);
     }
 
     /// The noise buffers stored in the checkpoint, one per style conv.

@@ -46,7 +46,7 @@ pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<G
         return Err(err(path, "file not found (place the GFPGAN weights in the checkpoints directory)"));
     }
     let state = select_state(path, crate::torch_pickle::load(path)?)?;
-    let mut net = GfpganNet::build(cfg, device)?;
+    let net = GfpganNet::build(cfg, device)?;
     let variables = net.var_store().variables();
     let mut problems = Vec::new();
     for (name, var) in variables.iter().collect::<BTreeMap<_, _>>() {
@@ -76,7 +76,6 @@ pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<G
         }
         Ok(())
     })?;
-    net.prepare();
     tracing::debug!(file = %path.display(), tensors = variables.len(), "loaded gfpgan weights");
     Ok(net)
 }
