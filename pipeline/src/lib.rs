@@ -8,6 +8,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod face;
+pub mod gfpgan;
 pub mod image;
 pub mod precompute;
 pub mod sadtalker;

@@ -1,0 +1,33 @@
+//! GFPGAN v1.4 face restoration in tch: the `GFPGANv1Clean` network ([`network`], [`stylegan`],
+//! [`config`]) loaded from the official `GFPGANv1.4.pth` ([`weights`]), deterministic noise
+//! ([`noise`]), and the face helper without detection ([`align`], [`warp`], [`enhancer`]): align
+//! each frame's face to the FFHQ 512 five-point template from known points, restore the crops in
+//! batches, paste them back through the inverse affine with a soft mask.
+//!
+//! Numerics follow `gfpgan==1.3.8` / `basicsr==1.4.2` / `facexlib==0.3.0` and are checked against
+//! the golden fixtures in `pipeline/tests/fixtures/gfpgan` by `pipeline/tests/gfpgan*.rs`.
+//!
+//! How an engine uses it (on its model thread, after rendering a batch of frames):
+//! ```text
+//! let enhancer = FaceEnhancer::load(&checkpoints.join(GFPGAN_V1_4_FILE), device)?; // once
+//! // frames: (n, h, w, 3) uint8 RGB on any device; points: one FacePoints per frame
+//! let out = enhancer.enhance(&frames, &points, &Noise::Seeded(request_seed))?;
+//! ```
+//! A missing or mismatched file is a [`crate::PipelineError::Checkpoint`] naming the file and key.
+
+pub mod align;
+pub mod config;
+pub mod enhancer;
+pub mod network;
+pub mod noise;
+pub mod stylegan;
+pub mod warp;
+pub mod weights;
+
+pub use align::{fit_affine, FacePoints};
+pub use config::GfpganConfig;
+pub use enhancer::{AlignedFaces, FaceEnhancer, PasteMasks};
+pub use network::{GfpganNet, Intermediates};
+pub use noise::Noise;
+pub use warp::Affine;
+pub use weights::{expected_layout, load_network, GFPGAN_V1_4_FILE};

@@ -1,0 +1,81 @@
+//! Loading a GFPGAN checkpoint: a `torch.save` pickle (the official `GFPGANv1.4.pth`) whose
+//! state dict sits under `params_ema` (or `params`). Every key and shape of the architecture is
+//! checked both ways (like the reference's `load_state_dict(strict=True)`); the first problems
+//! are reported in one [`PipelineError::Checkpoint`] naming the file and the keys.
+
+use super::config::GfpganConfig;
+use super::network::GfpganNet;
+use crate::{PipelineError, Result};
+use std::collections::BTreeMap;
+use std::path::Path;
+use tch::{Device, Kind, Tensor};
+
+/// File name of the official weights inside the checkpoints directory.
+pub const GFPGAN_V1_4_FILE: &str = "GFPGANv1.4.pth";
+
+/// Dict keys that may hold the state dict, in the order the reference tries them.
+const STATE_KEYS: [&str; 2] = ["params_ema", "params"];
+
+fn err(path: &Path, reason: impl Into<String>) -> PipelineError {
+    PipelineError::Checkpoint { file: path.display().to_string(), reason: reason.into() }
+}
+
+/// `(name, shape)` of every tensor the architecture `cfg` needs, sorted by name (the official
+/// layout when `cfg` is [`GfpganConfig::v1_4`]).
+pub fn expected_layout(cfg: &GfpganConfig) -> Result<Vec<(String, Vec<i64>)>> {
+    let net = GfpganNet::build(cfg, Device::Cpu)?;
+    let mut keys: Vec<(String, Vec<i64>)> = net.var_store().variables().into_iter().map(|(k, t)| (k, t.size())).collect();
+    keys.sort();
+    Ok(keys)
+}
+
+/// Select the state dict of a loaded pickle: tensors named `params_ema.<key>` (else `params.`).
+fn select_state(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<String, Tensor>> {
+    for prefix in STATE_KEYS {
+        let dotted = format!("{prefix}.");
+        if tensors.iter().any(|(k, _)| k.starts_with(&dotted)) {
+            return Ok(tensors.into_iter().filter_map(|(k, t)| k.strip_prefix(&dotted).map(|s| (s.to_string(), t))).collect());
+        }
+    }
+    Err(err(path, "no `params_ema` (or `params`) state dict in the file (is this a GFPGAN checkpoint?)"))
+}
+
+/// Load the network `cfg` from `path` onto `device`.
+pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<GfpganNet> {
+    if !path.is_file() {
+        return Err(err(path, "file not found (place the GFPGAN weights in the checkpoints directory)"));
+    }
+    let state = select_state(path, crate::torch_pickle::load(path)?)?;
+    let net = GfpganNet::build(cfg, device)?;
+    let variables = net.var_store().variables();
+    let mut problems = Vec::new();
+    for (name, var) in variables.iter().collect::<BTreeMap<_, _>>() {
+        match state.get(name) {
+            None => problems.push(format!("missing key `params_ema.{name}` (expected shape {:?})", var.size())),
+            Some(t) if t.size() != var.size() => {
+                problems.push(format!("key `params_ema.{name}` has shape {:?}, expected {:?}", t.size(), var.size()))
+            }
+            Some(t) if !t.is_floating_point() => problems.push(format!("key `params_ema.{name}` has dtype {:?}, expected a float", t.kind())),
+            Some(_) => {}
+        }
+    }
+    for name in state.keys().filter(|k| !variables.contains_key(*k)) {
+        problems.push(format!("unexpected key `params_ema.{name}`"));
+    }
+    if !problems.is_empty() {
+        let more = problems.len().saturating_sub(6);
+        let tail = if more > 0 { format!(" (and {more} more problems)") } else { String::new() };
+        return Err(err(path, format!("{}{tail}", problems[..problems.len().min(6)].join("; "))));
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, var) in &variables {
+            let stored = &state[name];
+            let converted = stored.f_to_kind(Kind::Float).and_then(|t| t.f_to_device(device)).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
+            let mut target = var.shallow_clone();
+            target.f_copy_(&converted).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
+        }
+        Ok(())
+    })?;
+    tracing::debug!(file = %path.display(), tensors = variables.len(), "loaded gfpgan weights");
+    Ok(net)
+}

@@ -1,0 +1,133 @@
+//! GFPGANv1Clean parity against the reference (`gfpgan==1.3.8`) on the committed fixtures:
+//! the reduced-width network's output image, style codes and every SFT condition, one
+//! full-width decoder layer (style conv 128 -> 64 with upsampling + its to-RGB), the loader's
+//! checks, and the deterministic noise choices. Sizes, widths and seeds come from
+//! `fixtures/gfpgan/config.json`; tolerances are those of `fixtures/gfpgan/README.md`.
+
+mod gfpgan_support;
+
+use gfpgan_support as fx;
+use tch::nn::VarStore;
+use tch::Kind;
+use vipavatar_pipeline::gfpgan::stylegan::{StyleConv, ToRgb};
+use vipavatar_pipeline::gfpgan::{load_network, GfpganConfig, Noise};
+use vipavatar_pipeline::PipelineError;
+
+/// Network tensors in about [-1, 1]: float32 accumulation-order differences only.
+const NET_MAX: f64 = 1e-4;
+const NET_MEAN: f64 = 1e-5;
+
+#[test]
+fn gfpgan_network_matches_reference() {
+    let cfg = fx::config();
+    let section = &cfg["network"];
+    assert_eq!(section["noise"], "stored");
+    let device = fx::device();
+    let net = load_network(&fx::dir().join("network.pth"), &fx::net_config(section), device).unwrap();
+    let io = fx::io("network.io.safetensors");
+    let x = fx::get(&io, "in.x").to_device(device);
+    assert_eq!(x.size()[0], fx::int(section, "batch"));
+    let noise = net.noise_maps(&Noise::Stored);
+    let (image, mid) = net.forward_with_intermediates(&x, &noise).unwrap();
+    fx::check("network style_code", &mid.style_code, fx::get(&io, "mid.style_code"), NET_MAX, NET_MEAN);
+    assert_eq!(mid.conditions.len() as i64, 2 * (fx::net_config(section).log_size() - 2));
+    for (i, c) in mid.conditions.iter().enumerate() {
+        fx::check(&format!("network condition {i}"), c, fx::get(&io, &format!("mid.condition.{i}")), NET_MAX, NET_MEAN);
+    }
+    fx::check("network image", &image, fx::get(&io, "out.image"), NET_MAX, NET_MEAN);
+    // The output is not trivially small: the comparison could fail.
+    assert!(image.abs().mean(Kind::Double).double_value(&[]) > 0.1);
+    // Noise matters (the fixture's noise strengths are non-zero), so the noise path is tested too.
+    let zero = net.forward(&x, &net.noise_maps(&Noise::Zero)).unwrap();
+    assert!(fx::errors(&zero, fx::get(&io, "out.image")).0 > 1e-2);
+}
+
+#[test]
+fn gfpgan_full_width_layer_matches_reference() {
+    let cfg = fx::config();
+    let c = &cfg["full_layer"];
+    let device = fx::device();
+    let vs = VarStore::new(device);
+    let conv_key = c["conv_key"].as_str().unwrap();
+    let rgb_key = c["rgb_key"].as_str().unwrap();
+    let mut path = vs.root();
+    for part in conv_key.split('.') {
+        path = &path / part;
+    }
+    let (cin, cout, style) = (fx::int(c, "in_channels"), fx::int(c, "out_channels"), fx::int(c, "num_style_feat"));
+    let conv = StyleConv::new(path, cin, cout, style, true);
+    let mut path = vs.root();
+    for part in rgb_key.split('.') {
+        path = &path / part;
+    }
+    let rgb = ToRgb::new(path, cout, style, true);
+    // The official shapes of these keys at full width.
+    let layout = std::fs::read_to_string(fx::dir().join("official_layout.json")).unwrap();
+    let layout: serde_json::Value = serde_json::from_str(&layout).unwrap();
+    let official: std::collections::BTreeMap<String, Vec<i64>> = layout["tensors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["key"].as_str().unwrap().to_string(), t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect()))
+        .collect();
+    let stored = vipavatar_pipeline::torch_pickle::load(&fx::dir().join("full_layer.pth")).unwrap();
+    let vars = vs.variables();
+    assert_eq!(stored.len(), vars.len());
+    tch::no_grad(|| {
+        for (name, t) in &stored {
+            let key = name.strip_prefix("params_ema.").expect("params_ema prefix");
+            let var = vars.get(key).unwrap_or_else(|| panic!("no variable {key}"));
+            assert_eq!(official.get(key), Some(&var.size()), "{key} is not an official full-width key/shape");
+            var.shallow_clone().copy_(&t.to_kind(Kind::Float));
+        }
+    });
+    let io = fx::io("full_layer.io.safetensors");
+    let g = |k: &str| fx::get(&io, k).to_device(device);
+    let out = tch::no_grad(|| conv.forward(&g("in.x"), &g("in.style1"), &g("in.noise")));
+    fx::check("full-width style conv", &out, fx::get(&io, "out.features"), NET_MAX, NET_MEAN);
+    let img = tch::no_grad(|| rgb.forward(&out, &g("in.style2"), Some(&g("in.skip"))));
+    fx::check("full-width to_rgb", &img, fx::get(&io, "out.rgb"), NET_MAX, NET_MEAN);
+}
+
+#[test]
+fn gfpgan_loader_names_file_and_key() {
+    let cfg = fx::config();
+    let path = fx::dir().join("network.pth");
+    // Wrong widths: every mismatch is a checkpoint error naming the file and a key.
+    let wrong = GfpganConfig { narrow: fx::float(&cfg["network"], "narrow") * 2.0, ..fx::net_config(&cfg["network"]) };
+    match load_network(&path, &wrong, tch::Device::Cpu) {
+        Err(PipelineError::Checkpoint { file, reason }) => {
+            assert!(file.ends_with("network.pth"), "{file}");
+            assert!(reason.contains("params_ema.") && reason.contains("shape"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+    // A pickle without params_ema / params.
+    let dir = std::env::temp_dir().join(format!("gfpgan-loader-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let missing = dir.join("GFPGANv1.4.pth");
+    match load_network(&missing, &GfpganConfig::v1_4(), tch::Device::Cpu) {
+        Err(PipelineError::Checkpoint { file, reason }) => assert!(file.ends_with("GFPGANv1.4.pth") && reason.contains("not found"), "{reason}"),
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+    let other = fx::dir().join("full_layer.pth");
+    match load_network(&other, &fx::net_config(&cfg["network"]), tch::Device::Cpu) {
+        Err(PipelineError::Checkpoint { reason, .. }) => assert!(reason.contains("missing key `params_ema."), "{reason}"),
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn gfpgan_seeded_noise_is_deterministic_per_seed() {
+    let cfg = fx::config();
+    let net = load_network(&fx::dir().join("network.pth"), &fx::net_config(&cfg["network"]), tch::Device::Cpu).unwrap();
+    let x = fx::get(&fx::io("network.io.safetensors"), "in.x").shallow_clone();
+    let run = |n: Noise| net.forward(&x, &net.noise_maps(&n)).unwrap();
+    let (a, b, c) = (run(Noise::Seeded(11)), run(Noise::Seeded(11)), run(Noise::Seeded(12)));
+    assert!(a.equal(&b), "same seed, different output");
+    assert!(fx::errors(&a, &c).0 > 1e-3, "different seeds, same output");
+    // The same noise map serves every face of a batch: one face alone gives the same result.
+    let single = net.forward(&x.narrow(0, 1, 1), &net.noise_maps(&Noise::Seeded(11))).unwrap();
+    assert!(fx::errors(&single, &a.narrow(0, 1, 1)).0 < 1e-5);
+}

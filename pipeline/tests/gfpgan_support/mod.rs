@@ -1,0 +1,69 @@
+//! Helpers of the `gfpgan*` tests: the committed fixture folder (`tests/fixtures/gfpgan`), its
+//! `config.json`, safetensors io files, the network built from a fixture `.pth`, and error
+//! reports (max / mean abs) with one printed line per comparison.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use tch::{Device, Kind, Tensor};
+use vipavatar_pipeline::gfpgan::GfpganConfig;
+
+pub fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gfpgan")
+}
+
+pub fn config() -> serde_json::Value {
+    let text = std::fs::read_to_string(dir().join("config.json")).expect("fixtures/gfpgan/config.json");
+    serde_json::from_str(&text).expect("config.json")
+}
+
+pub fn io(name: &str) -> HashMap<String, Tensor> {
+    let path = dir().join(name);
+    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())).into_iter().collect()
+}
+
+pub fn get<'a>(fx: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
+    fx.get(key).unwrap_or_else(|| panic!("fixture tensor `{key}` is missing"))
+}
+
+pub fn int(v: &serde_json::Value, key: &str) -> i64 {
+    v[key].as_i64().unwrap_or_else(|| panic!("config key `{key}`"))
+}
+
+pub fn float(v: &serde_json::Value, key: &str) -> f64 {
+    v[key].as_f64().unwrap_or_else(|| panic!("config key `{key}`"))
+}
+
+/// The network architecture of one fixture section (`network` or `enhance`): the official
+/// v1.4 flags with that section's reduced widths.
+pub fn net_config(section: &serde_json::Value) -> GfpganConfig {
+    GfpganConfig {
+        out_size: int(section, "out_size"),
+        num_style_feat: int(section, "num_style_feat"),
+        channel_multiplier: int(section, "channel_multiplier"),
+        num_mlp: int(section, "num_mlp"),
+        narrow: float(section, "narrow"),
+        ..GfpganConfig::v1_4()
+    }
+}
+
+/// Device of the parity runs: `$VIPAVATAR_DEVICE` (default auto).
+pub fn device() -> Device {
+    vipavatar_pipeline::device::device_from_env().expect("VIPAVATAR_DEVICE")
+}
+
+/// (max abs, mean abs) of `ours - expected` in float64 (same shape required).
+pub fn errors(ours: &Tensor, expected: &Tensor) -> (f64, f64) {
+    assert_eq!(ours.size(), expected.size(), "shape");
+    let d = (ours.to_device(Device::Cpu).to_kind(Kind::Double) - expected.to_device(Device::Cpu).to_kind(Kind::Double)).abs();
+    (d.max().double_value(&[]), d.mean(Kind::Double).double_value(&[]))
+}
+
+/// Compare, print `gfpgan parity <what>: max abs .. mean abs ..`, assert both tolerances.
+pub fn check(what: &str, ours: &Tensor, expected: &Tensor, max_tol: f64, mean_tol: f64) -> (f64, f64) {
+    let (max, mean) = errors(ours, expected);
+    eprintln!("gfpgan parity {what}: max abs {max:.3e} (tol {max_tol:.0e}), mean abs {mean:.3e} (tol {mean_tol:.0e})");
+    assert!(max <= max_tol, "{what}: max abs error {max:e} exceeds {max_tol:e}");
+    assert!(mean <= mean_tol, "{what}: mean abs error {mean:e} exceeds {mean_tol:e}");
+    (max, mean)
+}
