@@ -96,7 +96,7 @@ fn is_owner_id(s: &str) -> bool {
 impl BlobStore {
     /// Create the folder layout under `root` if needed and take a fresh owner id for temporaries.
     pub fn open(root: &Path) -> io::Result<Self> {
-        for sub in ["images", "audio", "videos", "tmp"] {
+        for sub in ["images", "audio", "videos", "idle", "tmp"] {
             std::fs::create_dir_all(root.join(sub))?;
         }
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
@@ -166,6 +166,12 @@ impl BlobStore {
     /// Relative name (stored in `video:` entries) of the video for one (image, audio, options).
     pub fn video_name(image: &ImageHash, audio: &AudioHash, options: &OptionsHash) -> String {
         format!("videos/{image}-{audio}-{options}.mp4")
+    }
+
+    /// Relative names of an avatar's idle loop (MP4) and its thumbnail (JPEG).
+    pub fn idle_names(image: &ImageHash, mode: &str, size: u32) -> (String, String) {
+        let stem = format!("idle/{image}-{mode}-{size}");
+        (format!("{stem}.mp4"), format!("{stem}.jpg"))
     }
 
     /// Absolute path of a relative name from [`Self::video_name`]; refuses names leaving the root.

@@ -63,6 +63,7 @@ pub enum Code {
     SessionNotFound,
     VideoNotReady,
     VideoFailed,
+    IdleNotFound,
     AvatarFailed,
     EngineUnavailable,
     // auth
@@ -113,6 +114,7 @@ impl Code {
             Code::SessionNotFound => (S::NOT_FOUND, "session_not_found", InvalidRequest),
             Code::VideoNotReady => (S::CONFLICT, "video_not_ready", InvalidRequest),
             Code::VideoFailed => (S::CONFLICT, "video_failed", InvalidRequest),
+            Code::IdleNotFound => (S::NOT_FOUND, "idle_not_found", InvalidRequest),
             Code::AvatarFailed => (S::UNPROCESSABLE_ENTITY, "avatar_failed", InvalidRequest),
             Code::EngineUnavailable => (S::UNPROCESSABLE_ENTITY, "engine_unavailable", InvalidRequest),
             Code::MissingApiKey => (S::UNAUTHORIZED, "missing_api_key", Auth),
@@ -291,6 +293,7 @@ const ALL_CODES: &[Code] = &[
     Code::SessionNotFound,
     Code::VideoNotReady,
     Code::VideoFailed,
+    Code::IdleNotFound,
     Code::AvatarFailed,
     Code::EngineUnavailable,
     Code::MissingApiKey,

@@ -155,3 +155,20 @@ impl SessionRecord {
         matches!(self.status, SessionStatus::Ready | SessionStatus::Failed)
     }
 }
+
+/// `idle:{image}:{mode}:{size}`: the avatar's idle loop, or why it has none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum IdleEntry {
+    Rendered(IdleRef),
+    /// The engine that prepared the avatar renders no idle loop.
+    NoneFor(EngineKind),
+}
+
+/// Where an avatar's idle loop and its thumbnail are (relative names).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdleRef {
+    pub video: String,
+    pub thumbnail: String,
+    pub frames: u64,
+    pub bytes: u64,
+}

@@ -27,6 +27,8 @@ pub enum Kind {
     AudioPcm,
     /// `stream:{session_id}`: the fragments of a session's live fragmented MP4 (a Redis stream).
     Stream,
+    /// `idle:{image_hash}:{preprocess}:{size}`: where the avatar's idle loop and thumbnail are.
+    Idle,
 }
 
 /// How long entries of a kind live (DESIGN.md "tier" column).
@@ -43,7 +45,7 @@ pub enum Tier {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::FaceDetection,
         Kind::Landmarks,
         Kind::Coeffs3dmm,
@@ -58,6 +60,7 @@ impl Kind {
         Kind::Avatar,
         Kind::AudioPcm,
         Kind::Stream,
+        Kind::Idle,
     ];
 
     pub fn name(self) -> &'static str {
@@ -76,12 +79,15 @@ impl Kind {
             Kind::Avatar => "avatar",
             Kind::AudioPcm => "audio_pcm",
             Kind::Stream => "stream",
+            Kind::Idle => "idle",
         }
     }
 
     pub fn tier(self) -> Tier {
         match self {
-            Kind::FaceDetection | Kind::Landmarks | Kind::FaceCrop | Kind::SourceState | Kind::Avatar => Tier::Long,
+            Kind::FaceDetection | Kind::Landmarks | Kind::FaceCrop | Kind::SourceState | Kind::Avatar | Kind::Idle => {
+                Tier::Long
+            }
             Kind::Coeffs3dmm => Tier::Permanent,
             Kind::Gestures | Kind::Visemes | Kind::AudioFeatures | Kind::Motion | Kind::Video => Tier::Medium,
             Kind::Session | Kind::AudioPcm | Kind::Stream => Tier::Short,
@@ -165,6 +171,10 @@ impl Key {
     pub fn stream(id: &SessionId) -> Self {
         Self::new(Kind::Stream, &[id.as_str()])
     }
+    /// `idle:{image_hash}:{preprocess}:{size}`
+    pub fn idle(image: &ImageHash, preprocess: &str, size: u32) -> Self {
+        Self::new(Kind::Idle, &[image.as_str(), preprocess, &size.to_string()])
+    }
 }
 
 impl fmt::Display for Key {
@@ -241,6 +251,7 @@ mod tests {
         assert_eq!(Key::avatar(&i, "crop").to_string(), format!("avatar:{i}:crop"));
         assert_eq!(Key::audio_pcm(&a).to_string(), format!("audio_pcm:{a}"));
         assert_eq!(Key::stream(&s).to_string(), format!("stream:{s}"));
+        assert_eq!(Key::idle(&i, "crop", 256).to_string(), format!("idle:{i}:crop:256"));
     }
 
     #[test]

@@ -315,6 +315,12 @@ pub trait Engine: Send + Sync {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<RenderStats>;
 
+    /// Motion of the avatar's seamless idle loop (rendered once per avatar) and its frame
+    /// count, or `None` when the engine has none.
+    fn idle_motion(&self, _prepared: &PreparedAvatar) -> Result<Option<(Vec<u8>, usize)>> {
+        Ok(None)
+    }
+
     /// Incremental generation: a motion stream and the renderer of its chunks. `None` (the
     /// default) makes the caller use [`whole_stream`]: the whole motion as one chunk.
     fn stream<'a>(

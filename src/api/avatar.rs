@@ -19,13 +19,16 @@ use vipavatar_pipeline::engine::PreprocessMode;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(upload, status),
+    paths(upload, status, super::idle::idle, super::idle::thumbnail),
     components(schemas(UploadForm, UploadResponse, AvatarStatusResponse, ModeStatus, PreprocessModeDoc, AvatarStatus, ErrorBody))
 )]
 pub struct AvatarApi;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/upload", web::post().to(upload)).route("/status/{image_id}", web::get().to(status));
+    cfg.route("/upload", web::post().to(upload))
+        .route("/status/{image_id}", web::get().to(status))
+        .route("/idle/{image_id}", web::get().to(super::idle::idle))
+        .route("/thumbnail/{image_id}", web::get().to(super::idle::thumbnail));
 }
 
 /// SadTalker's framing of the source picture.
@@ -178,6 +181,18 @@ pub struct StatusQuery {
     preprocess_mode: Option<String>,
 }
 
+impl StatusQuery {
+    /// The mode asked for, if any.
+    pub fn mode(&self) -> Result<Option<PreprocessMode>, ApiError> {
+        match self.preprocess_mode.as_deref() {
+            None | Some("") => Ok(None),
+            Some(m) => Ok(Some(PreprocessMode::parse(m).ok_or_else(|| {
+                ApiError::new(Code::InvalidField, format!("`preprocess_mode`: {m:?} is not one of crop, resize, full"))
+            })?)),
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ModeStatus {
     pub preprocess_mode: String,
@@ -226,12 +241,7 @@ pub async fn status(
     query: web::Query<StatusQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let image = parse_image_id(&path)?;
-    let want = match query.preprocess_mode.as_deref() {
-        None | Some("") => None,
-        Some(m) => Some(PreprocessMode::parse(m).ok_or_else(|| {
-            ApiError::new(Code::InvalidField, format!("`preprocess_mode`: {m:?} is not one of crop, resize, full"))
-        })?),
-    };
+    let want = query.mode()?;
     let records = avatar_records(&state, &image).await?;
     let chosen = match want {
         Some(m) => records.iter().find(|r| r.mode == m),

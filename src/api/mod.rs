@@ -6,6 +6,7 @@ pub mod avatar;
 pub mod cache;
 pub mod edge;
 pub mod health;
+pub mod idle;
 pub mod media;
 pub mod metrics;
 pub mod multipart;

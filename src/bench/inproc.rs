@@ -136,6 +136,7 @@ impl InProcess<'_> {
                     output: &out2,
                     thumbnail: None,
                     contact_sheet: None,
+                    close_loop: false,
                 };
                 let result = generate_video(&req, &mut |_| {})?;
                 stages.extend(result.stats.stage_ms);

@@ -1,18 +1,23 @@
 //! The image side: analysis (`face_detection`, `landmarks`, `3dmm_coeffs`) and per-engine
 //! prepared state (`face_crop`, `source_state`, `gestures`, `visemes`), each read from the cache or
-//! rebuilt from the stored original image; and the precompute job that fills them after an upload.
+//! rebuilt from the stored original image; the precompute job that fills them after an upload,
+//! and the idle job that renders the avatar's idle loop after it.
 
-use super::{counters, internal, JobContext, JobError, Tracker};
+use super::{counters, internal, Job, JobContext, JobError, Queue, Tracker};
+use crate::blobs::BlobStore;
 use crate::errors::{ApiError, Code};
-use crate::records::{now_ms, AvatarRecord, AvatarStatus};
+use crate::records::{now_ms, AvatarRecord, AvatarStatus, IdleEntry, IdleRef};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use vipavatar_cache::{ImageHash, Key, Kind};
-use vipavatar_pipeline::engine::{AvatarInput, Engine, EngineKind, PreparedAvatar, PreprocessMode, StateKind};
+use vipavatar_pipeline::engine::{
+    AvatarInput, Engine, EngineKind, GenerateOptions, PreparedAvatar, PreprocessMode, Quality, StateKind,
+};
 use vipavatar_pipeline::face::FaceDetection;
 use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::precompute::AvatarAnalysis;
+use vipavatar_pipeline::video::render_idle;
 
 /// `face_detection:{image}`: the chosen face and how many were found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,6 +235,51 @@ pub async fn run_precompute(ctx: &JobContext, image: &ImageHash, mode: Preproces
     record.height = avatar.analysis.height;
     record.faces_found = avatar.analysis.faces_found as u32;
     ctx.cache.put(&key, &record).await?;
+    // The idle loop comes after: the avatar is ready for generate requests (served first, from
+    // the vip queue) while it renders.
+    ctx.queue.enqueue(Queue::Standard, &Job::Idle { image: image.clone(), mode }).await?;
+    Ok(())
+}
+
+/// The idle job: render the avatar's idle loop and thumbnail with the default engine and store
+/// where they are under `idle:`. Engines without an idle loop leave none.
+pub async fn run_idle(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode) -> Result<(), JobError> {
+    let size = default_size();
+    let key = Key::idle(image, mode.as_str(), size);
+    if ctx.cache.peek::<IdleEntry>(&key).await?.is_some() {
+        return Ok(());
+    }
+    let mut t = Tracker::default();
+    let avatar = ensure_analysis(ctx, &mut t, image, mode).await?;
+    let engine = ctx.engines.get(None)?;
+    let prepared = ensure_prepared(ctx, &mut t, &engine, image, &avatar, size).await?;
+    let (video_name, thumb_name) = BlobStore::idle_names(image, mode.as_str(), size);
+    let (tmp_video, tmp_thumb) = (ctx.blobs.temp_path("mp4"), ctx.blobs.temp_path("jpg"));
+    let options = GenerateOptions { preprocess: mode, size, quality: Quality::High, ..GenerateOptions::default() };
+    let (e, a, v, th) = (engine.clone(), avatar.clone(), tmp_video.clone(), tmp_thumb.clone());
+    let rendered = ctx
+        .model
+        .run(move || {
+            let input = AvatarInput { image: &a.image, analysis: &a.analysis };
+            render_idle(e.as_ref(), input, &prepared, &options, &v, &th)
+        })
+        .await;
+    let stats = match rendered {
+        Ok(Some(stats)) => stats,
+        other => {
+            let _ = ctx.blobs.remove(&tmp_video).await;
+            let _ = ctx.blobs.remove(&tmp_thumb).await;
+            other?;
+            ctx.cache.put(&key, &IdleEntry::NoneFor(engine.kind())).await?;
+            return Ok(());
+        }
+    };
+    tokio::fs::rename(&tmp_video, ctx.blobs.resolve(&video_name)?).await?;
+    tokio::fs::rename(&tmp_thumb, ctx.blobs.resolve(&thumb_name)?).await?;
+    let bytes = tokio::fs::metadata(ctx.blobs.resolve(&video_name)?).await?.len();
+    let entry = IdleRef { video: video_name, thumbnail: thumb_name, frames: stats.frames as u64, bytes };
+    ctx.cache.put(&key, &IdleEntry::Rendered(entry)).await?;
+    tracing::info!(%image, frames = stats.frames, ms = stats.total_ms, "idle loop rendered");
     Ok(())
 }
 

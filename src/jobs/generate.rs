@@ -132,6 +132,7 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
                 output: &out,
                 thumbnail: None,
                 contact_sheet: None,
+                close_loop: false,
             };
             let sink: FragmentSink = Box::new(move |f| {
                 let _ = frag_tx.send(f);

@@ -29,6 +29,8 @@ pub enum Job {
     Precompute { image: ImageHash, mode: PreprocessMode },
     /// Produce the video of one session.
     Generate { session: SessionId },
+    /// Render a ready avatar's idle loop and thumbnail (queued after its precompute).
+    Idle { image: ImageHash, mode: PreprocessMode },
 }
 
 /// How a job attempt ended badly.

@@ -2,7 +2,7 @@
 //! while working, retry with exponential backoff up to the attempt limit, then fail the job with
 //! its stored error; ack either way. A panic in a job is caught and counted as a failed attempt.
 
-use super::avatar::{fail_precompute, run_precompute};
+use super::avatar::{fail_precompute, run_idle, run_precompute};
 use super::generate::{fail_generate, run_generate};
 use super::{counters, Delivery, Job, JobContext, JobError, Queue};
 use crate::errors::{ApiError, Code};
@@ -81,6 +81,7 @@ async fn process(ctx: &JobContext, d: &Delivery) {
     let kind = match &job {
         Job::Precompute { .. } => "precompute",
         Job::Generate { .. } => "generate",
+        Job::Idle { .. } => "idle",
     };
     let outcome = async {
         let mut outcome = "failed";
@@ -147,6 +148,7 @@ async fn run(ctx: &JobContext, job: &Job, attempt: u32) -> Result<(), JobError> 
     match job {
         Job::Precompute { image, mode } => run_precompute(ctx, image, *mode).await,
         Job::Generate { session } => run_generate(ctx, session, attempt).await,
+        Job::Idle { image, mode } => run_idle(ctx, image, *mode).await,
     }
 }
 
@@ -155,6 +157,11 @@ async fn finish_failed(ctx: &JobContext, job: &Job, err: &JobError) {
     let stored = match job {
         Job::Precompute { image, mode } => fail_precompute(ctx, image, *mode, err).await,
         Job::Generate { session } => fail_generate(ctx, session, err).await,
+        // The avatar itself is fine without its idle loop: log and move on.
+        Job::Idle { image, .. } => {
+            tracing::warn!(%image, error = %err.body().message, "the idle loop could not be rendered");
+            Ok(())
+        }
     };
     if let Err(e) = stored {
         tracing::error!(error = ?e.body(), "could not store the failure");

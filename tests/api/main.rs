@@ -8,6 +8,7 @@ mod docs;
 mod hardening;
 mod health;
 mod helpers;
+mod idle;
 mod metrics;
 mod openapi;
 mod outage;

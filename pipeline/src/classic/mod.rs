@@ -8,6 +8,7 @@
 
 pub mod dsp;
 pub mod gestures;
+pub mod idle;
 pub mod lipsync;
 pub mod mesh;
 pub mod motion;
@@ -176,6 +177,12 @@ impl Engine for ClassicEngine {
         let total = track.frames.len();
         renderer.render_frames(&track.frames, sink, &mut |i| progress(i, total))?;
         Ok(RenderStats { frames: total, stage_ms: renderer.stage_ms() })
+    }
+
+    fn idle_motion(&self, prepared: &PreparedAvatar) -> Result<Option<(Vec<u8>, usize)>> {
+        let gestures: GestureSet = decode(part(prepared, StateKind::Gestures)?, "gestures")?;
+        let track = idle::idle_track(&gestures);
+        Ok(Some((encode(&track)?, track.frames.len())))
     }
 
     fn stream<'a>(

@@ -42,11 +42,25 @@ pub struct EncoderConfig {
     pub stream: Option<FragmentSink>,
     /// Frame indices that start a keyframe (and, live, a fragment); empty: x264 decides.
     pub keyframes: Vec<usize>,
+    /// No lookahead, B-frames or macroblock tree: each frame leaves the encoder at once
+    /// (always on for a live stream).
+    pub zero_latency: bool,
+    /// A constant quantizer instead of a constant rate factor, so the same picture is encoded
+    /// the same wherever it occurs (the two ends of a loop).
+    pub constant_quantizer: bool,
 }
 
 impl EncoderConfig {
     pub fn new(output: &Path, quality: Quality) -> Self {
-        Self { output: output.to_path_buf(), quality, preset: "veryfast".into(), stream: None, keyframes: Vec::new() }
+        Self {
+            output: output.to_path_buf(),
+            quality,
+            preset: "veryfast".into(),
+            stream: None,
+            keyframes: Vec::new(),
+            zero_latency: false,
+            constant_quantizer: false,
+        }
     }
 }
 
@@ -110,7 +124,8 @@ impl Mp4Encoder {
             .args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
             .arg(&self.audio_path)
             .args(["-map", "0:v:0", "-map", "1:a:0"])
-            .args(["-c:v", "libx264", "-preset", &self.config.preset, "-crf", &crf(self.config.quality).to_string()])
+            .args(["-c:v", "libx264", "-preset", &self.config.preset])
+            .args([if self.config.constant_quantizer { "-qp" } else { "-crf" }, &crf(self.config.quality).to_string()])
             .args(["-pix_fmt", "yuv420p", "-r", &FPS.to_string()]);
         if !self.config.keyframes.is_empty() {
             let times: Vec<String> =
@@ -119,10 +134,12 @@ impl Mp4Encoder {
         }
         cmd.args(["-c:a", "aac", "-b:a", "96k"]);
         let live = self.config.stream.is_some();
+        if live || self.config.zero_latency {
+            // Live: a fragment is complete as soon as the next chunk's keyframe is encoded.
+            cmd.args(["-tune", "zerolatency"]);
+        }
         if live {
-            // No lookahead or B-frames: each frame's packet leaves the encoder at once, so a
-            // fragment is complete as soon as the next chunk's keyframe is encoded.
-            cmd.args(["-tune", "zerolatency", "-flags", "+global_header", "-f", "tee"]).arg(format!(
+            cmd.args(["-flags", "+global_header", "-f", "tee"]).arg(format!(
                 "[f=mp4:movflags=+faststart]{}|[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1]pipe:1",
                 tee_escape(&self.config.output)
             ));

@@ -33,6 +33,9 @@ pub struct GenerateRequest<'a> {
     pub thumbnail: Option<&'a Path>,
     /// Where a contact sheet PNG (every 5th frame) goes (none: no sheet).
     pub contact_sheet: Option<&'a Path>,
+    /// The last frame repeats the first (a loop): encode it as a keyframe too, so both carry
+    /// the same encoder quality and the loop point shows no jump.
+    pub close_loop: bool,
 }
 
 /// Progress report: which stage, and how far into it.
@@ -141,7 +144,17 @@ pub fn generate_streamed(
             sink(f)
         }) as FragmentSink
     });
-    let config = EncoderConfig { stream, keyframes: chunk_starts(total), ..EncoderConfig::new(req.output, req.options.quality) };
+    let mut keyframes = chunk_starts(total);
+    if req.close_loop && keyframes.last() != Some(&(total - 1)) {
+        keyframes.push(total - 1);
+    }
+    let config = EncoderConfig {
+        stream,
+        keyframes,
+        zero_latency: req.close_loop,
+        constant_quantizer: req.close_loop,
+        ..EncoderConfig::new(req.output, req.options.quality)
+    };
     let encoder = Mp4Encoder::new(config, req.audio)?;
     let mut sink = Tee {
         encoder,
@@ -332,6 +345,7 @@ pub fn generate_local(
         output: &job.output,
         thumbnail: Some(&thumb),
         contact_sheet: job.contact_sheet.as_deref(),
+        close_loop: false,
     };
     let mut out = generate_video(&req, progress)?.stats;
     out.stage_ms.insert(0, ("precompute".into(), precompute_ms));

@@ -5,6 +5,7 @@
 pub mod encoder;
 pub mod fmp4;
 pub mod generate;
+pub mod idle;
 pub mod sheet;
 
 pub use encoder::{EncoderConfig, FragmentSink, Mp4Encoder, FPS};
@@ -13,4 +14,5 @@ pub use generate::{
     chunk_starts, generate_local, generate_streamed, generate_video, GenerateOutput, GenerateRequest, GenerateStats,
     LocalGenerate, Progress,
 };
+pub use idle::render_idle;
 pub use sheet::{write_jpeg, ContactSheet};

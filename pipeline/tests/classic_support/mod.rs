@@ -120,6 +120,7 @@ pub fn generate(
         output,
         thumbnail: Some(&thumb),
         contact_sheet: sheet,
+        close_loop: false,
     };
     generate_video(&req, &mut |_| {}).expect("generate video")
 }
