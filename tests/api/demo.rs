@@ -109,8 +109,19 @@ async fn the_demo_page_plays_the_stream_before_the_session_is_ready() {
     assert_eq!(text(&c, "error").await, "Choose a portrait image first.");
 
     c.find(Locator::Id("api-key")).await.unwrap().send_keys("demo-key").await.unwrap();
-    c.find(Locator::Id("image")).await.unwrap().send_keys(portrait.to_str().unwrap()).await.unwrap();
+    // An API error is shown with its message and code: audio given as the portrait.
+    c.find(Locator::Id("image")).await.unwrap().send_keys(audio.to_str().unwrap()).await.unwrap();
     c.find(Locator::Id("audio")).await.unwrap().send_keys(audio.to_str().unwrap()).await.unwrap();
+    c.find(Locator::Id("generate")).await.unwrap().click().await.unwrap();
+    let start = Instant::now();
+    while c.execute("return document.getElementById('error').hidden", vec![]).await.unwrap() == json!(true) {
+        assert!(start.elapsed() < Duration::from_secs(10), "no error shown for a non-image upload");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let shown = text(&c, "error").await;
+    assert!(shown.starts_with("Upload failed: ") && shown.ends_with("(unsupported_media_type, HTTP 415)"), "{shown}");
+
+    c.find(Locator::Id("image")).await.unwrap().send_keys(portrait.to_str().unwrap()).await.unwrap();
     c.find(Locator::Id("generate")).await.unwrap().click().await.unwrap();
 
     // Watch the video element; read the session's status through the API right after each
@@ -182,6 +193,17 @@ async fn the_demo_page_plays_the_stream_before_the_session_is_ready() {
     let start = Instant::now();
     while !text(&c, "cache-summary").await.starts_with("Hit rate") {
         assert!(start.elapsed() < Duration::from_secs(10), "cache stats: {}", text(&c, "cache-summary").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The download link fetches the finished MP4 with the key (a plain link could not send it).
+    c.find(Locator::Id("download")).await.unwrap().click().await.unwrap();
+    let start = Instant::now();
+    loop {
+        let href = c.execute("return document.getElementById('download').href", vec![]).await.unwrap();
+        if href.as_str().is_some_and(|h| h.starts_with("blob:")) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "download link not resolved: {href} / {}", text(&c, "error").await);
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let png = c.screenshot().await.unwrap();

@@ -98,6 +98,20 @@
     }
   });
 
+  // A plain link cannot send the X-API-Key: with a key, fetch the file and save it from a blob.
+  el.download.addEventListener("click", async (ev) => {
+    if (!el.apiKey.value.trim() || el.download.href.startsWith("blob:")) return;
+    ev.preventDefault();
+    try {
+      const resp = await fetch(el.download.href, { headers: headers() });
+      if (!resp.ok) throw await apiError(resp, "Download");
+      el.download.href = URL.createObjectURL(await resp.blob());
+      el.download.click();
+    } catch (e) {
+      showError(e);
+    }
+  });
+
   el.unmute.addEventListener("click", () => {
     el.video.muted = !el.video.muted;
     el.unmute.textContent = el.video.muted ? "Unmute" : "Mute";
@@ -222,7 +236,8 @@
       (st.cached ? " (from the video cache)" : "") + (st.status === "processing" ? " " + Math.round(100 * st.progress) + "%" : "");
     if (st.status === "ready" && st.download_url) {
       el.download.href = st.download_url;
-      el.download.hidden = !!el.apiKey.value.trim(); // a link cannot send the key
+      el.download.download = "vipavatar-" + st.session_id.slice(0, 8) + ".mp4";
+      el.download.hidden = false;
     }
   }
 
