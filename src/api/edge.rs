@@ -19,9 +19,14 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
 
-/// Routes served outside the OpenAPI document (Swagger UI and the document itself).
-const EXTRA_ROUTES: &[(&str, &[Method])] =
-    &[("/openapi.json", &[Method::GET]), ("/docs", &[Method::GET]), ("/docs/{_:.*}", &[Method::GET])];
+/// Routes served outside the OpenAPI document (Swagger UI, the document itself, the demo page).
+const EXTRA_ROUTES: &[(&str, &[Method])] = &[
+    ("/openapi.json", &[Method::GET]),
+    ("/docs", &[Method::GET]),
+    ("/docs/{_:.*}", &[Method::GET]),
+    ("/demo", &[Method::GET]),
+    ("/demo/{_:.*}", &[Method::GET]),
+];
 
 /// Wrap the request body so that a client that goes silent for `VIPAVATAR_BODY_TIMEOUT_SECS`
 /// ends the body with a timed-out error (answered 408 by whoever reads it).

@@ -4,6 +4,7 @@
 
 pub mod avatar;
 pub mod cache;
+pub mod demo;
 pub mod edge;
 pub mod health;
 pub mod idle;
@@ -98,6 +99,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::scope("/api/cache").configure(cache::configure))
         .configure(health::configure)
         .configure(metrics::configure)
+        .configure(demo::configure)
         .route(
             "/docs",
             web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
@@ -141,16 +143,17 @@ fn json_error_body(res: ServiceResponse<BoxBody>) -> actix_web::Result<ErrorHand
 }
 
 /// Routes that never need an API key: the probes (orchestrators cannot send one; they tell
-/// nothing secret).
+/// nothing secret). The demo page's static files ([`demo::PAGES`]) are open too.
 pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz"];
 
-/// `X-API-Key` check (constant time) when `API_KEYS` is set; [`OPEN_ROUTES`] stay open.
+/// `X-API-Key` check (constant time) when `API_KEYS` is set; [`OPEN_ROUTES`] and the demo page's
+/// static files stay open (the page sends the key the visitor types in on its API calls).
 pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<BoxBody>> {
     let (keys, metrics_open) = req
         .app_data::<web::Data<AppState>>()
         .map(|s| (s.config.api_keys.clone(), s.config.edge.metrics_open))
         .unwrap_or_default();
-    let open = OPEN_ROUTES.contains(&req.path()) || (metrics_open && req.path() == "/metrics");
+    let open = OPEN_ROUTES.contains(&req.path()) || demo::is_page(req.path()) || (metrics_open && req.path() == "/metrics");
     if !keys.is_enabled() || open {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }

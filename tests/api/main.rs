@@ -3,6 +3,7 @@
 
 mod auth;
 mod avatar;
+mod demo;
 mod deploy;
 mod docs;
 mod hardening;
