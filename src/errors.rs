@@ -88,6 +88,7 @@ pub enum Code {
     IoError,
     TensorError,
     OpenCvError,
+    ModelPanicked,
 }
 
 impl Code {
@@ -135,6 +136,7 @@ impl Code {
             Code::IoError => (S::INTERNAL_SERVER_ERROR, "io_error", Internal),
             Code::TensorError => (S::INTERNAL_SERVER_ERROR, "tensor_error", Internal),
             Code::OpenCvError => (S::INTERNAL_SERVER_ERROR, "opencv_error", Internal),
+            Code::ModelPanicked => (S::INTERNAL_SERVER_ERROR, "model_panicked", Internal),
         }
     }
 
@@ -154,6 +156,7 @@ impl Code {
             PipelineError::Io { .. } => Code::IoError,
             PipelineError::Torch { .. } => Code::TensorError,
             PipelineError::OpenCv { .. } => Code::OpenCvError,
+            PipelineError::ModelPanic(_) => Code::ModelPanicked,
             _ => Code::Internal,
         }
     }
@@ -313,6 +316,7 @@ const ALL_CODES: &[Code] = &[
     Code::IoError,
     Code::TensorError,
     Code::OpenCvError,
+    Code::ModelPanicked,
 ];
 
 /// JSON error bodies for actix's own extractor failures (path, query, JSON).
@@ -342,6 +346,7 @@ mod tests {
             PipelineError::Unsupported { engine: "classic", what: "gfpgan".into() },
             PipelineError::Encode("x".into()),
             PipelineError::Internal("x".into()),
+            PipelineError::ModelPanic("x".into()),
         ];
         for e in cases {
             let api = ApiError::from(&e);

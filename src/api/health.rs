@@ -1,5 +1,5 @@
-//! Service info (`/`), liveness (`/healthz`) and readiness (`/readyz`: Redis reachable and
-//! models loaded); both probes are always open (no API key).
+//! Service info (`/`), liveness (`/healthz`) and readiness (`/readyz`: Redis reachable, models
+//! loaded, and every local device owner healthy); both probes are always open (no API key).
 
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 #[derive(OpenApi)]
-#[openapi(paths(info, healthz, readyz), components(schemas(ServiceInfo, Health, Readiness)))]
+#[openapi(paths(info, healthz, readyz), components(schemas(ServiceInfo, DeviceInfo, Health, Readiness)))]
 pub struct HealthApi;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -23,9 +23,40 @@ pub struct ServiceInfo {
     pub default_engine: Option<String>,
     /// Workers running in this process.
     pub workers: usize,
+    /// This process's model owners, one per compute device, and the workers using each.
+    pub devices: Vec<DeviceInfo>,
     pub uptime_seconds: f64,
     pub docs: String,
     pub openapi: String,
+}
+
+/// One model owner: a thread that owns one device's engines.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct DeviceInfo {
+    /// `cpu#0`, `cuda:1#1`: the device and the owner's place in the list.
+    pub device: String,
+    /// Process-unique id of the owner's current engine set (changes when it is rebuilt).
+    pub instance: u64,
+    /// False when the engines could not be rebuilt after a panic.
+    pub healthy: bool,
+    /// How often the engines were rebuilt after a panic.
+    pub rebuilds: u64,
+    /// Consumer names of the workers that send their model work to this owner.
+    pub workers: Vec<String>,
+}
+
+fn device_infos(state: &AppState) -> Vec<DeviceInfo> {
+    let local = state.devices.read().map(|d| d.clone()).unwrap_or_default();
+    local
+        .iter()
+        .map(|d| DeviceInfo {
+            device: d.models.label(),
+            instance: d.models.instance(),
+            healthy: d.models.is_healthy(),
+            rebuilds: d.models.rebuilds(),
+            workers: d.workers.clone(),
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -54,6 +85,7 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
         engines: engines.as_ref().map(|e| e.kinds().iter().map(|k| k.as_str().to_string()).collect()).unwrap_or_default(),
         default_engine: engines.as_ref().map(|e| e.default_kind().as_str().to_string()),
         workers: state.local_workers,
+        devices: device_infos(&state),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         docs: "/docs/".into(),
         openapi: "/openapi.json".into(),
@@ -83,9 +115,11 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
     let engines = crate::engines::loaded(&state.engines);
-    let reason = match (&engines, redis_ok) {
-        (_, false) => Some("redis is not reachable".to_string()),
-        (Err(e), _) => Some(e.message.to_string()),
+    let broken = device_infos(&state).into_iter().find(|d| !d.healthy);
+    let reason = match (&engines, redis_ok, broken) {
+        (_, false, _) => Some("redis is not reachable".to_string()),
+        (Err(e), _, _) => Some(e.message.to_string()),
+        (_, _, Some(d)) => Some(format!("the engines on {} could not be rebuilt after a panic", d.device)),
         _ => None,
     };
     let body = Readiness {

@@ -9,7 +9,7 @@ pub mod worker;
 
 use crate::blobs::BlobStore;
 use crate::config::Config;
-use crate::engines::Engines;
+use crate::devices::DeviceModels;
 use crate::errors::{ApiError, Code, ErrorBody};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -51,7 +51,8 @@ impl JobError {
 impl From<PipelineError> for JobError {
     fn from(e: PipelineError) -> Self {
         let body = ApiError::from(&e).body();
-        if e.is_user_error() {
+        // A panic fails the job at once: the same input would most likely panic again.
+        if e.is_user_error() || matches!(e, PipelineError::ModelPanic(_)) {
             JobError::Final(body)
         } else {
             JobError::Retry(body)
@@ -99,7 +100,9 @@ pub struct JobContext {
     pub blobs: BlobStore,
     /// Live video streams: the generate job publishes its fragments here.
     pub streams: FragmentStreams,
-    pub engines: Arc<Engines>,
+    /// The engines of this worker's device; every call on them runs on `model`, the device's
+    /// owner thread.
+    pub engines: Arc<DeviceModels>,
     pub model: ModelThread,
     /// This worker's consumer name (also written into sessions it works on).
     pub consumer: String,

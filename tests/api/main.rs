@@ -4,6 +4,7 @@
 mod auth;
 mod avatar;
 mod deploy;
+mod devices;
 mod docs;
 mod hardening;
 mod health;
