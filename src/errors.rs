@@ -89,6 +89,7 @@ pub enum Code {
     TensorError,
     OpenCvError,
     ModelPanicked,
+    StaleCacheEntry,
 }
 
 impl Code {
@@ -137,6 +138,7 @@ impl Code {
             Code::TensorError => (S::INTERNAL_SERVER_ERROR, "tensor_error", Internal),
             Code::OpenCvError => (S::INTERNAL_SERVER_ERROR, "opencv_error", Internal),
             Code::ModelPanicked => (S::INTERNAL_SERVER_ERROR, "model_panicked", Internal),
+            Code::StaleCacheEntry => (S::INTERNAL_SERVER_ERROR, "stale_cache_entry", Internal),
         }
     }
 
@@ -157,6 +159,7 @@ impl Code {
             PipelineError::Torch { .. } => Code::TensorError,
             PipelineError::OpenCv { .. } => Code::OpenCvError,
             PipelineError::ModelPanic(_) => Code::ModelPanicked,
+            PipelineError::StaleBlob { .. } => Code::StaleCacheEntry,
             _ => Code::Internal,
         }
     }
@@ -317,6 +320,7 @@ const ALL_CODES: &[Code] = &[
     Code::TensorError,
     Code::OpenCvError,
     Code::ModelPanicked,
+    Code::StaleCacheEntry,
 ];
 
 /// JSON error bodies for actix's own extractor failures (path, query, JSON).

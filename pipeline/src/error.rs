@@ -36,6 +36,9 @@ pub enum PipelineError {
     OpenCv { context: String, #[source] source: opencv::Error },
     /// A model call panicked; the job fails (retrying the same input would panic again) and
     /// the device owner rebuilds the engine before its next call.
+    /// A cached engine blob does not decode: evict it and compute it again.
+    #[error("{reason}")]
+    StaleBlob { blob: crate::engine::BlobKind, reason: String },
     #[error("a model call panicked: {0}")]
     ModelPanic(String),
     #[error("internal error: {0}")]
@@ -61,6 +64,7 @@ impl PipelineError {
             Self::Torch { .. } => "tensor_error",
             Self::OpenCv { .. } => "opencv_error",
             Self::ModelPanic(_) => "model_panicked",
+            Self::StaleBlob { .. } => "stale_cache_entry",
             Self::Internal(_) => "internal",
         }
     }

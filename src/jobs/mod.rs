@@ -5,6 +5,7 @@ pub mod avatar;
 pub mod generate;
 pub mod model;
 pub mod queue;
+pub mod stale;
 pub mod worker;
 
 use crate::blobs::BlobStore;
@@ -15,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use vipavatar_cache::{Cache, FragmentStreams, ImageHash, Kind, SessionId};
-use vipavatar_pipeline::engine::PreprocessMode;
+use vipavatar_pipeline::engine::{BlobKind, PreprocessMode};
 use vipavatar_pipeline::PipelineError;
 
 pub use model::ModelThread;
@@ -38,12 +39,14 @@ pub enum JobError {
     Final(ErrorBody),
     /// A fault of the server or its surroundings: retry with backoff.
     Retry(ErrorBody),
+    /// A cached engine blob did not decode: evict it and run again at once (once per kind).
+    Stale { blob: BlobKind, body: ErrorBody },
 }
 
 impl JobError {
     pub fn body(&self) -> &ErrorBody {
         match self {
-            JobError::Final(b) | JobError::Retry(b) => b,
+            JobError::Final(b) | JobError::Retry(b) | JobError::Stale { body: b, .. } => b,
         }
     }
 }
@@ -51,6 +54,9 @@ impl JobError {
 impl From<PipelineError> for JobError {
     fn from(e: PipelineError) -> Self {
         let body = ApiError::from(&e).body();
+        if let PipelineError::StaleBlob { blob, .. } = e {
+            return JobError::Stale { blob, body };
+        }
         // A panic fails the job at once: the same input would most likely panic again.
         if e.is_user_error() || matches!(e, PipelineError::ModelPanic(_)) {
             JobError::Final(body)

@@ -13,6 +13,7 @@ mod metrics;
 mod openapi;
 mod outage;
 mod private_redis;
+mod stale;
 mod stream;
 mod vip;
 mod workers;
