@@ -109,12 +109,22 @@ pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &
     let (engines_tx, engines_rx) = watch::channel::<EngineState>(None);
     let (owners_tx, owners_rx) = watch::channel::<OwnersState>(None);
     let (cfg, local, names, assigned) = (config.clone(), devices.clone(), consumers.clone(), slots.clone());
+    let (ad_cache, ad_shutdown) = (services.cache.clone(), shutdown.clone());
     crate::spawn_named("load-devices", async move {
         let starts = plan.iter().enumerate().map(|(i, d)| DeviceOwner::start(i, *d, &cfg));
         let result: Result<Vec<DeviceOwner>, String> = futures_util::future::join_all(starts).await.into_iter().collect();
         match &result {
             Ok(owners) => {
                 let _ = engines_tx.send(Some(Ok(owners[0].models.engines())));
+                let ad = crate::jobs::registry::WorkerAd {
+                    id: format!("{}-{}", host_name(), std::process::id()),
+                    workers: names.len(),
+                    devices: owners.iter().map(|o| o.models.label()).collect(),
+                    default_engine: owners[0].models.default_kind().as_str().to_string(),
+                    engines: crate::jobs::registry::offers(&owners[0]),
+                    heartbeat_ms: 0,
+                };
+                crate::spawn_named("advertise", crate::jobs::registry::advertise(ad_cache, ad, ad_shutdown));
                 if let Ok(mut l) = local.write() {
                     *l = owners
                         .iter()

@@ -1,13 +1,14 @@
 //! Service info (`/`), liveness (`/healthz`) and readiness (`/readyz`: Redis reachable, models
 //! loaded, and every local device owner healthy); both probes are always open (no API key).
 
+use crate::jobs::registry::{EngineOffer, WorkerAd};
 use crate::state::AppState;
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 #[derive(OpenApi)]
-#[openapi(paths(info, healthz, readyz), components(schemas(ServiceInfo, DeviceInfo, Health, Readiness)))]
+#[openapi(paths(info, healthz, readyz), components(schemas(ServiceInfo, DeviceInfo, WorkerAd, EngineOffer, Health, Readiness)))]
 pub struct HealthApi;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -25,6 +26,9 @@ pub struct ServiceInfo {
     pub workers: usize,
     /// This process's model owners, one per compute device, and the workers using each.
     pub devices: Vec<DeviceInfo>,
+    /// Every live worker process of this deployment (advertised in Redis with a heartbeat) and
+    /// the engines, sizes and options it serves.
+    pub live_workers: Vec<WorkerAd>,
     pub uptime_seconds: f64,
     pub docs: String,
     pub openapi: String,
@@ -86,6 +90,7 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
         default_engine: engines.as_ref().map(|e| e.default_kind().as_str().to_string()),
         workers: state.local_workers,
         devices: device_infos(&state),
+        live_workers: crate::jobs::registry::live_workers(&state.cache).await,
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         docs: "/docs/".into(),
         openapi: "/openapi.json".into(),

@@ -5,6 +5,7 @@ pub mod avatar;
 pub mod generate;
 pub mod model;
 pub mod queue;
+pub mod registry;
 pub mod stale;
 pub mod worker;
 

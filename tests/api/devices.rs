@@ -89,3 +89,31 @@ async fn a_panicking_model_call_fails_its_job_alone_and_the_next_job_succeeds() 
     let second = app.wait_session(body["session_id"].as_str().unwrap(), Duration::from_secs(180)).await;
     assert_eq!(second["status"], "ready", "{second}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_advertise_their_engines_in_redis_with_a_ttl() {
+    let app = spawn_app_with(1, |_| {}).await;
+    let mut live = Vec::new();
+    for _ in 0..100 {
+        let (_, info) = app.get_json("/").await;
+        live = info["live_workers"].as_array().cloned().unwrap_or_default();
+        if !live.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(live.len(), 1, "{live:?}");
+    let ad = &live[0];
+    assert_eq!(ad["workers"], 1);
+    assert_eq!(ad["default_engine"], "classic");
+    assert_eq!(ad["devices"], serde_json::json!(["cpu#0"]));
+    let classic = ad["engines"].as_array().unwrap().iter().find(|e| e["engine"] == "classic").expect("classic offered").clone();
+    assert_eq!(classic["sizes"], serde_json::json!([256, 512]), "{classic}");
+    assert!(classic["preprocess"].as_array().unwrap().contains(&"crop".into()), "{classic}");
+
+    // The advertisement is a key with a TTL in the app's namespace (it expires without heartbeats).
+    let mut conn = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let key = format!("{}:worker:{}", app.config.namespace.as_str(), ad["id"].as_str().unwrap());
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 0 && ttl <= 15_000, "{key} has PTTL {ttl}");
+}
