@@ -90,6 +90,7 @@ pub enum Code {
     OpenCvError,
     ModelPanicked,
     StaleCacheEntry,
+    NoWorker,
 }
 
 impl Code {
@@ -139,6 +140,7 @@ impl Code {
             Code::OpenCvError => (S::INTERNAL_SERVER_ERROR, "opencv_error", Internal),
             Code::ModelPanicked => (S::INTERNAL_SERVER_ERROR, "model_panicked", Internal),
             Code::StaleCacheEntry => (S::INTERNAL_SERVER_ERROR, "stale_cache_entry", Internal),
+            Code::NoWorker => (S::SERVICE_UNAVAILABLE, "no_worker", System),
         }
     }
 
@@ -321,6 +323,7 @@ const ALL_CODES: &[Code] = &[
     Code::OpenCvError,
     Code::ModelPanicked,
     Code::StaleCacheEntry,
+    Code::NoWorker,
 ];
 
 /// JSON error bodies for actix's own extractor failures (path, query, JSON).

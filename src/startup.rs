@@ -6,7 +6,7 @@ use crate::api;
 use crate::blobs::BlobStore;
 use crate::config::Config;
 use crate::devices::{assign, plan, DeviceOwner, LocalDevice, LocalDevices};
-use crate::engines::{load_in_background, EngineState};
+use crate::engines::EngineState;
 use crate::jobs::worker::run_worker;
 use crate::jobs::{JobContext, JobQueue};
 use crate::redis_server::RedisChild;
@@ -101,7 +101,9 @@ type OwnersState = Option<Result<Vec<DeviceOwner>, String>>;
 pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Started> {
     let devices: LocalDevices = LocalDevices::default();
     if n == 0 {
-        return Ok(Started { engines: load_in_background(config.clone()), devices, workers: Vec::new() });
+        // An API-only node loads no model: it routes by what live workers advertise.
+        let (_, none) = watch::channel::<EngineState>(Some(Err("this node runs no workers and loads no models".into())));
+        return Ok(Started { engines: none, devices, workers: Vec::new() });
     }
     let plan = plan(config, n).map_err(|e| anyhow::anyhow!("VIPAVATAR_DEVICE: {e}"))?;
     let slots = assign(n, plan.len());

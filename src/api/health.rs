@@ -119,7 +119,8 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     )
     .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
-    let engines = crate::engines::loaded(&state.engines);
+    // An API-only node loads no models (workers elsewhere do the model work).
+    let engines = if state.local_workers == 0 { Ok(()) } else { crate::engines::loaded(&state.engines).map(|_| ()) };
     let broken = device_infos(&state).into_iter().find(|d| !d.healthy);
     let reason = match (&engines, redis_ok, broken) {
         (_, false, _) => Some("redis is not reachable".to_string()),
@@ -130,7 +131,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let body = Readiness {
         status: if reason.is_none() { "ready" } else { "not_ready" }.into(),
         redis: redis_ok,
-        engines_loaded: engines.is_ok(),
+        engines_loaded: state.local_workers > 0 && engines.is_ok(),
         reason,
     };
     if body.status == "ready" {

@@ -1,16 +1,17 @@
 //! Worker advertisements: every worker process writes, with a heartbeat, a key with a TTL in its
 //! namespace (`{namespace}:worker:{id}`) saying which engines, sizes and options it serves; a key
 //! that stops being refreshed expires, so what is in Redis is the set of live workers. `/` lists
-//! them (first step towards API nodes that route by what live workers offer, issue 15).
+//! them, and an API-only node picks engines from them ([`pick_engine`]).
 
 use crate::devices::DeviceOwner;
+use crate::errors::{ApiError, Code};
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 use vipavatar_cache::{Cache, Namespace};
-use vipavatar_pipeline::engine::{Enhancer, GenerateOptions, PreprocessMode};
+use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, PreprocessMode};
 
 /// How often a worker process refreshes its advertisement; the key lives three times as long.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -90,6 +91,46 @@ pub async fn advertise(cache: Cache, mut ad: WorkerAd, mut shutdown: watch::Rece
         }
     }
     let _ = conn.del::<_, ()>(&name).await;
+}
+
+/// The engine a generate request runs on. A node with workers checks its own engines; an
+/// API-only node (no workers, no models) picks from what live workers advertise: 503 `no_worker`
+/// (with `Retry-After`) when none serves the engine, 422 when none serves the size or enhancer.
+pub async fn pick_engine(
+    state: &crate::state::AppState,
+    requested: Option<EngineKind>,
+    opts: &GenerateOptions,
+) -> Result<EngineKind, ApiError> {
+    if state.local_workers > 0 {
+        let engine = crate::engines::loaded(&state.engines)?.get(requested)?;
+        engine.check_options(opts)?;
+        return Ok(engine.kind());
+    }
+    let live = live_workers(&state.cache).await;
+    let parse = |s: &str| serde_json::from_value::<EngineKind>(serde_json::Value::String(s.to_string())).ok();
+    let kind = match requested.or(state.config.engine.fixed()) {
+        Some(k) => k,
+        None => live.iter().find_map(|w| parse(&w.default_engine)).ok_or_else(|| no_worker("any engine"))?,
+    };
+    let offers: Vec<&EngineOffer> = live.iter().flat_map(|w| w.engines.iter()).filter(|e| e.engine == kind.as_str()).collect();
+    if offers.is_empty() {
+        return Err(no_worker(&format!("engine `{}`", kind.as_str())));
+    }
+    let enhancer = match opts.enhancer {
+        Enhancer::None => "none",
+        Enhancer::Gfpgan => "gfpgan",
+    };
+    if !offers.iter().any(|e| e.sizes.contains(&opts.size) && e.enhancers.iter().any(|x| x == enhancer)) {
+        return Err(ApiError::new(
+            Code::UnsupportedOption,
+            format!("no live worker serves engine `{}` at size {} with enhancer {enhancer}", kind.as_str(), opts.size),
+        ));
+    }
+    Ok(kind)
+}
+
+fn no_worker(what: &str) -> ApiError {
+    ApiError::new(Code::NoWorker, format!("no live worker serves {what}; try again when one has started")).retry_after(5)
 }
 
 /// Every live worker process of the namespace.
