@@ -74,6 +74,8 @@ pub struct Readiness {
     pub status: String,
     pub redis: bool,
     pub engines_loaded: bool,
+    /// Live worker processes of this deployment and the engines each serves (see `/`).
+    pub live_workers: Vec<WorkerAd>,
     /// Why it is not ready.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -132,6 +134,7 @@ pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
         status: if reason.is_none() { "ready" } else { "not_ready" }.into(),
         redis: redis_ok,
         engines_loaded: state.local_workers > 0 && engines.is_ok(),
+        live_workers: crate::jobs::registry::live_workers(&state.cache).await,
         reason,
     };
     if body.status == "ready" {

@@ -110,6 +110,9 @@ async fn workers_advertise_their_engines_in_redis_with_a_ttl() {
     let classic = ad["engines"].as_array().unwrap().iter().find(|e| e["engine"] == "classic").expect("classic offered").clone();
     assert_eq!(classic["sizes"], serde_json::json!([256, 512]), "{classic}");
     assert!(classic["preprocess"].as_array().unwrap().contains(&"crop".into()), "{classic}");
+    let (s, ready) = app.get_json("/readyz").await;
+    assert_eq!(s, 200, "{ready}");
+    assert_eq!(ready["live_workers"][0]["id"], ad["id"], "{ready}");
 
     // The advertisement is a key with a TTL in the app's namespace (it expires without heartbeats).
     let mut conn = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
