@@ -204,7 +204,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
         EngineArg::Classic => crate::config::EngineChoice::Classic,
         EngineArg::Sadtalker => crate::config::EngineChoice::Sadtalker,
     };
-    vipavatar_pipeline::device::select_device(&config.device)?;
+    vipavatar_pipeline::device::select_devices(&config.device)?;
     let engine = crate::engines::engine_for(config.engine, &config)?;
     let mut job = LocalGenerate::new(&args.image, &args.audio, &args.output);
     job.options = options;

@@ -77,7 +77,8 @@ pub struct Config {
     #[arg(long, env = "VIPAVATAR_ENGINE", value_enum, default_value = "auto")]
     pub engine: EngineChoice,
 
-    /// Compute device: auto | cpu | cuda | cuda:N.
+    /// Compute devices, one model owner each; workers are spread over them round-robin:
+    /// auto (every GPU, else the CPU) | cpu | cuda | cuda:N | cuda:all | a comma list (`cuda:0,cuda:1`).
     #[arg(long, env = "VIPAVATAR_DEVICE", default_value = "auto")]
     pub device: String,
 
@@ -185,6 +186,10 @@ pub struct JobArgs {
     /// How often `{data}/tmp` is swept (also once at start-up).
     #[arg(long, env = "VIPAVATAR_TMP_SWEEP_SECS", default_value_t = 600)]
     pub tmp_sweep_secs: u64,
+    /// Tests only: the N-th call (1-based) on each device's model thread panics, to exercise the
+    /// panic boundary and the engine rebuild. Unset in production.
+    #[arg(long, env = "VIPAVATAR_TEST_PANIC_MODEL_CALL", hide = true)]
+    pub test_panic_model_call: Option<u64>,
 }
 
 impl JobArgs {

@@ -1,5 +1,6 @@
-//! The loaded models of one process: the precompute models and the talking-head engines, loaded
-//! once on a blocking thread at start-up and shared by the API (option checks) and the workers.
+//! One set of loaded models for one compute device: the precompute models and the talking-head
+//! engines. Each device owner (`crate::devices`) loads its own set on its own thread; an
+//! API-only node loads one set for option checks.
 
 use crate::config::{Config, EngineChoice};
 use crate::errors::{ApiError, Code};
@@ -20,15 +21,14 @@ pub struct Engines {
 impl Engines {
     /// Load the precompute models and every engine that can be loaded. Fails when the precompute
     /// models or the configured default engine cannot be loaded.
-    pub fn load(config: &Config) -> Result<Self, PipelineError> {
-        let device = vipavatar_pipeline::device::select_device(&config.device)?;
+    pub fn load(config: &Config, device: tch::Device) -> Result<Self, PipelineError> {
         tracing::info!(?device, "compute device");
         let limits = ImageLimits { max_pixels: config.limits.max_image_pixels, ..ImageLimits::default() };
         let precomputer = Arc::new(Precomputer::load(&config.checkpoints, limits)?);
         let mut loaded: Vec<Arc<dyn Engine>> = Vec::new();
         let mut unavailable = Vec::new();
         for kind in [EngineKind::Classic, EngineKind::Sadtalker] {
-            match load_engine(kind, config) {
+            match load_engine(kind, config, device) {
                 Ok(e) => loaded.push(e),
                 Err(e) => {
                     tracing::info!(engine = kind.as_str(), reason = %e, "engine not available");
@@ -80,11 +80,10 @@ impl Engines {
 }
 
 /// Construct one engine.
-pub fn load_engine(kind: EngineKind, config: &Config) -> Result<Arc<dyn Engine>, PipelineError> {
+pub fn load_engine(kind: EngineKind, config: &Config, device: tch::Device) -> Result<Arc<dyn Engine>, PipelineError> {
     match kind {
         EngineKind::Classic => Ok(Arc::new(vipavatar_pipeline::classic::ClassicEngine::new())),
         EngineKind::Sadtalker => {
-            let device = vipavatar_pipeline::device::select_device(&config.device)?;
             Ok(Arc::new(vipavatar_pipeline::sadtalker::engine::SadTalkerEngine::load(&config.checkpoints, device)?))
         }
     }
@@ -93,10 +92,17 @@ pub fn load_engine(kind: EngineKind, config: &Config) -> Result<Arc<dyn Engine>,
 /// The engine a one-shot command uses: the fixed choice, or for `auto` sadtalker when it loads,
 /// else classic.
 pub fn engine_for(choice: EngineChoice, config: &Config) -> Result<Arc<dyn Engine>, PipelineError> {
+    let device = first_device(config)?;
     match choice.fixed() {
-        Some(kind) => load_engine(kind, config),
-        None => load_engine(EngineKind::Sadtalker, config).or_else(|_| load_engine(EngineKind::Classic, config)),
+        Some(kind) => load_engine(kind, config, device),
+        None => load_engine(EngineKind::Sadtalker, config, device).or_else(|_| load_engine(EngineKind::Classic, config, device)),
     }
+}
+
+/// The first configured device (one-shot commands and API-only option checks use one set).
+pub fn first_device(config: &Config) -> Result<tch::Device, PipelineError> {
+    let devices = vipavatar_pipeline::device::select_devices(&config.device)?;
+    Ok(devices.first().copied().unwrap_or(tch::Device::Cpu))
 }
 
 /// Loading state shared by the API and the workers: `None` while loading.
@@ -108,7 +114,7 @@ pub fn load_in_background(config: Config) -> watch::Receiver<EngineState> {
     std::thread::Builder::new()
         .name("load-models".into())
         .spawn(move || {
-            let result = Engines::load(&config).map(Arc::new).map_err(|e| {
+            let result = first_device(&config).and_then(|d| Engines::load(&config, d)).map(Arc::new).map_err(|e| {
                 tracing::error!(error = %e, "loading the models failed");
                 e.to_string()
             });

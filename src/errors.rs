@@ -89,6 +89,9 @@ pub enum Code {
     IoError,
     TensorError,
     OpenCvError,
+    ModelPanicked,
+    StaleCacheEntry,
+    NoWorker,
 }
 
 impl Code {
@@ -137,6 +140,9 @@ impl Code {
             Code::IoError => (S::INTERNAL_SERVER_ERROR, "io_error", Internal),
             Code::TensorError => (S::INTERNAL_SERVER_ERROR, "tensor_error", Internal),
             Code::OpenCvError => (S::INTERNAL_SERVER_ERROR, "opencv_error", Internal),
+            Code::ModelPanicked => (S::INTERNAL_SERVER_ERROR, "model_panicked", Internal),
+            Code::StaleCacheEntry => (S::INTERNAL_SERVER_ERROR, "stale_cache_entry", Internal),
+            Code::NoWorker => (S::SERVICE_UNAVAILABLE, "no_worker", System),
         }
     }
 
@@ -156,6 +162,8 @@ impl Code {
             PipelineError::Io { .. } => Code::IoError,
             PipelineError::Torch { .. } => Code::TensorError,
             PipelineError::OpenCv { .. } => Code::OpenCvError,
+            PipelineError::ModelPanic(_) => Code::ModelPanicked,
+            PipelineError::StaleBlob { .. } => Code::StaleCacheEntry,
             _ => Code::Internal,
         }
     }
@@ -316,6 +324,9 @@ const ALL_CODES: &[Code] = &[
     Code::IoError,
     Code::TensorError,
     Code::OpenCvError,
+    Code::ModelPanicked,
+    Code::StaleCacheEntry,
+    Code::NoWorker,
 ];
 
 /// JSON error bodies for actix's own extractor failures (path, query, JSON).
@@ -345,6 +356,7 @@ mod tests {
             PipelineError::Unsupported { engine: "classic", what: "gfpgan".into() },
             PipelineError::Encode("x".into()),
             PipelineError::Internal("x".into()),
+            PipelineError::ModelPanic("x".into()),
         ];
         for e in cases {
             let api = ApiError::from(&e);

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod blobs;
 pub mod cli;
 pub mod config;
+pub mod devices;
 pub mod engines;
 pub mod errors;
 pub mod jobs;

@@ -1,12 +1,14 @@
-//! Building the running service: connect Redis (or start a private one), load models in the
-//! background, start N workers and the HTTP server; and stopping it all in order.
+//! Building the running service: connect Redis (or start a private one), start one model owner
+//! per device (each loads its engines on its own thread) and N workers spread over them, and
+//! the HTTP server; and stopping it all in order.
 
 use crate::api;
 use crate::blobs::BlobStore;
 use crate::config::Config;
-use crate::engines::{load_in_background, EngineState};
+use crate::devices::{assign, plan, DeviceOwner, LocalDevice, LocalDevices};
+use crate::engines::EngineState;
 use crate::jobs::worker::run_worker;
-use crate::jobs::{JobContext, JobQueue, ModelThread};
+use crate::jobs::{JobContext, JobQueue};
 use crate::redis_server::RedisChild;
 use crate::redis_watch::{self, RedisHealth};
 use crate::state::AppState;
@@ -23,7 +25,7 @@ use vipavatar_cache::{Cache, CacheConfig, FragmentStreams};
 /// struct changes so old values read as misses.
 pub const CACHE_SCHEMA_VERSION: u16 = 2;
 
-/// Redis, cache, queue, files and models: what both the API and the workers use.
+/// Redis, cache, queue and files: what both the API and the workers use.
 pub struct Services {
     pub client: redis::Client,
     pub cache: Cache,
@@ -31,7 +33,6 @@ pub struct Services {
     pub blobs: BlobStore,
     /// Live video streams (fragments in Redis).
     pub streams: FragmentStreams,
-    pub engines: watch::Receiver<EngineState>,
     pub redis_child: Option<RedisChild>,
 }
 
@@ -63,8 +64,7 @@ impl Services {
         queue.ensure_groups().await.context("create the job streams")?;
         let blobs = BlobStore::open(&config.data_dir)
             .with_context(|| format!("create the data directory {}", config.data_dir.display()))?;
-        let engines = load_in_background(config.clone());
-        Ok(Self { client, cache, queue, blobs, streams, engines, redis_child })
+        Ok(Self { client, cache, queue, blobs, streams, redis_child })
     }
 }
 
@@ -83,41 +83,106 @@ fn host_name() -> String {
         .unwrap_or_else(|| "host".into())
 }
 
-/// Start `n` workers; each waits for the models, owns one model thread and one blocking
-/// Redis connection.
-pub fn spawn_workers(n: usize, config: &Config, services: &Services, shutdown: &watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
-    (0..n)
-        .map(|i| {
-            let consumer = format!("{}-{}-w{i}", host_name(), std::process::id());
+/// The models of a process and its workers, as [`start_workers`] leaves them.
+pub struct Started {
+    /// One engine set for the API's option checks: the first device owner's (an API-only node
+    /// loads its own).
+    pub engines: watch::Receiver<EngineState>,
+    /// The device owners of this process (empty for an API-only node).
+    pub devices: LocalDevices,
+    pub workers: Vec<JoinHandle<()>>,
+}
+
+type OwnersState = Option<Result<Vec<DeviceOwner>, String>>;
+
+/// Start one model owner per configured device (no more than `n`) and `n` workers spread over
+/// them round-robin; each worker waits for its owner, and owns one blocking Redis connection.
+/// Without workers, one engine set is loaded in the background for the API's option checks.
+pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Started> {
+    let devices: LocalDevices = LocalDevices::default();
+    if n == 0 {
+        // An API-only node loads no model: it routes by what live workers advertise.
+        let (_, none) = watch::channel::<EngineState>(Some(Err("this node runs no workers and loads no models".into())));
+        return Ok(Started { engines: none, devices, workers: Vec::new() });
+    }
+    let plan = plan(config, n).map_err(|e| anyhow::anyhow!("VIPAVATAR_DEVICE: {e}"))?;
+    let slots = assign(n, plan.len());
+    let consumers: Vec<String> = (0..n).map(|i| format!("{}-{}-w{i}", host_name(), std::process::id())).collect();
+    let (engines_tx, engines_rx) = watch::channel::<EngineState>(None);
+    let (owners_tx, owners_rx) = watch::channel::<OwnersState>(None);
+    let (cfg, local, names, assigned) = (config.clone(), devices.clone(), consumers.clone(), slots.clone());
+    let (ad_cache, ad_shutdown) = (services.cache.clone(), shutdown.clone());
+    crate::spawn_named("load-devices", async move {
+        let starts = plan.iter().enumerate().map(|(i, d)| DeviceOwner::start(i, *d, &cfg));
+        let result: Result<Vec<DeviceOwner>, String> = futures_util::future::join_all(starts).await.into_iter().collect();
+        match &result {
+            Ok(owners) => {
+                let _ = engines_tx.send(Some(Ok(owners[0].models.engines())));
+                let ad = crate::jobs::registry::WorkerAd {
+                    id: format!("{}-{}", host_name(), std::process::id()),
+                    workers: names.len(),
+                    devices: owners.iter().map(|o| o.models.label()).collect(),
+                    default_engine: owners[0].models.default_kind().as_str().to_string(),
+                    engines: crate::jobs::registry::offers(&owners[0]),
+                    heartbeat_ms: 0,
+                };
+                crate::spawn_named("advertise", crate::jobs::registry::advertise(ad_cache, ad, ad_shutdown));
+                if let Ok(mut l) = local.write() {
+                    *l = owners
+                        .iter()
+                        .enumerate()
+                        .map(|(o, owner)| LocalDevice {
+                            models: owner.models.clone(),
+                            workers: names.iter().zip(&assigned).filter(|(_, s)| **s == o).map(|(c, _)| c.clone()).collect(),
+                        })
+                        .collect();
+                }
+            }
+            Err(why) => {
+                tracing::error!(error = %why, "loading the models failed");
+                let _ = engines_tx.send(Some(Err(why.clone())));
+            }
+        }
+        let _ = owners_tx.send(Some(result));
+    });
+    let workers = consumers
+        .into_iter()
+        .zip(slots)
+        .enumerate()
+        .map(|(i, (consumer, slot))| {
             let (config, client, cache, queue, blobs) =
                 (config.clone(), services.client.clone(), services.cache.clone(), services.queue.clone(), services.blobs.clone());
             let streams = services.streams.clone();
-            let (mut engines, shutdown) = (services.engines.clone(), shutdown.clone());
+            let (mut owners, shutdown) = (owners_rx.clone(), shutdown.clone());
             crate::spawn_named(&format!("worker-{i}"), async move {
-                let loaded = match engines.wait_for(|e| e.is_some()).await {
+                let loaded = match owners.wait_for(|o| o.is_some()).await {
                     Ok(state) => state.clone(),
                     Err(_) => return,
                 };
-                let engines = match loaded {
-                    Some(Ok(e)) => e,
-                    _ => {
-                        tracing::error!(%consumer, "models did not load; this worker takes no jobs");
-                        return;
-                    }
+                let Some(Ok(owners)) = loaded else {
+                    return tracing::error!(%consumer, "models did not load; this worker takes no jobs");
                 };
-                let model = match ModelThread::spawn(&format!("model-{i}")) {
-                    Ok(m) => m,
-                    Err(e) => return tracing::error!(error = %e, "cannot start the model thread"),
-                };
+                let owner = owners[slot].clone();
                 let blocking = match client.get_connection_manager().await {
                     Ok(c) => c,
                     Err(e) => return tracing::error!(error = %e, "cannot open the worker's Redis connection"),
                 };
-                let ctx = Arc::new(JobContext { config, cache, queue, blobs, streams, engines, model, consumer });
+                tracing::info!(%consumer, device = %owner.models.label(), "worker assigned");
+                let ctx = Arc::new(JobContext {
+                    config,
+                    cache,
+                    queue,
+                    blobs,
+                    streams,
+                    engines: owner.models,
+                    model: owner.thread,
+                    consumer,
+                });
                 run_worker(ctx, blocking, shutdown).await;
             })
         })
-        .collect()
+        .collect();
+    Ok(Started { engines: engines_rx, devices, workers })
 }
 
 /// Sweep `{data}/tmp` now (see [`BlobStore::sweep_tmp`]), then every `VIPAVATAR_TMP_SWEEP_SECS`
@@ -160,7 +225,8 @@ impl Application {
         let mut services = Services::connect(&config, true).await?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut worker_handles = vec![sweep_tmp_periodically(&services.blobs, &config, &shutdown_rx).await];
-        worker_handles.extend(spawn_workers(workers, &config, &services, &shutdown_rx));
+        let started = start_workers(workers, &config, &services, &shutdown_rx)?;
+        worker_handles.extend(started.workers);
         let redis = RedisHealth::watch(services.cache.connection(), config.edge.redis_timeout(), shutdown_rx.clone());
         let state = AppState {
             config: Arc::new(config.clone()),
@@ -168,7 +234,8 @@ impl Application {
             queue: services.queue.clone(),
             blobs: services.blobs.clone(),
             streams: services.streams.clone(),
-            engines: services.engines.clone(),
+            engines: started.engines,
+            devices: started.devices,
             started: Instant::now(),
             local_workers: workers,
             redis,
@@ -231,7 +298,7 @@ pub async fn run_workers(config: Config, n: usize) -> anyhow::Result<()> {
     let services = Services::connect(&config, false).await?;
     let (shutdown, rx) = watch::channel(false);
     let mut workers = vec![sweep_tmp_periodically(&services.blobs, &config, &rx).await];
-    workers.extend(spawn_workers(n, &config, &services, &rx));
+    workers.extend(start_workers(n.max(1), &config, &services, &rx)?.workers);
     tracing::info!(workers = n, "worker process running");
     shutdown_signal().await;
     tracing::info!("shutting down workers");

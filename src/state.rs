@@ -19,6 +19,8 @@ pub struct AppState {
     /// Live video streams (fragments in Redis).
     pub streams: FragmentStreams,
     pub engines: watch::Receiver<EngineState>,
+    /// This process's device owners and their workers (empty for an API-only node).
+    pub devices: crate::devices::LocalDevices,
     pub started: Instant,
     /// Workers running in this process (0 for an API-only node).
     pub local_workers: usize,

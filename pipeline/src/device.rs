@@ -1,4 +1,5 @@
-//! Compute-device selection for the tch networks (`VIPAVATAR_DEVICE` = auto | cpu | cuda | cuda:N).
+//! Compute-device selection for the tch networks (`VIPAVATAR_DEVICE` = auto | cpu | cuda |
+//! cuda:N | cuda:all, or a comma list of those: one model owner per listed device).
 
 use crate::{PipelineError, Result};
 use tch::Device;
@@ -19,6 +20,25 @@ pub fn select_device(pref: &str) -> Result<Device> {
             Some(Ok(index)) => cuda_device(index).map_err(bad),
             _ => Err(bad(format!("`{other}` is not one of auto, cpu, cuda, cuda:N"))),
         },
+    }
+}
+
+/// The devices a worker process spreads its workers over, one model owner each: `auto` (or
+/// empty) = every CUDA device, else the CPU; `cuda:all` = every CUDA device (an error without
+/// one); otherwise a comma list of [`select_device`] entries (`cuda:0,cuda:2`; `cpu,cpu` gives
+/// two independent CPU owners).
+pub fn select_devices(pref: &str) -> Result<Vec<Device>> {
+    let pref = pref.trim().to_ascii_lowercase();
+    let count = if tch::Cuda::is_available() { tch::Cuda::device_count() as usize } else { 0 };
+    match pref.as_str() {
+        "" | "auto" if count > 0 => Ok((0..count).map(Device::Cuda).collect()),
+        "" | "auto" => Ok(vec![Device::Cpu]),
+        "cuda:all" | "gpu:all" if count > 0 => Ok((0..count).map(Device::Cuda).collect()),
+        "cuda:all" | "gpu:all" => Err(PipelineError::InvalidOption {
+            field: "device",
+            reason: "cuda:all was requested but libtorch sees no CUDA device".into(),
+        }),
+        list => list.split(',').map(select_device).collect(),
     }
 }
 
@@ -48,6 +68,19 @@ mod tests {
         assert_eq!(select_device(" CPU ").unwrap(), Device::Cpu);
         let auto = select_device("auto").unwrap();
         assert_eq!(auto == Device::Cpu, !tch::Cuda::is_available());
+    }
+
+    #[test]
+    fn device_lists() {
+        assert_eq!(select_devices("cpu").unwrap(), vec![Device::Cpu]);
+        assert_eq!(select_devices("cpu, cpu").unwrap(), vec![Device::Cpu, Device::Cpu]);
+        let auto = select_devices("auto").unwrap();
+        assert!(!auto.is_empty());
+        if !tch::Cuda::is_available() {
+            assert_eq!(auto, vec![Device::Cpu]);
+            assert!(select_devices("cuda:all").is_err());
+        }
+        assert!(select_devices("cpu,tpu").is_err());
     }
 
     #[test]

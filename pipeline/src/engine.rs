@@ -148,6 +148,44 @@ pub enum StateKind {
     Coeffs3dmm,
 }
 
+/// Which cached engine blob a [`crate::PipelineError::StaleBlob`] names, so the service can evict
+/// exactly that entry and compute it again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BlobKind {
+    /// `audio_features:{audio}`
+    AudioFeatures,
+    /// `motion:{audio}:{image}:{options}`
+    Motion,
+    /// One part of the prepared avatar (`source_state:` and the parts it lists).
+    State(StateKind),
+}
+
+impl BlobKind {
+    /// The kind an engine's blob name stands for (`"motion"`, `"source state"`, ...).
+    pub fn from_name(what: &str) -> Option<Self> {
+        Some(match what {
+            "audio features" => Self::AudioFeatures,
+            "motion" => Self::Motion,
+            "source state" => Self::State(StateKind::SourceState),
+            "face crop" => Self::State(StateKind::FaceCrop),
+            "gestures" => Self::State(StateKind::Gestures),
+            "visemes" => Self::State(StateKind::Visemes),
+            "3dmm coefficients" => Self::State(StateKind::Coeffs3dmm),
+            _ => return None,
+        })
+    }
+}
+
+/// The error of an engine blob that does not decode (older `STATE_VERSION`, truncated): a typed
+/// stale entry when the blob is one the service caches, else an internal error.
+pub fn stale_blob(engine: &str, what: &str, reason: impl std::fmt::Display) -> crate::PipelineError {
+    let reason = format!("{engine} {what} blob is stale or corrupt: {reason}");
+    match BlobKind::from_name(what) {
+        Some(blob) => crate::PipelineError::StaleBlob { blob, reason },
+        None => crate::PipelineError::Internal(reason),
+    }
+}
+
 /// Per-avatar engine state as cacheable parts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PreparedAvatar {

@@ -34,6 +34,13 @@ pub enum PipelineError {
     Torch { context: String, #[source] source: tch::TchError },
     #[error("opencv error in {context}: {source}")]
     OpenCv { context: String, #[source] source: opencv::Error },
+    /// A model call panicked; the job fails (retrying the same input would panic again) and
+    /// the device owner rebuilds the engine before its next call.
+    /// A cached engine blob does not decode: evict it and compute it again.
+    #[error("{reason}")]
+    StaleBlob { blob: crate::engine::BlobKind, reason: String },
+    #[error("a model call panicked: {0}")]
+    ModelPanic(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -56,6 +63,8 @@ impl PipelineError {
             Self::Io { .. } => "io_error",
             Self::Torch { .. } => "tensor_error",
             Self::OpenCv { .. } => "opencv_error",
+            Self::ModelPanic(_) => "model_panicked",
+            Self::StaleBlob { .. } => "stale_cache_entry",
             Self::Internal(_) => "internal",
         }
     }

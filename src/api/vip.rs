@@ -153,6 +153,7 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
         (status = 413, description = "Audio larger than the byte or duration limit", body = ErrorBody),
         (status = 415, description = "Not a recognised audio file, or not multipart", body = ErrorBody),
         (status = 422, description = "Audio does not decode, the option is unsupported by the engine, or the avatar failed", body = ErrorBody),
+        (status = 503, description = "No live worker serves the engine (`no_worker`, with Retry-After)", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id, image_id))]
@@ -164,9 +165,7 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     let (mut opts, engine_req, mode_req) = options_from(&form)?;
     let file = form.take_file("audio_file")?;
     opts.validate()?;
-    let engines = crate::engines::loaded(&state.engines)?;
-    let engine = engines.get(engine_req)?;
-    engine.check_options(&opts)?;
+    let engine_kind = crate::jobs::registry::pick_engine(&state, engine_req, &opts).await?;
 
     // The avatar: the requested mode, else the most recent upload of the image.
     // An expired status record with the original still stored is rebuilt (precompute again).
@@ -188,14 +187,14 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     check_audio("audio_file", &file.bytes)?;
     let bytes = std::sync::Arc::new(file.bytes);
     let audio = AudioHash::of(&bytes);
-    let options_hash = OptionsHash::parse(&opts.options_hash(engine.kind())).map_err(ApiError::internal)?;
+    let options_hash = OptionsHash::parse(&opts.options_hash(engine_kind)).map_err(ApiError::internal)?;
     let id = SessionId::parse(&uuid::Uuid::new_v4().simple().to_string()).map_err(ApiError::internal)?;
     tracing::Span::current().record("session_id", id.as_str());
     let new_record = |options, audio_seconds| {
         let req = SessionRequest {
             image: image.clone(),
             audio: audio.clone(),
-            engine: engine.kind(),
+            engine: engine_kind,
             options,
             options_hash: options_hash.clone(),
             audio_seconds,

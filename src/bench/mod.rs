@@ -152,7 +152,7 @@ fn base_config(args: &BenchArgs, redis_url: &str, data_dir: &Path, namespace: &s
 /// The worker context of the in-process cases: the same pieces `spawn_workers` assembles.
 async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Engines>)> {
     let services = Services::connect(&config, false).await?;
-    let mut rx = services.engines.clone();
+    let mut rx = crate::engines::load_in_background(config.clone());
     let loaded = rx.wait_for(|e| e.is_some()).await.map_err(|_| anyhow!("model loading stopped"))?.clone();
     let engines = match loaded {
         Some(Ok(e)) => e,
@@ -160,13 +160,14 @@ async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Eng
         None => return Err(anyhow!("models did not load")),
     };
     let model = ModelThread::spawn("bench-model")?;
+    let device = crate::engines::first_device(&config)?;
     let ctx = JobContext {
         config,
         cache: services.cache.clone(),
         queue: services.queue.clone(),
         blobs: services.blobs.clone(),
         streams: services.streams.clone(),
-        engines: engines.clone(),
+        engines: Arc::new(crate::devices::DeviceModels::new(0, device, engines.clone())),
         model,
         consumer: "bench".into(),
     };

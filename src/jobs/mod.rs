@@ -5,17 +5,19 @@ pub mod avatar;
 pub mod generate;
 pub mod model;
 pub mod queue;
+pub mod registry;
+pub mod stale;
 pub mod worker;
 
 use crate::blobs::BlobStore;
 use crate::config::Config;
-use crate::engines::Engines;
+use crate::devices::DeviceModels;
 use crate::errors::{ApiError, Code, ErrorBody};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Instant;
 use vipavatar_cache::{Cache, FragmentStreams, ImageHash, Kind, SessionId};
-use vipavatar_pipeline::engine::PreprocessMode;
+use vipavatar_pipeline::engine::{BlobKind, PreprocessMode};
 use vipavatar_pipeline::PipelineError;
 
 pub use model::ModelThread;
@@ -40,12 +42,14 @@ pub enum JobError {
     Final(ErrorBody),
     /// A fault of the server or its surroundings: retry with backoff.
     Retry(ErrorBody),
+    /// A cached engine blob did not decode: evict it and run again at once (once per kind).
+    Stale { blob: BlobKind, body: ErrorBody },
 }
 
 impl JobError {
     pub fn body(&self) -> &ErrorBody {
         match self {
-            JobError::Final(b) | JobError::Retry(b) => b,
+            JobError::Final(b) | JobError::Retry(b) | JobError::Stale { body: b, .. } => b,
         }
     }
 }
@@ -53,7 +57,11 @@ impl JobError {
 impl From<PipelineError> for JobError {
     fn from(e: PipelineError) -> Self {
         let body = ApiError::from(&e).body();
-        if e.is_user_error() {
+        if let PipelineError::StaleBlob { blob, .. } = e {
+            return JobError::Stale { blob, body };
+        }
+        // A panic fails the job at once: the same input would most likely panic again.
+        if e.is_user_error() || matches!(e, PipelineError::ModelPanic(_)) {
             JobError::Final(body)
         } else {
             JobError::Retry(body)
@@ -101,7 +109,9 @@ pub struct JobContext {
     pub blobs: BlobStore,
     /// Live video streams: the generate job publishes its fragments here.
     pub streams: FragmentStreams,
-    pub engines: Arc<Engines>,
+    /// The engines of this worker's device; every call on them runs on `model`, the device's
+    /// owner thread.
+    pub engines: Arc<DeviceModels>,
     pub model: ModelThread,
     /// This worker's consumer name (also written into sessions it works on).
     pub consumer: String,

@@ -89,6 +89,7 @@ async fn process(ctx: &JobContext, d: &Delivery) {
             let _ = ctx.cache.incr(counters::JOBS_RECLAIMED, 1).await;
         }
         let max = ctx.config.jobs.job_max_attempts.max(1);
+        let mut healed = std::collections::HashSet::new();
         loop {
             let attempt = match ctx.queue.start_attempt(d).await {
                 Ok(a) => a,
@@ -115,6 +116,10 @@ async fn process(ctx: &JobContext, d: &Delivery) {
                     let _ = ctx.cache.incr(counters::JOBS_DONE, 1).await;
                     outcome = "done";
                     break;
+                }
+                Err(JobError::Stale { blob, body }) if healed.insert(blob) => {
+                    tracing::warn!(?blob, message = %body.message, "stale cache entry; evicting it and running again");
+                    super::stale::evict(ctx, &job, blob).await;
                 }
                 Err(e @ JobError::Final(_)) => {
                     tracing::info!(code = %e.body().code, message = %e.body().message, "job failed (input error)");

@@ -227,3 +227,39 @@ async fn vip_drains_first_and_silent_claims_are_taken_over() {
     let depth = queue.depth().await.unwrap();
     assert_eq!((depth.vip, depth.standard, depth.processing), (0, 0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_node_without_models_serves_what_a_worker_process_renders() {
+    let Some(data) = testdata() else { return };
+    // The API node cannot read any model file: it must not need one.
+    let app = spawn_app_with(0, |c| c.checkpoints = "/nonexistent/vipavatar-checkpoints".into()).await;
+    let id_before = {
+        let (s, body) = app.upload(read(data.join("images/people_0.png")), None).await;
+        assert!(s == 202 || s == 200, "{s}: {body}");
+        body["image_id"].as_str().unwrap().to_string()
+    };
+    // No live worker yet: generate is 503 no_worker with Retry-After.
+    let audio = read(data.join("audio/chinese_poem1.wav"));
+    let form = reqwest::multipart::Form::new()
+        .text("image_id", id_before.clone())
+        .part("audio_file", wav_part(audio.clone()));
+    let r = app.client.post(app.url("/api/vip/generate")).multipart(form).send().await.unwrap();
+    assert!(r.headers().get("retry-after").is_some(), "no Retry-After on {:?}", r.headers());
+    assert_error(&json(r).await, 503, "no_worker");
+
+    let dir = scratch("api-only");
+    let mut worker_config = app.config.clone();
+    worker_config.checkpoints = repo().join("checkpoints");
+    let _w = WorkerProcess::start(&worker_config, &dir.join("worker.log"));
+    let status = app.wait_avatar(&id_before).await;
+    assert_eq!(status["status"], "ready", "{status}");
+    let (s, body) = app.generate(&id_before, audio.clone(), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let done = app.wait_session(body["session_id"].as_str().unwrap(), Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    // The worker offers classic only: sadtalker has no live worker.
+    let got = app.generate(&id_before, audio, &[("engine", "sadtalker")]).await;
+    assert_error(&got, 503, "no_worker");
+    let (_, info) = app.get_json("/").await;
+    assert_eq!(info["live_workers"].as_array().map(Vec::len), Some(1), "{info}");
+}

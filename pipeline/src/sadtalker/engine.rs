@@ -81,10 +81,10 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    let (version, value): (u32, T) = bincode::deserialize(bytes)
-        .map_err(|e| PipelineError::Internal(format!("sadtalker {what} blob is corrupt or stale: {e}")))?;
+    let (version, value): (u32, T) =
+        bincode::deserialize(bytes).map_err(|e| crate::engine::stale_blob("sadtalker", what, e))?;
     if version != STATE_VERSION {
-        return Err(PipelineError::Internal(format!("sadtalker {what} blob has version {version}, expected {STATE_VERSION}")));
+        return Err(crate::engine::stale_blob("sadtalker", what, format!("version {version}, expected {STATE_VERSION}")));
     }
     Ok(value)
 }
