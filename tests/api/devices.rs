@@ -53,10 +53,15 @@ async fn two_workers_on_two_devices_never_share_an_engine_instance() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_model_call_fails_its_job_alone_and_the_next_job_succeeds() {
     let Some(data) = testdata() else { return };
-    // Model calls on the device: 1 = analysis and 2 = prepare (the upload), 3 = the first
-    // generate, which panics.
-    let app = spawn_app_with(1, |c| c.jobs.test_panic_model_call = Some(3)).await;
+    // Model calls on the device: 1 = analysis and 2 = prepare (the upload), 3 = the idle loop
+    // (its own job right after), 4 = the first generate, which panics.
+    let app = spawn_app_with(1, |c| c.jobs.test_panic_model_call = Some(4)).await;
     let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
+    let start = std::time::Instant::now();
+    while app.get(&format!("/api/avatar/idle/{id}")).await.status() != 200 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the idle loop was not rendered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let before = loaded_devices(&app, 1).await[0].clone();
     assert_eq!(before["rebuilds"], 0);
     let audio = read(data.join("audio/chinese_poem1.wav"));
