@@ -3,7 +3,7 @@
 //! reads them from the first one on, so a late client still gets the video from its first frame.
 
 use super::vip::{load_session, parse_session_id, serve_video};
-use crate::errors::{ApiError, Code, ErrorBody};
+use crate::errors::{ApiError, ErrorBody};
 use crate::records::SessionStatus;
 use crate::state::AppState;
 use actix_web::http::header;
@@ -42,12 +42,10 @@ const BATCH: usize = 32;
 pub async fn stream(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_session_id(&path)?;
     let rec = load_session(&state, &id).await?;
-    if rec.status == SessionStatus::Failed {
-        let why = rec.error.map(|e| e.message).unwrap_or_default();
-        return Err(ApiError::new(Code::VideoFailed, format!("session {id} failed: {why}")));
-    }
-    // Ready without a stream: the video came from the cache, or its stream expired.
-    if rec.status == SessionStatus::Ready && !state.streams.exists(&id).await? {
+    // Failed (409, like the download), or ready without a stream: the video came from the
+    // cache, or its stream expired.
+    let finished_without_stream = rec.status == SessionStatus::Ready && !state.streams.exists(&id).await?;
+    if rec.status == SessionStatus::Failed || finished_without_stream {
         return serve_video(&req, &state, &id, rec).await;
     }
     let reader = state.streams.reader(&id).await?;
