@@ -126,7 +126,7 @@ pub fn wav(clip: &Clip, tag: u64) -> Vec<u8> {
 }
 
 /// CRC-32 (IEEE), as PNG chunks use.
-fn crc32(bytes: &[u8]) -> u32 {
+pub fn crc32(bytes: &[u8]) -> u32 {
     let mut crc = 0xFFFF_FFFFu32;
     for b in bytes {
         crc ^= *b as u32;

@@ -361,12 +361,23 @@ impl SpeakerNorm {
 
 /// The `p` quantile (nearest rank) of the finite values.
 fn percentile(values: &[f32], p: f32) -> Option<f32> {
-    let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
-    if sorted.is_empty() {
-        return None;
+    Percentiles::of(values).at(p)
+}
+
+/// The finite values, sorted once, for several nearest-rank quantiles.
+struct Percentiles(Vec<f32>);
+
+impl Percentiles {
+    fn of(values: &[f32]) -> Self {
+        let mut sorted: Vec<f32> = values.iter().copied().filter(|v| v.is_finite()).collect();
+        sorted.sort_by(f32::total_cmp);
+        Self(sorted)
     }
-    sorted.sort_by(f32::total_cmp);
-    Some(sorted[((sorted.len() - 1) as f32 * p).round() as usize])
+
+    fn at(&self, p: f32) -> Option<f32> {
+        let n = self.0.len();
+        (n > 0).then(|| self.0[((n - 1) as f32 * p).round() as usize])
+    }
 }
 
 /// Loudness -> opening target: 0 below the gate, 1 at the speech level of the audio seen so far.
@@ -377,7 +388,8 @@ struct Gate {
 
 impl Gate {
     fn fit(db: &[f32]) -> Self {
-        let (Some(speech), Some(noise), Some(hi)) = (percentile(db, 0.95), percentile(db, 0.10), percentile(db, 0.98))
+        let q = Percentiles::of(db);
+        let (Some(speech), Some(noise), Some(hi)) = (q.at(0.95), q.at(0.10), q.at(0.98))
         else {
             return Self { range: None };
         };
