@@ -6,5 +6,12 @@ cd "$root"
 SKIP_BUILD=1 scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
+# Formatting gate (rustfmt.toml): a diff fails the run before anything is compiled.
+if cargo fmt --version >/dev/null 2>&1; then
+  echo "[test] cargo fmt --check"
+  cargo fmt --all --check
+else
+  echo "[test] rustfmt is not installed; skipping the formatting gate"
+fi
 echo "[test] cargo test --workspace"
 cargo test --workspace --no-fail-fast "$@"
