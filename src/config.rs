@@ -179,6 +179,10 @@ pub struct JobArgs {
     /// First retry delay in milliseconds; doubles per attempt.
     #[arg(long, env = "VIPAVATAR_JOB_BACKOFF_MS", default_value_t = 1000)]
     pub job_backoff_ms: u64,
+    /// Audio longer than this (seconds) is split at quiet points into parts of at most about
+    /// this length that several workers render at once; 0 never splits.
+    #[arg(long, env = "VIPAVATAR_SPLIT_SECONDS", default_value_t = 30.0)]
+    pub split_seconds: f64,
     /// Temporary files in `{data}/tmp` that no live process owns are removed; unowned (legacy)
     /// ones, and this process's own while none of its jobs runs, once older than this.
     #[arg(long, env = "VIPAVATAR_TMP_MAX_AGE_SECS", default_value_t = 3600)]

@@ -67,6 +67,10 @@ impl FragmentStreams {
         self.namespace.key(&Key::stream(id))
     }
 
+    fn part_key(&self, id: &SessionId, attempt: u32, part: usize) -> String {
+        self.namespace.key(&Key::part_stream(id, attempt, part))
+    }
+
     /// Drop whatever an earlier attempt wrote.
     pub async fn reset(&self, id: &SessionId) -> Result<()> {
         let mut conn = self.conn.clone();
@@ -76,7 +80,15 @@ impl FragmentStreams {
 
     /// Append one piece (and refresh the stream's TTL).
     pub async fn append(&self, id: &SessionId, attempt: u32, piece: &Piece) -> Result<()> {
-        let key = self.key(id);
+        self.append_key(self.key(id), attempt, piece).await
+    }
+
+    /// Append one piece to part `part` of attempt `attempt` of a split session.
+    pub async fn append_part(&self, id: &SessionId, attempt: u32, part: usize, piece: &Piece) -> Result<()> {
+        self.append_key(self.part_key(id, attempt, part), attempt, piece).await
+    }
+
+    async fn append_key(&self, key: String, attempt: u32, piece: &Piece) -> Result<()> {
         let mut pipe = redis::pipe();
         pipe.cmd("XADD")
             .arg(&key)
@@ -107,6 +119,51 @@ impl FragmentStreams {
     pub async fn reader(&self, id: &SessionId) -> Result<FragmentReader> {
         let conn = self.client.get_multiplexed_async_connection().await?;
         Ok(FragmentReader { conn, key: self.key(id), last: "0-0".into() })
+    }
+
+    /// A reader of one part of a split session.
+    pub async fn part_reader(&self, id: &SessionId, attempt: u32, part: usize) -> Result<FragmentReader> {
+        let conn = self.client.get_multiplexed_async_connection().await?;
+        Ok(FragmentReader { conn, key: self.part_key(id, attempt, part), last: "0-0".into() })
+    }
+
+    /// Take the part for `owner` unless someone holds it: `SET NX` with a lease of `ttl`.
+    pub async fn claim_part(
+        &self,
+        id: &SessionId,
+        attempt: u32,
+        part: usize,
+        owner: &str,
+        ttl: Duration,
+    ) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}:claim", self.part_key(id, attempt, part)))
+            .arg(owner)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut conn)
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Extend a held claim (its renderer is alive), or mark it done for good with the stream's
+    /// TTL (`ttl: None`).
+    pub async fn hold_part(&self, id: &SessionId, attempt: u32, part: usize, ttl: Option<Duration>) -> Result<()> {
+        let key = format!("{}:claim", self.part_key(id, attempt, part));
+        let ms = ttl.or(self.ttl).map(|t| t.as_millis().max(1) as u64).unwrap_or(3_600_000);
+        let mut conn = self.conn.clone();
+        redis::cmd("PEXPIRE").arg(key).arg(ms).query_async::<()>(&mut conn).await?;
+        Ok(())
+    }
+
+    /// Whether anyone holds the part's claim (a lapsed claim means its renderer died).
+    pub async fn part_claimed(&self, id: &SessionId, attempt: u32, part: usize) -> Result<bool> {
+        let mut conn = self.conn.clone();
+        let key = format!("{}:claim", self.part_key(id, attempt, part));
+        let n: u64 = redis::cmd("EXISTS").arg(key).query_async(&mut conn).await?;
+        Ok(n > 0)
     }
 }
 
@@ -157,11 +214,17 @@ fn parse_xread(reply: Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
     };
     let mut out = Vec::new();
     for stream in streams {
-        let Value::Array(parts) = stream else { continue };
-        let Some(Value::Array(entries)) = parts.into_iter().nth(1) else { continue };
+        let Value::Array(parts) = stream else {
+            continue;
+        };
+        let Some(Value::Array(entries)) = parts.into_iter().nth(1) else {
+            continue;
+        };
         for entry in entries {
             let Value::Array(e) = entry else { continue };
-            let (Some(id), Some(Value::Array(kv))) = (e.first().and_then(bytes), e.get(1)) else { continue };
+            let (Some(id), Some(Value::Array(kv))) = (e.first().and_then(bytes), e.get(1)) else {
+                continue;
+            };
             let fields = kv
                 .chunks(2)
                 .filter_map(|p| Some((String::from_utf8(bytes(p.first()?)?).ok()?, bytes(p.get(1)?)?)))

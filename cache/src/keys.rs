@@ -25,7 +25,8 @@ pub enum Kind {
     /// upload once and the worker reads the samples instead of decoding again. Not in
     /// DESIGN.md's table.
     AudioPcm,
-    /// `stream:{session_id}`: the fragments of a session's live fragmented MP4 (a Redis stream).
+    /// `stream:{session_id}`: the fragments of a session's live fragmented MP4 (a Redis stream);
+    /// `stream:{session_id}:{attempt}:{part}` (+ `:claim`): the parts of a split session.
     Stream,
     /// `idle:{image_hash}:{preprocess}:{size}`: where the avatar's idle loop and thumbnail are.
     Idle,
@@ -170,6 +171,11 @@ impl Key {
     /// `stream:{session_id}`
     pub fn stream(id: &SessionId) -> Self {
         Self::new(Kind::Stream, &[id.as_str()])
+    }
+    /// `stream:{session_id}:{attempt}:{part}`: one part of a split session, as its renderer
+    /// wrote it (bare H.264 pieces).
+    pub fn part_stream(id: &SessionId, attempt: u32, part: usize) -> Self {
+        Self::new(Kind::Stream, &[id.as_str(), &attempt.to_string(), &part.to_string()])
     }
     /// `idle:{image_hash}:{preprocess}:{size}`
     pub fn idle(image: &ImageHash, preprocess: &str, size: u32) -> Self {

@@ -232,6 +232,9 @@ pub struct MotionInput<'a> {
     pub features: Option<&'a [u8]>,
     /// Cached `motion` blob, if any (then no analysis runs at all).
     pub motion: Option<&'a [u8]>,
+    /// Only frames `start..end` of the clip (one part of a split session); `None`: all of them. The
+    /// motion of a part equals the same frames of the whole clip's motion.
+    pub frames: Option<(usize, usize)>,
 }
 
 /// Motion produced a chunk at a time, each chunk an engine-specific blob that the same engine's
@@ -279,6 +282,12 @@ impl MotionStream for WholeMotion<'_> {
     fn next_chunk(&mut self, _frames: usize) -> Result<Option<Vec<u8>>> {
         if self.done.is_some() {
             return Ok(None);
+        }
+        if self.input.frames.is_some() {
+            return Err(crate::PipelineError::Internal(format!(
+                "the {} engine cannot render one part of a clip",
+                self.engine.kind().as_str()
+            )));
         }
         let blobs = match (self.input.motion, self.input.features) {
             (Some(m), _) => StreamBlobs { features: None, motion: m.to_vec() },
@@ -355,6 +364,12 @@ pub trait Engine: Send + Sync {
     /// count, or `None` when the engine has none.
     fn idle_motion(&self, _prepared: &PreparedAvatar) -> Result<Option<(Vec<u8>, usize)>> {
         Ok(None)
+    }
+
+    /// Whether [`Engine::stream`] honours [`MotionInput::frames`], so a long clip can be split
+    /// into parts that render on several workers.
+    fn renders_parts(&self) -> bool {
+        false
     }
 
     /// Incremental generation: a motion stream and the renderer of its chunks. `None` (the

@@ -74,8 +74,12 @@ fn speech_with_gap(gap_s: f64) -> (AudioClip, std::ops::Range<usize>) {
 
 #[test]
 fn people_crop_lipsync_streams_and_still_background() {
-    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
-    let Some(clip) = sup::shared_audio("RD_Radio31_000.wav") else { return };
+    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else {
+        return;
+    };
+    let Some(clip) = sup::shared_audio("RD_Radio31_000.wav") else {
+        return;
+    };
     let dir = sup::scratch("people-crop");
     let out = dir.join("out.mp4");
     let sheet = sup::artifacts().join("classic_people_0_crop256.png");
@@ -112,7 +116,9 @@ fn people_crop_lipsync_streams_and_still_background() {
 
 #[test]
 fn espeak_silence_closes_the_mouth_and_speech_opens_it() {
-    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
+    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else {
+        return;
+    };
     let (clip, silent) = speech_with_gap(1.2);
     let dir = sup::scratch("espeak-gap");
     let out = dir.join("out.mp4");
@@ -144,7 +150,9 @@ fn espeak_silence_closes_the_mouth_and_speech_opens_it() {
 
 #[test]
 fn full_mode_keeps_the_background_stable() {
-    let Some(av) = sup::avatar("full_body_1.jpg", PreprocessMode::Full, 256) else { return };
+    let Some(av) = sup::avatar("full_body_1.jpg", PreprocessMode::Full, 256) else {
+        return;
+    };
     let clip = decode_audio(&sup::espeak("Good morning, everyone."), &AudioLimits::default()).expect("decode");
     let dir = sup::scratch("full-mode");
     let out = dir.join("out.mp4");
@@ -188,7 +196,9 @@ fn full_mode_keeps_the_background_stable() {
 
 #[test]
 fn resize_and_512_sizes() {
-    let Some(av) = sup::avatar("art_0.png", PreprocessMode::Resize, 512) else { return };
+    let Some(av) = sup::avatar("art_0.png", PreprocessMode::Resize, 512) else {
+        return;
+    };
     let clip = decode_audio(&sup::espeak("One two three."), &AudioLimits::default()).expect("decode");
     let dir = sup::scratch("resize-512");
     let out = dir.join("out.mp4");
@@ -201,11 +211,15 @@ fn resize_and_512_sizes() {
 fn every_shared_image_lip_syncs_english_and_mandarin() {
     let images = ["art_0.png", "full4.jpeg", "happy.png", "sad.png", "full_body_1.jpg"];
     for image in images {
-        let Some(av) = sup::avatar(image, PreprocessMode::Crop, 256) else { return };
+        let Some(av) = sup::avatar(image, PreprocessMode::Crop, 256) else {
+            return;
+        };
         let (canvas, _, _) = build_canvas(&av.image, &av.analysis.crop, PreprocessMode::Crop, 256).expect("canvas");
         let lm = ClassicEngine::frame_landmarks(&av.prepared).expect("landmarks");
         for audio in ["RD_Radio31_000.wav", "chinese_poem1.wav"] {
-            let Some(clip) = sup::shared_audio(audio) else { return };
+            let Some(clip) = sup::shared_audio(audio) else {
+                return;
+            };
             let dir = sup::scratch("matrix");
             let out = dir.join("out.mp4");
             let stem = |s: &str| s.split('.').next().unwrap_or(s).to_string();
@@ -219,4 +233,134 @@ fn every_shared_image_lip_syncs_english_and_mandarin() {
             assert!(r >= 0.6, "{image} + {audio}: mouth opening vs envelope r = {r:.3}");
         }
     }
+}
+
+/// The decoded pictures of a video's coded frames, as they are (no frame-rate conversion), as
+/// one byte string each.
+fn coded_frames(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let out = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-i"])
+        .arg(path)
+        .args(["-map", "0:v:0", "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1"])
+        .output()
+        .expect("run ffmpeg");
+    assert!(out.status.success(), "decode {}", path.display());
+    out.stdout.chunks(256 * 256 * 3).map(|c| c.to_vec()).collect()
+}
+
+/// Mean absolute difference of two frames over every pixel and channel.
+fn mean_abs_diff(a: &RgbImage, b: &RgbImage) -> f64 {
+    a.data.iter().zip(&b.data).map(|(x, y)| (*x as f64 - *y as f64).abs()).sum::<f64>() / a.data.len() as f64
+}
+
+#[test]
+fn split_parts_join_into_the_whole_video_without_a_jump() {
+    use std::sync::{Arc, Mutex};
+    use vipavatar_pipeline::engine::AvatarInput;
+    use vipavatar_pipeline::video::{
+        generate_part, generate_streamed, split_parts, Fragment, GenerateRequest, PartMuxer,
+    };
+    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else {
+        return;
+    };
+    let Some(clip) = sup::shared_audio("RD_Radio31_000.wav") else {
+        return;
+    };
+    let dir = sup::scratch("split-parts");
+    // High quality keeps the encoder's noise well below a frame step.
+    let opts = GenerateOptions { quality: vipavatar_pipeline::engine::Quality::High, ..GenerateOptions::default() };
+    // Parts of about a third of the clip each, as the service would cut them.
+    let parts = split_parts(&clip, clip.duration_s() / 2.5).expect("the clip splits");
+    assert_eq!(parts.len(), 3, "{parts:?}");
+
+    let engine = ClassicEngine::new();
+    let part_out = dir.join("unused.mp4");
+    let req = GenerateRequest {
+        engine: &engine,
+        avatar: AvatarInput { image: &av.image, analysis: &av.analysis },
+        prepared: &av.prepared,
+        audio: &clip,
+        options: &opts,
+        features: None,
+        motion: None,
+        output: &part_out,
+        thumbnail: None,
+        contact_sheet: None,
+        close_loop: false,
+    };
+    let streams: Vec<Vec<u8>> = parts
+        .iter()
+        .map(|r| {
+            let bytes = Arc::new(Mutex::new(Vec::new()));
+            let b = bytes.clone();
+            let out =
+                generate_part(&req, r.clone(), Box::new(move |chunk| b.lock().unwrap().extend(chunk)), &mut |_| {})
+                    .expect("render a part");
+            assert_eq!(out.stats.frames, r.len());
+            assert!(out.motion.is_empty() && out.features.is_none(), "a part leaves nothing for the cache");
+            let v = bytes.lock().unwrap().clone();
+            v
+        })
+        .collect();
+    assert!(!part_out.exists(), "a part writes no MP4 of its own");
+    // The reference: the whole clip through the live path (the same encoder settings).
+    let whole_path = dir.join("whole.mp4");
+    generate_streamed(&GenerateRequest { output: &whole_path, ..req }, Some(Box::new(|_| {})), &mut |_| {})
+        .expect("whole video");
+
+    let joined_path = dir.join("joined.mp4");
+    let live = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let l = live.clone();
+    let muxer =
+        PartMuxer::new(&joined_path, &clip, Some(Box::new(move |f: Fragment| l.lock().unwrap().extend(f.bytes()))))
+            .expect("start the muxer");
+    let feed = muxer.feed().expect("feed");
+    for s in &streams {
+        for piece in s.chunks(7000) {
+            assert!(feed.push(piece.to_vec()));
+        }
+    }
+    drop(feed);
+    muxer.finish().expect("join the parts");
+    probe_matches_clip(&joined_path, &clip, 256, 256);
+    assert!(sup::is_faststart(&joined_path));
+
+    let whole = sup::decode_frames(&whole_path);
+    let joined = sup::decode_frames(&joined_path);
+    assert_eq!(joined.len(), whole.len());
+    let diffs: Vec<f64> = whole.iter().zip(&joined).map(|(a, b)| mean_abs_diff(a, b)).collect();
+    let worst = diffs.iter().copied().fold(0.0, f64::max);
+    let at = diffs.iter().position(|d| *d == worst).unwrap_or(0);
+    eprintln!(
+        "joined vs whole video: worst frame mean abs diff {worst:.2} at frame {at}, mean {:.2}",
+        diffs.iter().sum::<f64>() / diffs.len() as f64
+    );
+    assert!(worst < 2.0, "the joined parts show the whole clip's frames (worst mean abs diff {worst:.2})");
+    // ... in the same order: each joined frame is closer to the same whole frame than to its
+    // neighbours (a part shifted by a frame would not be).
+    let shifted: Vec<f64> = (1..whole.len()).map(|i| mean_abs_diff(&whole[i - 1], &joined[i])).collect();
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!("mean diff aligned {:.2}, shifted by one frame {:.2}", mean(&diffs), mean(&shifted));
+    assert!(mean(&diffs) < 0.8 * mean(&shifted), "the joined frames are not aligned with the whole video's");
+    // No jump at a border: the step into a part's first frame is like any other frame step.
+    let steps: Vec<f64> = joined.windows(2).map(|w| mean_abs_diff(&w[0], &w[1])).collect();
+    let borders: Vec<usize> = parts.iter().skip(1).map(|r| r.start).collect();
+    let mut ordinary: Vec<f64> =
+        steps.iter().enumerate().filter(|(i, _)| !borders.contains(&(i + 1))).map(|(_, s)| *s).collect();
+    ordinary.sort_by(f64::total_cmp);
+    let p95 = ordinary[ordinary.len() * 95 / 100];
+    for b in &borders {
+        let step = steps[b - 1];
+        eprintln!(
+            "border at frame {b}: step {step:.2} (ordinary p95 {p95:.2}, whole video there {:.2})",
+            mean_abs_diff(&whole[b - 1], &whole[*b])
+        );
+        assert!(step <= 1.5 * p95 + 0.5, "a jump at the part border {b}: {step:.2} vs ordinary p95 {p95:.2}");
+    }
+    // The live stream carries the same frames.
+    let live_path = dir.join("live.mp4");
+    std::fs::write(&live_path, live.lock().unwrap().as_slice()).expect("write the live stream");
+    let (streamed, file) = (coded_frames(&live_path), coded_frames(&joined_path));
+    assert_eq!(streamed.len(), clip.num_frames());
+    assert!(streamed == file, "the live stream's frames differ from the file's");
 }

@@ -4,6 +4,7 @@
 //! fragments to `stream:{session}`, store the video under `video:` and finish the session.
 
 use super::avatar::{ensure_analysis, ensure_prepared};
+use super::parts::{render_split, PartInput};
 use super::{counters, internal, JobContext, JobError, Tracker};
 use crate::blobs::BlobStore;
 use crate::errors::{ApiError, Code};
@@ -15,7 +16,7 @@ use tokio::sync::{mpsc, watch};
 use vipavatar_cache::{AudioHash, ImageHash, Key, Kind, Piece, SessionId};
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits, SAMPLE_RATE};
 use vipavatar_pipeline::engine::{AvatarInput, EngineKind, PreprocessMode};
-use vipavatar_pipeline::video::{generate_streamed, Fragment, FragmentSink, GenerateRequest};
+use vipavatar_pipeline::video::{generate_streamed, split_parts, Fragment, FragmentSink, GenerateRequest};
 
 /// `audio_features:{audio}`: each engine's features for this audio (engines differ in what they
 /// extract, and the key does not name the engine).
@@ -26,6 +27,11 @@ pub struct AudioFeaturesEntry {
 
 /// Progress reserved for the steps before rendering starts.
 const PRE_RENDER_PROGRESS: f32 = 0.1;
+
+/// Session progress when `share` (0..=1) of the frames are rendered.
+pub(super) fn render_progress(share: f32) -> f32 {
+    PRE_RENDER_PROGRESS + (0.98 - PRE_RENDER_PROGRESS) * share
+}
 
 /// How long a generate job waits for its avatar's precompute before computing what it needs
 /// itself.
@@ -115,39 +121,61 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     let (frag_tx, frag_rx) = mpsc::unbounded_channel::<Fragment>();
     let publisher = spawn_publisher(ctx, &rec, attempt, frag_rx, live_tx.clone());
     let (had_features, had_motion) = (features.is_some(), motion.is_some());
-    let (e, a, p, o, out) = (engine.clone(), avatar.clone(), prepared, rec.options.clone(), tmp.clone());
-    let progress_tx = live_tx.clone();
+    let split = match engine.renders_parts() {
+        true => split_parts(&clip, ctx.config.jobs.split_seconds),
+        false => None,
+    };
     let s = Instant::now();
-    let result = ctx
-        .model
-        .run(move || {
-            let req = GenerateRequest {
-                engine: e.as_ref(),
-                avatar: AvatarInput { image: &a.image, analysis: &a.analysis },
-                prepared: &p,
-                audio: &clip,
-                options: &o,
-                features: features.as_deref(),
-                motion: motion.as_deref(),
-                output: &out,
-                thumbnail: None,
-                contact_sheet: None,
-                close_loop: false,
+    let result = match split {
+        Some(parts) => {
+            let input = PartInput {
+                engine: engine.clone(),
+                avatar: avatar.clone(),
+                prepared: Arc::new(prepared),
+                clip: Arc::new(clip),
+                options: rec.options.clone(),
+                motion: motion.map(Arc::new),
             };
             let sink: FragmentSink = Box::new(move |f| {
                 let _ = frag_tx.send(f);
             });
-            generate_streamed(&req, Some(sink), &mut |pr| {
-                if pr.stage == "render" && pr.total > 0 {
-                    let f = pr.done as f32 / pr.total as f32;
-                    progress_tx.send_modify(|l| {
-                        l.progress = PRE_RENDER_PROGRESS + (0.98 - PRE_RENDER_PROGRESS) * f;
-                        l.frames_done = pr.done as u64;
+            render_split(ctx, &rec, attempt, input, parts, tmp.clone(), sink, live_tx.clone()).await
+        }
+        None => {
+            let (e, a, p, o, out) = (engine.clone(), avatar.clone(), prepared, rec.options.clone(), tmp.clone());
+            let progress_tx = live_tx.clone();
+            ctx.model
+                .run(move || {
+                    let req = GenerateRequest {
+                        engine: e.as_ref(),
+                        avatar: AvatarInput { image: &a.image, analysis: &a.analysis },
+                        prepared: &p,
+                        audio: &clip,
+                        options: &o,
+                        features: features.as_deref(),
+                        motion: motion.as_deref(),
+                        output: &out,
+                        thumbnail: None,
+                        contact_sheet: None,
+                        close_loop: false,
+                    };
+                    let sink: FragmentSink = Box::new(move |f| {
+                        let _ = frag_tx.send(f);
                     });
-                }
-            })
-        })
-        .await;
+                    generate_streamed(&req, Some(sink), &mut |pr| {
+                        if pr.stage == "render" && pr.total > 0 {
+                            let f = pr.done as f32 / pr.total as f32;
+                            progress_tx.send_modify(|l| {
+                                l.progress = render_progress(f);
+                                l.frames_done = pr.done as u64;
+                            });
+                        }
+                    })
+                })
+                .await
+                .map_err(JobError::from)
+        }
+    };
     // Every fragment is in Redis once the publisher has drained its channel (the encoder's sink,
     // and with it the sender, is gone when the model call returns).
     let published = publisher.await.map_err(internal)?;
@@ -156,7 +184,7 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     // the final session save below (one multiplexed connection keeps command order).
     writer.abort();
     let _ = writer.await;
-    let output = match result.map_err(JobError::from).and_then(|o| published.map(|_| o)) {
+    let output = match result.and_then(|o| published.map(|_| o)) {
         Ok(o) => o,
         Err(e) => {
             let _ = ctx.blobs.remove(&tmp).await;
@@ -175,7 +203,8 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
         features_entry.engines.push((rec.engine, f.clone()));
         ctx.cache.put(&fkey, &features_entry).await?;
     }
-    if !had_motion {
+    // A split session's parts planned only their own frames: nothing whole to cache.
+    if !had_motion && !output.motion.is_empty() {
         ctx.cache.incr(counters::MOTION_RUNS, 1).await?;
         ctx.cache.put(&mkey, &output.motion).await?;
     }
@@ -208,7 +237,7 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
 
 /// The session's decoded audio: the samples the API left under `audio_pcm:`, or (when they
 /// expired) the stored original decoded again.
-async fn load_audio(ctx: &JobContext, t: &mut Tracker, audio: &AudioHash) -> Result<AudioClip, JobError> {
+pub(super) async fn load_audio(ctx: &JobContext, t: &mut Tracker, audio: &AudioHash) -> Result<AudioClip, JobError> {
     if let Some(samples) = ctx.cache.get::<Vec<f32>>(&Key::audio_pcm(audio)).await? {
         t.hit(Kind::AudioPcm);
         return Ok(AudioClip { samples, sample_rate: SAMPLE_RATE });
@@ -225,10 +254,10 @@ async fn load_audio(ctx: &JobContext, t: &mut Tracker, audio: &AudioHash) -> Res
 
 /// What the progress writer publishes into the session while it renders.
 #[derive(Debug, Clone, Copy, Default)]
-struct Live {
-    progress: f32,
-    frames_done: u64,
-    first_frame_ms: Option<u64>,
+pub(super) struct Live {
+    pub progress: f32,
+    pub frames_done: u64,
+    pub first_frame_ms: Option<u64>,
 }
 
 /// Append the encoder's fragments to the session's stream in order; notes when the first media

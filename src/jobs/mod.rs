@@ -1,9 +1,11 @@
-//! Background jobs: typed job enum, the queue (Redis Streams), the worker loop, and the two job
-//! kinds (avatar precompute, video generation) with their cache-aware steps.
+//! Background jobs: typed job enum, the queue (Redis Streams), the worker loop, and the job
+//! kinds (avatar precompute, idle loop, video generation, one part of a long video) with their
+//! cache-aware steps.
 
 pub mod avatar;
 pub mod generate;
 pub mod model;
+pub mod parts;
 pub mod queue;
 pub mod registry;
 pub mod stale;
@@ -33,6 +35,8 @@ pub enum Job {
     Generate { session: SessionId },
     /// Render a ready avatar's idle loop and thumbnail (queued after its precompute).
     Idle { image: ImageHash, mode: PreprocessMode },
+    /// Render frames `start..end` of a split session (`attempt` of its generate job).
+    Part { session: SessionId, attempt: u32, index: usize, start: usize, end: usize },
 }
 
 /// How a job attempt ended badly.

@@ -4,6 +4,7 @@
 
 use super::avatar::{fail_precompute, run_idle, run_precompute};
 use super::generate::{fail_generate, run_generate};
+use super::parts::run_part;
 use super::{counters, Delivery, Job, JobContext, JobError, Queue};
 use crate::errors::{ApiError, Code};
 use futures_util::FutureExt;
@@ -86,6 +87,7 @@ async fn process(ctx: &JobContext, d: &Delivery) {
         Job::Precompute { .. } => "precompute",
         Job::Generate { .. } => "generate",
         Job::Idle { .. } => "idle",
+        Job::Part { .. } => "part",
     };
     let outcome = async {
         let mut outcome = "failed";
@@ -158,6 +160,9 @@ async fn run(ctx: &JobContext, job: &Job, attempt: u32) -> Result<(), JobError> 
         Job::Precompute { image, mode } => run_precompute(ctx, image, *mode).await,
         Job::Generate { session } => run_generate(ctx, session, attempt).await,
         Job::Idle { image, mode } => run_idle(ctx, image, *mode).await,
+        Job::Part { session, attempt, index, start, end } => {
+            run_part(ctx, session, *attempt, *index, *start..*end).await
+        }
     }
 }
 
@@ -169,6 +174,12 @@ async fn finish_failed(ctx: &JobContext, job: &Job, err: &JobError) {
         // The avatar itself is fine without its idle loop: log and move on.
         Job::Idle { image, .. } => {
             tracing::warn!(%image, error = %err.body().message, "the idle loop could not be rendered");
+            Ok(())
+        }
+        // The coordinator of the session sees the part's error in its stream (or renders the
+        // part itself).
+        Job::Part { session, index, .. } => {
+            tracing::warn!(%session, index, error = %err.body().message, "a part could not be rendered");
             Ok(())
         }
     };

@@ -1,6 +1,6 @@
 //! Separate worker processes sharing one Redis: a worker killed mid-job has its entry reclaimed
 //! by another and the session completes; a job that keeps failing is retried a bounded number
-//! of times and then fails with its stored error.
+//! of times and then fails with its stored error; a long clip renders in parts on two workers.
 
 use crate::helpers::*;
 use std::path::Path;
@@ -27,6 +27,7 @@ impl WorkerProcess {
             .env("VIPAVATAR_JOB_LEASE_SECS", config.jobs.job_lease_secs.to_string())
             .env("VIPAVATAR_JOB_MAX_ATTEMPTS", config.jobs.job_max_attempts.to_string())
             .env("VIPAVATAR_JOB_BACKOFF_MS", config.jobs.job_backoff_ms.to_string())
+            .env("VIPAVATAR_SPLIT_SECONDS", config.jobs.split_seconds.to_string())
             .env("RUST_LOG", "info")
             .env_remove("API_KEYS")
             .stdin(Stdio::null())
@@ -262,4 +263,91 @@ async fn an_api_node_without_models_serves_what_a_worker_process_renders() {
     assert_error(&got, 503, "no_worker");
     let (_, info) = app.get_json("/").await;
     assert_eq!(info["live_workers"].as_array().map(Vec::len), Some(1), "{info}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_clip_renders_in_parts_on_two_worker_processes() {
+    let Some(data) = testdata() else { return };
+    let app = spawn_app_with(0, |c| c.jobs.split_seconds = 4.0).await;
+    let dir = scratch("parts");
+    let _a = WorkerProcess::start(&app.config, &dir.join("worker-a.log"));
+    let _b = WorkerProcess::start(&app.config, &dir.join("worker-b.log"));
+    let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
+    // 16 s of speech: four parts of about 4 s.
+    let audio = dir.join("speech.wav");
+    let src = data.join("audio/RD_Radio31_000.wav");
+    ffmpeg(
+        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
+        &audio,
+    );
+    let (s, body) = app.generate(&id, read(&audio), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_string();
+    let (live, _, end) = read_stream(&app, &sid).await;
+    assert!(end.is_ok(), "the stream was cut: {end:?}");
+    let done = app.wait_session(&sid, Duration::from_secs(300)).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    assert_eq!((done["frames_total"].as_u64(), done["frames_done"].as_u64()), (Some(400), Some(400)), "{done}");
+    let stages = done["performance"]["stages"].as_object().expect("stages");
+    let parts: Vec<&String> = stages.keys().filter(|k| k.starts_with("part")).collect();
+    assert_eq!(parts.len(), 4, "{stages:?}");
+    assert!(parts.iter().any(|k| k.ends_with(".relayed")), "no part came from the other worker: {stages:?}");
+
+    let r = app.get(done["download_url"].as_str().unwrap()).await;
+    let file = dir.join("download.mp4");
+    std::fs::write(&file, r.bytes().await.unwrap()).unwrap();
+    let (duration, _, _, _, has_audio) = probe_mp4(&file);
+    assert!(has_audio && (duration - 16.0).abs() < 0.1, "{duration}");
+    let boxes = mp4_boxes(&std::fs::read(&file).unwrap());
+    assert!(boxes.iter().position(|b| b == "moov") < boxes.iter().position(|b| b == "mdat"), "faststart: {boxes:?}");
+    let path = dir.join("live.mp4");
+    std::fs::write(&path, &live).unwrap();
+    let (a, b) = (video_frame_md5s(&path), video_frame_md5s(&file));
+    assert_eq!(a.len(), 400);
+    assert!(a == b, "the joined stream's frames differ from the download's");
+    // The joined video is the unsplit one's: the same request with splitting off gives frames
+    // that differ by encoder noise only.
+    let whole = spawn_app_with(1, |c| {
+        c.jobs.split_seconds = 0.0;
+    })
+    .await;
+    let id2 = whole.ready_avatar(read(data.join("images/people_0.png"))).await;
+    let (s, body) = whole.generate(&id2, read(&audio), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let done = whole.wait_session(body["session_id"].as_str().unwrap(), Duration::from_secs(300)).await;
+    assert!(done["performance"]["stages"].as_object().unwrap().keys().all(|k| !k.starts_with("part")), "{done}");
+    let r = whole.get(done["download_url"].as_str().unwrap()).await;
+    let unsplit = dir.join("unsplit.mp4");
+    std::fs::write(&unsplit, r.bytes().await.unwrap()).unwrap();
+    let (x, y) = (gray_frames(&file), gray_frames(&unsplit));
+    assert_eq!(x.len(), y.len());
+    let diff =
+        |p: &[u8], q: &[u8]| p.iter().zip(q).map(|(a, b)| (*a as f64 - *b as f64).abs()).sum::<f64>() / p.len() as f64;
+    let aligned: f64 = x.iter().zip(&y).map(|(p, q)| diff(p, q)).sum::<f64>() / x.len() as f64;
+    let shifted: f64 = x.iter().skip(1).zip(&y).map(|(p, q)| diff(p, q)).sum::<f64>() / (x.len() - 1) as f64;
+    assert!(aligned < 0.8 * shifted, "split vs unsplit: aligned diff {aligned:.2}, shifted by a frame {shifted:.2}");
+}
+
+/// Every frame of a video as 8-bit gray, 64x64 (enough to compare two renders).
+fn gray_frames(path: &Path) -> Vec<Vec<u8>> {
+    let out = Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-i"])
+        .arg(path)
+        .args([
+            "-map",
+            "0:v:0",
+            "-fps_mode",
+            "passthrough",
+            "-vf",
+            "scale=64:64",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "gray",
+            "pipe:1",
+        ])
+        .output()
+        .expect("ffmpeg");
+    assert!(out.status.success());
+    out.stdout.chunks(64 * 64).map(|c| c.to_vec()).collect()
 }

@@ -120,11 +120,13 @@ pub fn formants(a: &[f32], sample_rate: f32) -> Option<(f32, f32)> {
     const TOP_HZ: f32 = 3500.0;
     let env: Vec<f32> = (0..BINS)
         .map(|b| {
+            // A(e^-jw) = sum a_k e^-jwk by Horner's rule: one sine and cosine per bin instead
+            // of one per coefficient (this loop dominated the lip-sync analysis).
             let w = 2.0 * PI * (b as f32 * TOP_HZ / BINS as f32) / sample_rate;
+            let (zr, zi) = (w.cos(), -w.sin());
             let (mut re, mut im) = (0.0f32, 0.0f32);
-            for (k, c) in a.iter().enumerate() {
-                re += c * (w * k as f32).cos();
-                im -= c * (w * k as f32).sin();
+            for c in a.iter().rev() {
+                (re, im) = (re * zr - im * zi + c, re * zi + im * zr);
             }
             1.0 / (re * re + im * im).max(1e-12)
         })

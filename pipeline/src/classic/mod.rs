@@ -185,6 +185,10 @@ impl Engine for ClassicEngine {
         Ok(Some((encode(&track)?, track.frames.len())))
     }
 
+    fn renders_parts(&self) -> bool {
+        true
+    }
+
     fn stream<'a>(
         &'a self,
         avatar: AvatarInput<'a>,

@@ -29,7 +29,12 @@ enum Source<'a> {
 /// The classic engine's motion stream.
 pub struct ClassicMotion<'a> {
     source: Source<'a>,
+    /// Frames this stream hands out (the part's, or the whole clip's).
     total: usize,
+    /// The clip frame after the last one handed out.
+    end: usize,
+    /// Only a part of the clip: its blobs are not the clip's and are not left for the cache.
+    part: bool,
     frames: Vec<FrameMotion>,
     /// Milliseconds spent analysing + planning.
     pub busy_ms: f64,
@@ -69,16 +74,54 @@ impl<'a> ClassicMotion<'a> {
                 }
             }
         };
-        let total = match &source {
+        let clip_frames = match &source {
             Source::Analyse { lips, .. } => lips.total(),
             Source::Features { lips, .. } => lips.len(),
             Source::Replay { track, .. } => track.frames.len(),
         };
-        Ok(Self { source, total, frames: Vec::with_capacity(total), busy_ms: 0.0 })
+        let range = input.frames.map(|(a, b)| a..b).unwrap_or(0..clip_frames);
+        if range.start >= range.end || range.end > clip_frames {
+            return Err(PipelineError::Internal(format!(
+                "frames {}..{} are not a part of a {clip_frames}-frame clip",
+                range.start, range.end
+            )));
+        }
+        let total = range.len();
+        let mut me = Self {
+            source,
+            total,
+            end: range.end,
+            part: input.frames.is_some(),
+            frames: Vec::with_capacity(total),
+            busy_ms: 0.0,
+        };
+        // A part starts where the whole clip's motion is at its first frame: plan (or skip) the
+        // frames before it, so every part of one clip follows the same plan.
+        match &mut me.source {
+            Source::Replay { pos, .. } => *pos = range.start,
+            _ if range.start > 0 => {
+                me.next_frames(range.start);
+                me.frames.clear();
+            }
+            _ => {}
+        }
+        Ok(me)
+    }
+
+    /// The clip frame the next chunk starts at.
+    fn position(&self) -> usize {
+        match &self.source {
+            Source::Analyse { planner, .. } | Source::Features { planner, .. } => planner.emitted(),
+            Source::Replay { pos, .. } => *pos,
+        }
     }
 
     /// The motion of the next `frames` frames (empty at the end).
     pub fn next_frames(&mut self, frames: usize) -> Vec<FrameMotion> {
+        let frames = frames.min(self.end.saturating_sub(self.position()));
+        if frames == 0 {
+            return Vec::new();
+        }
         let t = Instant::now();
         let out = match &mut self.source {
             Source::Analyse { lips, planner } => {
@@ -91,7 +134,7 @@ impl<'a> ClassicMotion<'a> {
                 planner.emit(lips, upto)
             }
             Source::Replay { track, pos } => {
-                let end = (*pos + frames).min(track.frames.len());
+                let end = *pos + frames;
                 let out = track.frames[*pos..end].to_vec();
                 *pos = end;
                 out
@@ -117,6 +160,9 @@ impl MotionStream for ClassicMotion<'_> {
     }
 
     fn finish(self: Box<Self>) -> Result<StreamBlobs> {
+        if self.part {
+            return Ok(StreamBlobs::default());
+        }
         let features = match self.source {
             Source::Analyse { lips, .. } => Some(encode(&lips.into_track())?),
             Source::Features { .. } | Source::Replay { .. } => None,
@@ -192,5 +238,63 @@ impl ChunkRenderer for ClassicRenderer {
 
     fn stage_ms(&self) -> Vec<(String, f64)> {
         vec![("render_setup".into(), self.setup_ms), ("render".into(), self.render_ms), ("sink".into(), self.sink_ms)]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audio::AudioClip;
+    use crate::face::HeadPose;
+
+    /// Syllable-like bursts of a buzzy tone, 6 s.
+    fn speechy() -> AudioClip {
+        let sr = 16000;
+        let samples = (0..6 * sr)
+            .map(|i| {
+                let ts = i as f32 / sr as f32;
+                let env = ((ts * 3.1).sin().max(0.0) * (ts * 0.7).cos().abs()).powi(2);
+                0.3 * env * (2.0 * std::f32::consts::PI * (140.0 + 30.0 * ts) * ts).sin().powi(3)
+            })
+            .collect();
+        AudioClip { samples, sample_rate: sr as u32 }
+    }
+
+    fn all_frames(
+        prepared: &PreparedAvatar,
+        clip: &AudioClip,
+        frames: Option<(usize, usize)>,
+        motion: Option<&[u8]>,
+    ) -> Vec<FrameMotion> {
+        let input = MotionInput { clip, features: None, motion, frames };
+        let mut m = ClassicMotion::new(prepared, input, &GenerateOptions::default()).expect("motion stream");
+        let mut out = Vec::new();
+        loop {
+            let chunk = m.next_frames(11);
+            if chunk.is_empty() {
+                break;
+            }
+            out.extend(chunk);
+        }
+        assert_eq!(out.len(), m.total_frames());
+        out
+    }
+
+    #[test]
+    fn a_part_has_the_whole_clips_motion_for_its_frames() {
+        let gestures = GestureSet::build(&HeadPose::default(), 1);
+        let prepared = PreparedAvatar { parts: vec![(StateKind::Gestures, encode(&gestures).expect("encode"))] };
+        let clip = speechy();
+        let whole = all_frames(&prepared, &clip, None, None);
+        assert_eq!(whole.len(), clip.num_frames());
+        let cached = encode(&MotionTrack { fps: super::super::lipsync::FPS, frames: whole.clone() }).expect("encode");
+        for (a, b) in [(0, 40), (37, 101), (101, whole.len())] {
+            assert!(all_frames(&prepared, &clip, Some((a, b)), None) == whole[a..b], "analysed part {a}..{b}");
+            assert!(all_frames(&prepared, &clip, Some((a, b)), Some(&cached)) == whole[a..b], "cached part {a}..{b}");
+        }
+        for bad in [(5, 5), (10, whole.len() + 1)] {
+            let input = MotionInput { clip: &clip, features: None, motion: None, frames: Some(bad) };
+            assert!(ClassicMotion::new(&prepared, input, &GenerateOptions::default()).is_err(), "{bad:?}");
+        }
     }
 }

@@ -3,6 +3,8 @@
 //! raw f32 file next to the output, and the MP4 gets `+faststart`. With a live stream, one encode
 //! feeds ffmpeg's tee muxer: the faststart file and a fragmented MP4 on stdout (a keyframe and a
 //! fragment at every chunk start), split into fragments by a reader thread as they are written.
+//! A part of a split session is encoded to a bare H.264 stream instead (no audio, no container),
+//! which [`super::join`] muxes with the whole soundtrack.
 
 use super::fmp4::{Fragment, FragmentSplitter};
 use crate::audio::AudioClip;
@@ -11,7 +13,7 @@ use crate::error::{PipelineError, Result};
 use crate::image::RgbImage;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
@@ -32,6 +34,9 @@ pub fn crf(quality: Quality) -> u32 {
 /// Receives the live stream's pieces, in order, on the encoder's reader thread.
 pub type FragmentSink = Box<dyn FnMut(Fragment) + Send>;
 
+/// Receives a bare H.264 (Annex B) stream in arbitrary pieces, in order.
+pub type ByteSink = Box<dyn FnMut(Vec<u8>) + Send>;
+
 /// What the encoder needs to know up front.
 pub struct EncoderConfig {
     pub output: PathBuf,
@@ -48,6 +53,9 @@ pub struct EncoderConfig {
     /// A constant quantizer instead of a constant rate factor, so the same picture is encoded
     /// the same wherever it occurs (the two ends of a loop).
     pub constant_quantizer: bool,
+    /// Write a bare H.264 stream to this sink instead of an MP4 (`output`, `stream` and the
+    /// soundtrack are then unused): one part of a split session.
+    pub elementary: Option<ByteSink>,
 }
 
 impl EncoderConfig {
@@ -60,6 +68,7 @@ impl EncoderConfig {
             keyframes: Vec::new(),
             zero_latency: false,
             constant_quantizer: false,
+            elementary: None,
         }
     }
 }
@@ -76,88 +85,35 @@ fn tee_escape(path: &Path) -> String {
     out
 }
 
-/// A running ffmpeg process fed by a writer thread.
-struct Running {
+/// What reads ffmpeg's stdout: runs on its own thread, returns how many pieces it handed on.
+pub(crate) type StdoutReader = Box<dyn FnOnce(ChildStdout) -> Result<usize> + Send>;
+
+/// A running ffmpeg process: a writer thread feeds its stdin from a bounded queue (buffers come
+/// back for reuse), a thread collects its stderr, and an optional thread reads its stdout.
+pub(crate) struct Ffmpeg {
     child: Child,
-    width: u32,
-    height: u32,
     tx: Option<SyncSender<Vec<u8>>>,
     recycled: Receiver<Vec<u8>>,
     writer: Option<JoinHandle<std::io::Result<()>>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
-    /// Live stream reader: fragments published, or why the stream broke.
     reader: Option<JoinHandle<Result<usize>>>,
 }
 
-/// MP4 encoder; starts ffmpeg on the first frame (when the frame size is known).
-pub struct Mp4Encoder {
-    config: EncoderConfig,
-    audio_path: PathBuf,
-    running: Option<Running>,
-    frames: usize,
-}
-
-impl Mp4Encoder {
-    /// Prepare an encoder writing `config.output` with `audio` as its soundtrack.
-    pub fn new(config: EncoderConfig, audio: &AudioClip) -> Result<Self> {
-        let mut audio_path = config.output.clone().into_os_string();
-        audio_path.push(".audio.f32");
-        let audio_path = PathBuf::from(audio_path);
-        let bytes: Vec<u8> = audio.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-        std::fs::write(&audio_path, bytes).map_err(|e| PipelineError::io("write the soundtrack for ffmpeg", e))?;
-        Ok(Self { config, audio_path, running: None, frames: 0 })
-    }
-
-    /// Frames accepted so far.
-    pub fn frames(&self) -> usize {
-        self.frames
-    }
-
-    fn start(&mut self, width: u32, height: u32) -> Result<()> {
-        if width & 1 != 0 || height & 1 != 0 || width == 0 || height == 0 {
-            return Err(PipelineError::Encode(format!("frame size {width}x{height} must be even and non-zero")));
-        }
-        let mut cmd = Command::new("ffmpeg");
-        cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}")])
-            .args(["-framerate", &FPS.to_string(), "-i", "pipe:0"])
-            .args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
-            .arg(&self.audio_path)
-            .args(["-map", "0:v:0", "-map", "1:a:0"])
-            .args(["-c:v", "libx264", "-preset", &self.config.preset])
-            .args([if self.config.constant_quantizer { "-qp" } else { "-crf" }, &crf(self.config.quality).to_string()])
-            .args(["-pix_fmt", "yuv420p", "-r", &FPS.to_string()]);
-        if !self.config.keyframes.is_empty() {
-            let times: Vec<String> =
-                self.config.keyframes.iter().map(|&f| format!("{:.3}", f as f64 / FPS as f64)).collect();
-            cmd.args(["-force_key_frames", &times.join(",")]).args(["-g", "100000", "-sc_threshold", "0"]);
-        }
-        cmd.args(["-c:a", "aac", "-b:a", "96k"]);
-        let live = self.config.stream.is_some();
-        if live || self.config.zero_latency {
-            // Live: a fragment is complete as soon as the next chunk's keyframe is encoded.
-            cmd.args(["-tune", "zerolatency"]);
-        }
-        if live {
-            cmd.args(["-flags", "+global_header", "-f", "tee"]).arg(format!(
-                "[f=mp4:movflags=+faststart]{}|[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1]pipe:1",
-                tee_escape(&self.config.output)
-            ));
-        } else {
-            cmd.args(["-movflags", "+faststart", "-f", "mp4"]).arg(&self.config.output);
-        }
+impl Ffmpeg {
+    /// Start `cmd` (stdin, stderr and, with a reader, stdout piped).
+    pub(crate) fn spawn(mut cmd: Command, reader: Option<StdoutReader>) -> Result<Self> {
         let mut child = cmd
             .stdin(Stdio::piped())
-            .stdout(if live { Stdio::piped() } else { Stdio::null() })
+            .stdout(if reader.is_some() { Stdio::piped() } else { Stdio::null() })
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| PipelineError::io("start ffmpeg (is it installed?)", e))?;
-        let reader = match (self.config.stream.take(), child.stdout.take()) {
-            (Some(sink), Some(out)) => Some(
+        let reader = match (reader, child.stdout.take()) {
+            (Some(read), Some(out)) => Some(
                 std::thread::Builder::new()
-                    .name("ffmpeg-fragments".into())
-                    .spawn(move || read_fragments(out, sink))
-                    .map_err(|e| PipelineError::io("spawn the fragment reader", e))?,
+                    .name("ffmpeg-stdout".into())
+                    .spawn(move || read(out))
+                    .map_err(|e| PipelineError::io("spawn the ffmpeg output reader", e))?,
             ),
             _ => None,
         };
@@ -179,60 +135,175 @@ impl Mp4Encoder {
             .name("ffmpeg-writer".into())
             .spawn(move || write_frames(stdin, rx, back_tx))
             .map_err(|e| PipelineError::io("spawn ffmpeg writer", e))?;
-        self.running = Some(Running {
-            child,
-            width,
-            height,
-            tx: Some(tx),
-            recycled,
-            writer: Some(writer),
-            stderr: Some(stderr),
-            reader,
-        });
-        Ok(())
+        Ok(Self { child, tx: Some(tx), recycled, writer: Some(writer), stderr: Some(stderr), reader })
     }
 
-    /// Close the video stream, wait for ffmpeg and check that it succeeded.
-    pub fn finish(mut self) -> Result<usize> {
-        let Some(mut run) = self.running.take() else {
-            return Err(PipelineError::Encode("no frames were rendered".into()));
-        };
-        drop(run.tx.take());
-        let write_result = run.writer.take().map(|w| w.join());
-        let status = run.child.wait().map_err(|e| PipelineError::io("wait for ffmpeg", e))?;
-        let stderr = run.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
-        let log = String::from_utf8_lossy(&stderr).trim().chars().take(600).collect::<String>();
+    /// An empty buffer, reused from an earlier write when one came back.
+    pub(crate) fn buffer(&self) -> Vec<u8> {
+        let mut buf = self.recycled.try_recv().unwrap_or_default();
+        buf.clear();
+        buf
+    }
+
+    /// Queue `buf` for ffmpeg's stdin; on `false` ffmpeg stopped reading (see [`Self::fail`]).
+    pub(crate) fn send(&self, buf: Vec<u8>) -> bool {
+        self.tx.as_ref().map(|tx| tx.send(buf).is_ok()).unwrap_or(false)
+    }
+
+    /// A second handle on the stdin queue (for a feeder on another thread).
+    pub(crate) fn sender(&self) -> Option<SyncSender<Vec<u8>>> {
+        self.tx.clone()
+    }
+
+    /// Close stdin, wait for ffmpeg and every thread, and check that all of them succeeded.
+    pub(crate) fn finish(mut self) -> Result<()> {
+        drop(self.tx.take());
+        let write_result = self.writer.take().map(|w| w.join());
+        let status = self.child.wait().map_err(|e| PipelineError::io("wait for ffmpeg", e))?;
+        let log = self.log();
         if !status.success() {
             return Err(PipelineError::Encode(format!("ffmpeg exited with {status}: {log}")));
         }
         match write_result {
             Some(Ok(Ok(()))) | None => {}
-            Some(Ok(Err(e))) => {
-                return Err(PipelineError::Encode(format!("writing frames to ffmpeg failed: {e}; {log}")))
-            }
-            Some(Err(_)) => return Err(PipelineError::Encode("the frame writer thread panicked".into())),
+            Some(Ok(Err(e))) => return Err(PipelineError::Encode(format!("writing to ffmpeg failed: {e}; {log}"))),
+            Some(Err(_)) => return Err(PipelineError::Encode("the ffmpeg writer thread panicked".into())),
         }
-        match run.reader.take().map(|r| r.join()) {
-            None | Some(Ok(Ok(_))) => {}
-            Some(Ok(Err(e))) => return Err(e),
-            Some(Err(_)) => return Err(PipelineError::Encode("the fragment reader thread panicked".into())),
+        match self.reader.take().map(|r| r.join()) {
+            None | Some(Ok(Ok(_))) => Ok(()),
+            Some(Ok(Err(e))) => Err(e),
+            Some(Err(_)) => Err(PipelineError::Encode("the ffmpeg output reader thread panicked".into())),
         }
-        Ok(self.frames)
     }
 
-    fn fail(&mut self) -> PipelineError {
-        // The writer stopped: ffmpeg died. Collect its reason.
-        if let Some(mut run) = self.running.take() {
-            drop(run.tx.take());
-            let _ = run.child.kill();
-            let _ = run.child.wait();
-            let _ = run.writer.take().map(|w| w.join());
-            let _ = run.reader.take().map(|r| r.join());
-            let stderr = run.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
-            let log = String::from_utf8_lossy(&stderr).trim().chars().take(600).collect::<String>();
-            return PipelineError::Encode(format!("ffmpeg stopped accepting frames: {log}"));
+    /// ffmpeg stopped accepting input: stop it and say why.
+    pub(crate) fn fail(mut self) -> PipelineError {
+        self.stop();
+        PipelineError::Encode(format!("ffmpeg stopped accepting input: {}", self.log()))
+    }
+
+    fn log(&mut self) -> String {
+        let stderr = self.stderr.take().and_then(|h| h.join().ok()).unwrap_or_default();
+        String::from_utf8_lossy(&stderr).trim().chars().take(600).collect()
+    }
+
+    fn stop(&mut self) {
+        drop(self.tx.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = self.writer.take().map(|w| w.join());
+        let _ = self.reader.take().map(|r| r.join());
+    }
+}
+
+impl Drop for Ffmpeg {
+    fn drop(&mut self) {
+        if self.tx.is_some() {
+            self.stop();
         }
-        PipelineError::Encode("encoder is not running".into())
+    }
+}
+
+/// MP4 encoder; starts ffmpeg on the first frame (when the frame size is known).
+pub struct Mp4Encoder {
+    config: EncoderConfig,
+    audio_path: Option<PathBuf>,
+    running: Option<(Ffmpeg, u32, u32)>,
+    frames: usize,
+}
+
+/// Write `audio` as raw little-endian f32 next to `output` (ffmpeg's soundtrack input).
+pub(crate) fn write_soundtrack(output: &Path, audio: &AudioClip) -> Result<PathBuf> {
+    let mut path = output.as_os_str().to_owned();
+    path.push(".audio.f32");
+    let path = PathBuf::from(path);
+    let bytes: Vec<u8> = audio.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+    std::fs::write(&path, bytes).map_err(|e| PipelineError::io("write the soundtrack for ffmpeg", e))?;
+    Ok(path)
+}
+
+/// The x264 settings every encode shares (parts of one video must match, so they live here).
+pub(crate) fn x264_args(cmd: &mut Command, config: &EncoderConfig) {
+    cmd.args(["-c:v", "libx264", "-preset", &config.preset])
+        .args([if config.constant_quantizer { "-qp" } else { "-crf" }, &crf(config.quality).to_string()])
+        .args(["-pix_fmt", "yuv420p", "-r", &FPS.to_string()]);
+    if !config.keyframes.is_empty() {
+        let times: Vec<String> = config.keyframes.iter().map(|&f| format!("{:.3}", f as f64 / FPS as f64)).collect();
+        cmd.args(["-force_key_frames", &times.join(",")]).args(["-g", "100000", "-sc_threshold", "0"]);
+    }
+    if config.stream.is_some() || config.elementary.is_some() || config.zero_latency {
+        // Live: a fragment is complete as soon as the next chunk's keyframe is encoded.
+        cmd.args(["-tune", "zerolatency"]);
+    }
+}
+
+/// The tee output of a live encode: the faststart file and a fragmented MP4 on stdout.
+pub(crate) fn tee_output(output: &Path) -> String {
+    format!(
+        "[f=mp4:movflags=+faststart]{}|[f=mp4:movflags=+frag_keyframe+empty_moov+default_base_moof:flush_packets=1]pipe:1",
+        tee_escape(output)
+    )
+}
+
+impl Mp4Encoder {
+    /// Prepare an encoder writing `config.output` with `audio` as its soundtrack.
+    pub fn new(config: EncoderConfig, audio: &AudioClip) -> Result<Self> {
+        let audio_path = match config.elementary {
+            Some(_) => None,
+            None => Some(write_soundtrack(&config.output, audio)?),
+        };
+        Ok(Self { config, audio_path, running: None, frames: 0 })
+    }
+
+    /// Frames accepted so far.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    fn start(&mut self, width: u32, height: u32) -> Result<()> {
+        if width & 1 != 0 || height & 1 != 0 || width == 0 || height == 0 {
+            return Err(PipelineError::Encode(format!("frame size {width}x{height} must be even and non-zero")));
+        }
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}")])
+            .args(["-framerate", &FPS.to_string(), "-i", "pipe:0"]);
+        let reader: Option<StdoutReader> = if self.config.elementary.is_some() {
+            // Bare H.264 carries no timestamps: the frames must be coded in display order,
+            // which zero latency (no B-frames) guarantees.
+            x264_args(&mut cmd, &self.config);
+            cmd.args(["-bf", "0", "-an", "-f", "h264", "pipe:1"]);
+            let sink = self.config.elementary.take().ok_or_else(|| PipelineError::Internal("no sink".into()))?;
+            Some(Box::new(move |out| read_bytes(out, sink)))
+        } else {
+            let audio = self.audio_path.as_ref().ok_or_else(|| PipelineError::Internal("no soundtrack".into()))?;
+            cmd.args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
+                .arg(audio)
+                .args(["-map", "0:v:0", "-map", "1:a:0"]);
+            x264_args(&mut cmd, &self.config);
+            cmd.args(["-c:a", "aac", "-b:a", "96k"]);
+            match self.config.stream.take() {
+                Some(sink) => {
+                    cmd.args(["-flags", "+global_header", "-f", "tee"]).arg(tee_output(&self.config.output));
+                    Some(Box::new(move |out| read_fragments(out, sink)))
+                }
+                None => {
+                    cmd.args(["-movflags", "+faststart", "-f", "mp4"]).arg(&self.config.output);
+                    None
+                }
+            }
+        };
+        self.running = Some((Ffmpeg::spawn(cmd, reader)?, width, height));
+        Ok(())
+    }
+
+    /// Close the video stream, wait for ffmpeg and check that it succeeded.
+    pub fn finish(mut self) -> Result<usize> {
+        let Some((ffmpeg, _, _)) = self.running.take() else {
+            return Err(PipelineError::Encode("no frames were rendered".into()));
+        };
+        ffmpeg.finish()?;
+        Ok(self.frames)
     }
 }
 
@@ -241,21 +312,20 @@ impl FrameSink for Mp4Encoder {
         if self.running.is_none() {
             self.start(frame.width, frame.height)?;
         }
-        let Some(run) = self.running.as_mut() else {
+        let Some((ffmpeg, width, height)) = self.running.as_ref() else {
             return Err(PipelineError::Encode("encoder is not running".into()));
         };
-        if (frame.width, frame.height) != (run.width, run.height) {
+        if (frame.width, frame.height) != (*width, *height) {
             return Err(PipelineError::Encode(format!(
                 "frame {}x{} differs from the stream's {}x{}",
-                frame.width, frame.height, run.width, run.height
+                frame.width, frame.height, width, height
             )));
         }
-        let mut buf = run.recycled.try_recv().unwrap_or_default();
-        buf.clear();
+        let mut buf = ffmpeg.buffer();
         buf.extend_from_slice(&frame.data);
-        let sent = run.tx.as_ref().map(|tx| tx.send(buf).is_ok()).unwrap_or(false);
-        if !sent {
-            return Err(self.fail());
+        if !ffmpeg.send(buf) {
+            let (ffmpeg, _, _) = self.running.take().expect("running was just checked");
+            return Err(ffmpeg.fail());
         }
         self.frames += 1;
         Ok(())
@@ -264,14 +334,10 @@ impl FrameSink for Mp4Encoder {
 
 impl Drop for Mp4Encoder {
     fn drop(&mut self) {
-        if let Some(mut run) = self.running.take() {
-            drop(run.tx.take());
-            let _ = run.child.kill();
-            let _ = run.child.wait();
-            let _ = run.writer.take().map(|w| w.join());
-            let _ = run.reader.take().map(|r| r.join());
+        drop(self.running.take());
+        if let Some(p) = &self.audio_path {
+            let _ = std::fs::remove_file(p);
         }
-        let _ = std::fs::remove_file(&self.audio_path);
     }
 }
 
@@ -284,7 +350,7 @@ fn write_frames(mut stdin: ChildStdin, rx: Receiver<Vec<u8>>, back: mpsc::Sender
 }
 
 /// Read ffmpeg's fragmented stdout and hand each finished piece to `sink`.
-fn read_fragments(mut out: std::process::ChildStdout, mut sink: FragmentSink) -> Result<usize> {
+pub(crate) fn read_fragments(mut out: ChildStdout, mut sink: FragmentSink) -> Result<usize> {
     let mut splitter = FragmentSplitter::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut count = 0;
@@ -303,4 +369,19 @@ fn read_fragments(mut out: std::process::ChildStdout, mut sink: FragmentSink) ->
         count += 1;
     }
     Ok(count)
+}
+
+/// Hand ffmpeg's stdout to `sink` as it arrives.
+fn read_bytes(mut out: ChildStdout, mut sink: ByteSink) -> Result<usize> {
+    let mut count = 0;
+    loop {
+        let mut buf = vec![0u8; 64 * 1024];
+        let n = out.read(&mut buf).map_err(|e| PipelineError::io("read the H.264 stream from ffmpeg", e))?;
+        if n == 0 {
+            return Ok(count);
+        }
+        buf.truncate(n);
+        sink(buf);
+        count += 1;
+    }
 }

@@ -2,7 +2,7 @@
 //! MP4 (+ optional live fragmented stream, JPEG thumbnail, contact sheet) + timings, in chunks
 //! whose analysis, rendering and encoding overlap.
 
-use super::encoder::{EncoderConfig, FragmentSink, Mp4Encoder, FPS};
+use super::encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
 use super::fmp4::Fragment;
 use super::sheet::{write_jpeg, ContactSheet};
 use crate::audio::{decode_audio, AudioClip, AudioLimits};
@@ -11,6 +11,7 @@ use crate::error::{PipelineError, Result};
 use crate::image::RgbImage;
 use crate::precompute::{ImageLimits, Precomputer};
 use serde::{Deserialize, Serialize};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -121,10 +122,50 @@ pub fn generate_streamed(
     stream: Option<FragmentSink>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<GenerateOutput> {
+    run_chunks(req, Output::Mp4 { stream }, progress)
+}
+
+/// One part of a split session: frames `frames` of the clip (their motion equal to the whole
+/// clip's), encoded as a bare H.264 stream into `sink` (no soundtrack: [`super::join`] adds the
+/// whole clip's). `req.output` is unused; `req.motion`, when given, is the whole clip's motion.
+/// The blobs returned are empty (a part's are not the clip's).
+pub fn generate_part(
+    req: &GenerateRequest<'_>,
+    frames: Range<usize>,
+    sink: ByteSink,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<GenerateOutput> {
+    if !req.engine.renders_parts() {
+        return Err(PipelineError::Internal(format!(
+            "the {} engine cannot render one part of a clip",
+            req.engine.kind().as_str()
+        )));
+    }
+    run_chunks(req, Output::Part { frames, sink }, progress)
+}
+
+/// Where [`run_chunks`] sends the encoded video.
+enum Output {
+    /// The faststart MP4 at `req.output` (+ the live fragments).
+    Mp4 { stream: Option<FragmentSink> },
+    /// A part's bare H.264 stream.
+    Part { frames: Range<usize>, sink: ByteSink },
+}
+
+fn run_chunks(req: &GenerateRequest<'_>, output: Output, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
     let t0 = Instant::now();
     req.engine.check_options(req.options)?;
     let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
-    let input = MotionInput { clip: req.audio, features: req.features, motion: req.motion };
+    let (stream, elementary, frames) = match output {
+        Output::Mp4 { stream } => (stream, None, None),
+        Output::Part { frames, sink } => (None, Some(sink), Some(frames)),
+    };
+    let input = MotionInput {
+        clip: req.audio,
+        features: req.features,
+        motion: req.motion,
+        frames: frames.as_ref().map(|r| (r.start, r.end)),
+    };
     let (motion_stream, mut renderer) = stream_parts(req.engine, req.avatar, req.prepared, input, req.options)?;
     let total = motion_stream.total_frames();
     if total == 0 {
@@ -151,6 +192,7 @@ pub fn generate_streamed(
     }
     let config = EncoderConfig {
         stream,
+        elementary,
         keyframes,
         zero_latency: req.close_loop,
         constant_quantizer: req.close_loop,
@@ -214,6 +256,7 @@ pub fn generate_streamed(
     drop(renderer);
     let Tee { encoder, sheet, first, first_ms, .. } = sink;
     let t = Instant::now();
+    let part = frames;
     let frames = encoder.finish()?;
     stage_ms.push(("encode_finish".into(), ms_since(t)));
     let first = first.ok_or_else(|| PipelineError::Encode("no frames were rendered".into()))?;
@@ -224,7 +267,10 @@ pub fn generate_streamed(
         sheet.write_png(path)?;
     }
     let total_ms = ms_since(t0);
-    let audio_seconds = req.audio.duration_s();
+    let audio_seconds = match &part {
+        Some(r) => r.len() as f64 / FPS as f64,
+        None => req.audio.duration_s(),
+    };
     progress(Progress { stage: "done", done: frames, total: frames });
     let first_fragment_ms = match first_fragment.load(Ordering::Relaxed) {
         u64::MAX => None,

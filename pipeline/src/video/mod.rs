@@ -1,18 +1,21 @@
 //! Video output: the ffmpeg H.264/AAC MP4 encoder ([`encoder`]), fragmented-MP4 splitting
 //! ([`fmp4`]), thumbnail and contact sheet
-//! ([`sheet`]), and the generate orchestration used by the CLI and the service ([`generate`]).
+//! ([`sheet`]), the generate orchestration used by the CLI and the service ([`generate`]), and
+//! the joining of a split session's parts ([`join`]).
 
 pub mod encoder;
 pub mod fmp4;
 pub mod generate;
 pub mod idle;
+pub mod join;
 pub mod sheet;
 
-pub use encoder::{EncoderConfig, FragmentSink, Mp4Encoder, FPS};
+pub use encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
 pub use fmp4::{Fragment, FragmentSplitter};
 pub use generate::{
-    chunk_starts, generate_local, generate_streamed, generate_video, GenerateOutput, GenerateRequest, GenerateStats,
-    LocalGenerate, Progress,
+    chunk_starts, generate_local, generate_part, generate_streamed, generate_video, GenerateOutput, GenerateRequest,
+    GenerateStats, LocalGenerate, Progress,
 };
 pub use idle::render_idle;
+pub use join::{split_parts, MuxFeed, PartMuxer};
 pub use sheet::{write_jpeg, ContactSheet};
