@@ -272,7 +272,7 @@ impl Mp4Encoder {
             // Bare H.264 carries no timestamps: the frames must be coded in display order,
             // which zero latency (no B-frames) guarantees.
             x264_args(&mut cmd, &self.config);
-            cmd.args(["-bf", "0", "-an", "-f", "h264", "pipe:1"]);
+            cmd.args(["-bf", "0", "-an", "-flush_packets", "1", "-f", "h264", "pipe:1"]);
             let sink = self.config.elementary.take().ok_or_else(|| PipelineError::Internal("no sink".into()))?;
             Some(Box::new(move |out| read_bytes(out, sink)))
         } else {
