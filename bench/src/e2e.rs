@@ -5,11 +5,12 @@
 //! each request: the server then does exactly what a cache-less server would (upload,
 //! precompute, prepare, features, motion, render, encode).
 
-use super::http::{Client, Form};
-use super::inputs::{image_variant, wav, Clip, Variants};
-use super::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
-use crate::{Application, Config};
+use crate::http::{file_part, Client};
+use crate::inputs::{image_variant, wav, Clip, Variants};
+use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
+use vipavatar::{Application, Config};
 use anyhow::{anyhow, bail, Context};
+use reqwest::multipart::Form;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -32,9 +33,9 @@ impl Server {
         let redis_url = config.redis_url.clone().ok_or_else(|| anyhow!("the end-to-end bench needs a Redis URL"))?;
         let app = Application::build(config.clone(), 1).await.context("start the service")?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port()));
-        let task = crate::spawn_named("bench-server", app.run_until_stopped());
+        let task = vipavatar::spawn_named("bench-server", app.run_until_stopped());
         let server = Self {
-            client: Client::new(addr),
+            client: Client::new(addr)?,
             task,
             redis_url,
             namespace: config.namespace.as_str().to_string(),
@@ -58,7 +59,8 @@ impl Server {
     }
 
     async fn upload(&self, image: &[u8]) -> anyhow::Result<String> {
-        let form = Form::new().file("image_file", "portrait.png", mime_of(image), image).text("preprocess_mode", "crop");
+        let image = file_part("portrait.png", mime_of(image), image)?;
+        let form = Form::new().part("image_file", image).text("preprocess_mode", "crop");
         let (status, body) = self.client.post_form("/api/avatar/upload", form).await?;
         if status != 200 && status != 202 {
             bail!("upload answered {status}: {body}");
@@ -81,9 +83,9 @@ impl Server {
     /// POST generate; the session id and whether the video came from the cache.
     async fn generate(&self, image_id: &str, audio: &[u8], engine: EngineKind) -> anyhow::Result<(String, bool)> {
         let form = Form::new()
-            .text("image_id", image_id)
+            .text("image_id", image_id.to_string())
             .text("engine", engine.as_str())
-            .file("audio_file", "speech.wav", "audio/wav", audio);
+            .part("audio_file", file_part("speech.wav", "audio/wav", audio)?);
         let (status, body) = self.client.post_form("/api/vip/generate", form).await?;
         if status != 200 && status != 202 {
             bail!("generate answered {status}: {body}");
