@@ -80,6 +80,20 @@ impl Server {
         }
     }
 
+    /// Wait (untimed) until the avatar's idle loop is rendered. The precompute queues that job
+    /// behind the request's own generate job; a sample started while it renders would queue
+    /// behind another sample's background work (one worker), not measure its own path.
+    async fn wait_idle(&self, id: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.client.get_status(&format!("/api/avatar/thumbnail/{id}")).await? {
+                409 if start.elapsed() < Duration::from_secs(600) => tokio::time::sleep(self.poll).await,
+                409 => bail!("the idle loop of {id} was not rendered after 600 s"),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// POST generate; the session id and whether the video came from the cache.
     async fn generate(&self, image_id: &str, audio: &[u8], engine: EngineKind) -> anyhow::Result<(String, bool)> {
         let form = Form::new()
@@ -177,6 +191,7 @@ impl EndToEnd<'_> {
         let session = self.server.wait_session(&sid).await?;
         let wall_ms = start.elapsed().as_secs_f64() * 1e3;
         let avatar = self.server.wait_avatar(&image_id).await?;
+        self.server.wait_idle(&image_id).await?;
         let mut st = stages(&avatar, "/timings");
         st.extend(stages(&session, "/performance/stages"));
         Ok(Sample { wall_ms, stages_ms: st, peak_rss_mb: 0.0, first_frame_ms: None })
@@ -216,6 +231,7 @@ impl EndToEnd<'_> {
         let warm_image = image_variant(self.image, self.variants.next())?;
         let warm_id = self.server.upload(&warm_image).await?;
         self.server.wait_avatar(&warm_id).await?;
+        self.server.wait_idle(&warm_id).await?;
         let hot_audio = wav(self.clip, self.variants.next());
         self.generate(&warm_id, &hot_audio).await?;
         let (nc_image, nc_audio) = (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));

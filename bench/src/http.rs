@@ -76,6 +76,14 @@ impl Client {
         answer(req.send().await.with_context(|| format!("GET {path}"))?).await
     }
 
+    /// GET `path`; only the status (the body is read and dropped).
+    pub async fn get_status(&self, path: &str) -> anyhow::Result<u16> {
+        let resp = self.http.get(self.url(path)).send().await.with_context(|| format!("GET {path}"))?;
+        let status = resp.status().as_u16();
+        resp.bytes().await?;
+        Ok(status)
+    }
+
     /// POST a form to `path`; the status and the JSON body.
     pub async fn post_form(&self, path: &str, form: Form) -> anyhow::Result<(u16, Value)> {
         let req = self.http.post(self.url(path)).header(reqwest::header::ACCEPT, "application/json").multipart(form);

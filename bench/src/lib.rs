@@ -218,7 +218,7 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         notes: vec![
             "models are loaded once, before timing, for every case but one-shot (the no-cache baseline does not pay model loading; one-shot = `vipavatar generate`, which loads the precompute models per call like a plain SadTalker run)".into(),
             "in-process: cold/warm/no-cache time the generate job (run_generate or, for no-cache, the same pipeline calls with no cache); hot times the API's video-cache lookup only".into(),
-            "end-to-end: from the first POST (upload for cold/no-cache, generate otherwise) until /api/vip/status says ready, polling every --poll-ms; no-cache deletes the request's cache keys and files first".into(),
+            "end-to-end: from the first POST (upload for cold/no-cache, generate otherwise) until /api/vip/status says ready, polling every --poll-ms; no-cache deletes the request's cache keys and files first; after each upload it waits (untimed) until the avatar's idle loop is rendered, so no sample queues behind an earlier sample's background job".into(),
             "cacheIO+ = wall time minus the measured compute stages: Redis round trips, blob I/O, (de)serialisation, thread hand-offs; end-to-end also HTTP, queue and polling".into(),
             "new image / new audio = the same content with different bytes (a PNG text chunk; flipped low bits in the first 64 samples), so the work is identical and only the cache differs".into(),
             "RSS = VmHWM, reset before each sample where the kernel allows (clear_refs 5); the service runs in this process".into(),
