@@ -8,12 +8,12 @@
 use crate::http::{file_part, Client};
 use crate::inputs::{image_variant, wav, Clip, Variants};
 use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
-use vipavatar::{Application, Config};
 use anyhow::{anyhow, bail, Context};
 use reqwest::multipart::Form;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use vipavatar::{Application, Config};
 use vipavatar_cache::{AudioHash, ImageHash};
 use vipavatar_pipeline::engine::EngineKind;
 
@@ -46,7 +46,9 @@ impl Server {
         loop {
             match server.client.get_json("/readyz").await {
                 Ok((200, _)) => return Ok(server),
-                Ok((_, body)) if start.elapsed() > Duration::from_secs(300) => bail!("service not ready after 300 s: {body}"),
+                Ok((_, body)) if start.elapsed() > Duration::from_secs(300) => {
+                    bail!("service not ready after 300 s: {body}")
+                }
                 Err(e) if start.elapsed() > Duration::from_secs(300) => return Err(e),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -74,7 +76,9 @@ impl Server {
             let (status, body) = self.client.get_json(&format!("/api/avatar/status/{id}")).await?;
             match (status, body["status"].as_str()) {
                 (200, Some("ready")) => return Ok(body),
-                (200, Some("processing")) if start.elapsed() < Duration::from_secs(600) => tokio::time::sleep(self.poll).await,
+                (200, Some("processing")) if start.elapsed() < Duration::from_secs(600) => {
+                    tokio::time::sleep(self.poll).await
+                }
                 _ => bail!("avatar {id}: {status} {body}"),
             }
         }
@@ -129,8 +133,14 @@ impl Server {
             let pattern = format!("{}:*{hash}*", self.namespace);
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) =
-                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
                 if !keys.is_empty() {
                     redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
                 }
@@ -234,7 +244,8 @@ impl EndToEnd<'_> {
         self.server.wait_idle(&warm_id).await?;
         let hot_audio = wav(self.clip, self.variants.next());
         self.generate(&warm_id, &hot_audio).await?;
-        let (nc_image, nc_audio) = (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
+        let (nc_image, nc_audio) =
+            (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
         let (nc_ih, nc_ah) = (ImageHash::of(&nc_image), AudioHash::of(&nc_audio));
 
         let mut samples: Vec<(Case, Vec<Sample>)> = Case::ALL.iter().map(|c| (*c, Vec::new())).collect();

@@ -6,13 +6,13 @@
 
 use crate::inputs::{image_variant, wav, Clip, Variants};
 use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
+use anyhow::{anyhow, bail};
+use std::sync::Arc;
+use std::time::Instant;
 use vipavatar::jobs::avatar::{ensure_analysis, ensure_prepared};
 use vipavatar::jobs::generate::{cached_video, run_generate};
 use vipavatar::jobs::{JobContext, JobError, Tracker};
 use vipavatar::records::{now_ms, SessionRecord, SessionRequest, SessionStatus};
-use anyhow::{anyhow, bail};
-use std::sync::Arc;
-use std::time::Instant;
 use vipavatar_cache::{AudioHash, ImageHash, Key, OptionsHash, SessionId};
 use vipavatar_pipeline::audio::{decode_audio, AudioLimits};
 use vipavatar_pipeline::engine::{AvatarInput, Engine, GenerateOptions};
@@ -186,7 +186,8 @@ impl InProcess<'_> {
         let hot_audio = wav(self.clip, self.variants.next());
         self.generate(&warm_image, &hot_audio).await?;
         // The no-cache request: the same bytes every time (nothing is cached for them anyway).
-        let (nc_image, nc_audio) = (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
+        let (nc_image, nc_audio) =
+            (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
 
         let cases = Case::ALL.iter().chain([Case::Oneshot].iter());
         let mut samples: Vec<(Case, Vec<Sample>)> = cases.map(|c| (*c, Vec::new())).collect();

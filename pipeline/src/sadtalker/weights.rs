@@ -90,7 +90,8 @@ impl SafetensorsIndex {
         let mut entries = BTreeMap::new();
         for (name, info) in metadata.tensors() {
             let shape = info.shape.iter().map(|&d| i64::try_from(d).ok()).collect::<Option<Vec<i64>>>();
-            let shape = shape.ok_or_else(|| checkpoint_err(path, format!("malformed header entry for key `{name}`")))?;
+            let shape =
+                shape.ok_or_else(|| checkpoint_err(path, format!("malformed header entry for key `{name}`")))?;
             let (start, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
             let numel = info.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
             let bytes = numel.and_then(|n| n.checked_mul(info.dtype.size() as u64));
@@ -174,7 +175,11 @@ pub fn load_prefix(vs: &VarStore, path: &Path, prefix: &str, unused: &[KeySpec])
                         var.size()
                     ));
                 } else if is_float_dtype(entry.dtype) != var.is_floating_point() {
-                    problems.push(format!("key `{dotted}{name}` has dtype {:?}, expected {:?}", entry.dtype, var.kind()));
+                    problems.push(format!(
+                        "key `{dotted}{name}` has dtype {:?}, expected {:?}",
+                        entry.dtype,
+                        var.kind()
+                    ));
                 }
             }
         }
