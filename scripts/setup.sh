@@ -44,6 +44,6 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   # shellcheck source=env.sh
   source scripts/env.sh
   log "building (${CARGO_PROFILE:-dev} profile)"
-  if [ "${CARGO_PROFILE:-dev}" = "release" ]; then cargo build --release --bin vipavatar; else cargo build --bin vipavatar; fi
+  if [ "${CARGO_PROFILE:-dev}" = "release" ]; then cargo build --release --bin vipavatar; else cargo build --bin vipavatar --bin vipavatar-bench; fi
 fi
 log "done"

@@ -29,8 +29,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// Print the OpenAPI document (or check the committed one).
     Openapi(OpenapiArgs),
-    /// Benchmark cold / warm (VIP) / hot / no-cache requests, in-process and end to end.
-    Bench(crate::bench::BenchArgs),
+    /// Benchmark cold / warm (VIP) / hot / no-cache requests, in-process and end to end
+    /// (runs `vipavatar-bench`; `vipavatar bench --help` lists its options).
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -132,6 +133,15 @@ pub struct GenerateArgs {
     pub json: bool,
 }
 
+/// `vipavatar bench ...`: every argument goes to the `vipavatar-bench` binary (crate `bench/`),
+/// which owns the benchmark and its options, so the service library carries neither.
+#[derive(Debug, Args)]
+#[command(disable_help_flag = true)]
+pub struct BenchArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, num_args = 0..)]
+    pub args: Vec<std::ffi::OsString>,
+}
+
 #[derive(Debug, Args)]
 pub struct OpenapiArgs {
     /// Compare with this committed file instead of printing; non-zero exit on drift.
@@ -154,8 +164,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Precompute(args) => tokio::task::spawn_blocking(move || precompute(args)).await?,
         Command::Generate(args) => tokio::task::spawn_blocking(move || generate(args)).await?,
         Command::Openapi(args) => openapi(args),
-        Command::Bench(args) => crate::bench::run(args).await,
+        Command::Bench(args) => bench(args),
     }
+}
+
+/// Replace this process with `vipavatar-bench` (next to this executable, else on `PATH`), its
+/// `argv[0]` reading `<this program> bench` so its usage text and JSON `command` stay as before.
+fn bench(args: BenchArgs) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let sibling = std::env::current_exe().ok().map(|p| p.with_file_name("vipavatar-bench")).filter(|p| p.is_file());
+    let program = sibling.map(PathBuf::into_os_string).unwrap_or_else(|| "vipavatar-bench".into());
+    let mut argv0 = std::env::args_os().next().unwrap_or_else(|| "vipavatar".into());
+    argv0.push(" bench");
+    let err = std::process::Command::new(&program).arg0(argv0).args(&args.args).exec();
+    let program = program.to_string_lossy();
+    Err(anyhow::anyhow!("cannot run {program}: {err} (`cargo build` builds it, or `cargo build -p vipavatar-bench`)"))
 }
 
 fn precompute(args: PrecomputeArgs) -> anyhow::Result<()> {

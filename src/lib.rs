@@ -2,7 +2,6 @@
 //! workers) and its CLI. `main.rs` only parses arguments and calls [`cli::run`].
 
 pub mod api;
-pub mod bench;
 pub mod blobs;
 pub mod cli;
 pub mod config;

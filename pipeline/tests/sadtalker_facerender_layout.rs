@@ -93,9 +93,11 @@ fn sadtalker_facerender_yaml_values_give_the_official_config() {
     assert_eq!(parsed, FaceRenderConfig::official(70));
     let still = FACERENDER_YAML.replace("coeff_nc: 70", "coeff_nc: 73");
     assert_eq!(FaceRenderConfig::from_yaml_str(&still).unwrap(), FaceRenderConfig::official(73));
-    // Flow maps are refused with a typed error, not misread.
+    // A flow map is read as YAML (serde_yaml), not misread; text that is not YAML is a typed error.
     let flow = FACERENDER_YAML.replace("scales: [1]", "scales: {a: 1}");
-    assert!(matches!(FaceRenderConfig::from_yaml_str(&flow), Err(PipelineError::InvalidOption { .. })));
+    assert_eq!(FaceRenderConfig::from_yaml_str(&flow).unwrap(), FaceRenderConfig::official(70));
+    let broken = FACERENDER_YAML.replace("scales: [1]", "scales: {a: 1");
+    assert!(matches!(FaceRenderConfig::from_yaml_str(&broken), Err(PipelineError::InvalidOption { .. })));
     // Inconsistent widths and unsupported options are typed errors.
     let bad = FACERENDER_YAML.replace("reshape_channel: 32", "reshape_channel: 31");
     assert!(FaceRenderConfig::from_yaml_str(&bad).is_err());

@@ -197,7 +197,7 @@ async fn wrong_method_on_a_known_route_is_405_with_allow() {
 /// A valid grey PNG of any size (stored deflate blocks; no encoder needed, unlike ffmpeg, which
 /// refuses odd sizes such as 1x1).
 fn grey_png(width: u32, height: u32) -> Vec<u8> {
-    use vipavatar::bench::inputs::crc32;
+    use vipavatar_bench::inputs::crc32;
     fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
         out.extend_from_slice(&(data.len() as u32).to_be_bytes());
         let mut body = kind.to_vec();

@@ -1,73 +1,48 @@
-//! Small signal-processing kernels for the lip-sync analysis: radix-2 FFT, LPC (Levinson-Durbin)
-//! and formant picking on the LPC envelope.
+//! Small signal-processing kernels for the lip-sync analysis: spectra and autocorrelation through
+//! `rustfft`, LPC (Levinson-Durbin) and formant picking on the LPC envelope.
 
+use rustfft::num_complex::Complex;
+use rustfft::FftPlanner;
+use std::cell::RefCell;
 use std::f32::consts::PI;
 
-/// In-place iterative radix-2 complex FFT; `re.len()` must be a power of two.
-pub fn fft(re: &mut [f32], im: &mut [f32]) {
-    let n = re.len();
-    debug_assert!(n.is_power_of_two() && im.len() == n);
-    let mut j = 0usize;
-    for i in 1..n {
-        let mut bit = n >> 1;
-        while j & bit != 0 {
-            j ^= bit;
-            bit >>= 1;
-        }
-        j |= bit;
-        if i < j {
-            re.swap(i, j);
-            im.swap(i, j);
-        }
+thread_local! {
+    /// Plans are cached per thread: the analysis asks for the same two sizes for every frame.
+    static PLANNER: RefCell<FftPlanner<f32>> = RefCell::new(FftPlanner::new());
+}
+
+/// In-place forward complex FFT (unnormalised) of any length.
+fn fft(buf: &mut [Complex<f32>]) {
+    let plan = PLANNER.with(|p| p.borrow_mut().plan_fft_forward(buf.len()));
+    plan.process(buf);
+}
+
+/// `frame` zero-padded to `n` complex samples.
+fn padded(frame: &[f32], n: usize) -> Vec<Complex<f32>> {
+    let mut buf = vec![Complex::new(0.0f32, 0.0); n];
+    for (d, s) in buf.iter_mut().zip(frame) {
+        d.re = *s;
     }
-    let mut len = 2;
-    while len <= n {
-        let ang = -2.0 * PI / len as f32;
-        let (wr, wi) = (ang.cos(), ang.sin());
-        for start in (0..n).step_by(len) {
-            let (mut cr, mut ci) = (1.0f32, 0.0f32);
-            for k in 0..len / 2 {
-                let (a, b) = (start + k, start + k + len / 2);
-                let tr = re[b] * cr - im[b] * ci;
-                let ti = re[b] * ci + im[b] * cr;
-                re[b] = re[a] - tr;
-                im[b] = im[a] - ti;
-                re[a] += tr;
-                im[a] += ti;
-                let nr = cr * wr - ci * wi;
-                ci = cr * wi + ci * wr;
-                cr = nr;
-            }
-        }
-        len <<= 1;
-    }
+    buf
 }
 
 /// Power spectrum (`n/2 + 1` bins) of `frame` zero-padded to `n`.
 pub fn power_spectrum(frame: &[f32], n: usize) -> Vec<f32> {
-    let mut re = vec![0.0f32; n];
-    let mut im = vec![0.0f32; n];
-    for (d, s) in re.iter_mut().zip(frame) {
-        *d = *s;
-    }
-    fft(&mut re, &mut im);
-    (0..=n / 2).map(|k| re[k] * re[k] + im[k] * im[k]).collect()
+    let mut buf = padded(frame, n);
+    fft(&mut buf);
+    buf[..=n / 2].iter().map(|c| c.norm_sqr()).collect()
 }
 
 /// Normalised autocorrelation peak in the pitch-lag range: ~1 for voiced speech, ~0 for noise.
 pub fn voicing(frame: &[f32], min_lag: usize, max_lag: usize) -> f32 {
     let n = (2 * frame.len()).next_power_of_two();
-    let mut re = vec![0.0f32; n];
-    let mut im = vec![0.0f32; n];
-    for (d, s) in re.iter_mut().zip(frame) {
-        *d = *s;
+    let mut buf = padded(frame, n);
+    fft(&mut buf);
+    for c in buf.iter_mut() {
+        *c = Complex::new(c.norm_sqr(), 0.0);
     }
-    fft(&mut re, &mut im);
-    for k in 0..n {
-        re[k] = re[k] * re[k] + im[k] * im[k];
-        im[k] = 0.0;
-    }
-    fft(&mut re, &mut im); // real & even input: forward FFT equals n * inverse FFT
+    fft(&mut buf); // real & even input: forward FFT equals n * inverse FFT
+    let re: Vec<f32> = buf.iter().map(|c| c.re).collect();
     let r0 = re[0];
     if r0 <= 1e-12 {
         return 0.0;

@@ -1,11 +1,14 @@
-//! Reading SadTalker weights from `.safetensors` files into tch `VarStore`s: header parsing,
-//! prefix selection (`audio2exp.`, `audio2pose.`, `face_3drecon.` ...), fp16/bf16 -> fp32 upcast
-//! and strict name + shape validation with one [`PipelineError::Checkpoint`] per file.
+//! Reading SadTalker weights from `.safetensors` files into tch `VarStore`s: header parsing (the
+//! `safetensors` crate's header types), prefix selection (`audio2exp.`, `audio2pose.`,
+//! `face_3drecon.` ...), fp16/bf16 -> fp32 upcast and strict name + shape validation with one
+//! [`PipelineError::Checkpoint`] per file.
 //!
 //! Only the byte ranges of the selected prefix are read, so loading one network from the
 //! 700 MB official checkpoint does not pull the renderer's weights into memory.
 
 use crate::{PipelineError, Result};
+use safetensors::tensor::Metadata;
+use safetensors::Dtype;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -26,7 +29,7 @@ pub struct KeySpec {
 /// One tensor entry of a safetensors header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorEntry {
-    pub dtype: String,
+    pub dtype: Dtype,
     pub shape: Vec<i64>,
     pub start: u64,
     pub end: u64,
@@ -44,39 +47,30 @@ fn checkpoint_err(path: &Path, reason: impl Into<String>) -> PipelineError {
     PipelineError::Checkpoint { file: path.display().to_string(), reason: reason.into() }
 }
 
-fn dtype_size(dtype: &str) -> Option<u64> {
-    match dtype {
-        "F64" | "I64" | "U64" => Some(8),
-        "F32" | "I32" | "U32" => Some(4),
-        "F16" | "BF16" | "I16" | "U16" => Some(2),
-        "I8" | "U8" | "BOOL" => Some(1),
-        _ => None,
-    }
-}
-
-fn dtype_kind(dtype: &str) -> Option<Kind> {
+fn dtype_kind(dtype: Dtype) -> Option<Kind> {
     Some(match dtype {
-        "F64" => Kind::Double,
-        "F32" => Kind::Float,
-        "F16" => Kind::Half,
-        "BF16" => Kind::BFloat16,
-        "I64" => Kind::Int64,
-        "I32" => Kind::Int,
-        "I16" => Kind::Int16,
-        "I8" => Kind::Int8,
-        "U8" => Kind::Uint8,
-        "BOOL" => Kind::Bool,
+        Dtype::F64 => Kind::Double,
+        Dtype::F32 => Kind::Float,
+        Dtype::F16 => Kind::Half,
+        Dtype::BF16 => Kind::BFloat16,
+        Dtype::I64 => Kind::Int64,
+        Dtype::I32 => Kind::Int,
+        Dtype::I16 => Kind::Int16,
+        Dtype::I8 => Kind::Int8,
+        Dtype::U8 => Kind::Uint8,
+        Dtype::BOOL => Kind::Bool,
         _ => return None,
     })
 }
 
-fn is_float_dtype(dtype: &str) -> bool {
-    matches!(dtype, "F64" | "F32" | "F16" | "BF16")
+fn is_float_dtype(dtype: Dtype) -> bool {
+    matches!(dtype, Dtype::F64 | Dtype::F32 | Dtype::F16 | Dtype::BF16)
 }
 
 impl SafetensorsIndex {
-    /// Parse the header and check that every tensor's byte range is consistent and inside the file
-    /// (a truncated download fails here).
+    /// Parse the header (into the `safetensors` crate's header type) and check that every
+    /// tensor's byte range is consistent and inside the file (a truncated download fails here).
+    /// Only the header is read: the crate's own `read_metadata` wants the whole file in memory.
     pub fn open(path: &Path) -> Result<Self> {
         let mut file = File::open(path).map_err(|e| checkpoint_err(path, format!("cannot open: {e}")))?;
         let file_len = file.metadata().map_err(|e| checkpoint_err(path, format!("cannot stat: {e}")))?.len();
@@ -89,31 +83,25 @@ impl SafetensorsIndex {
         }
         let mut header = vec![0u8; header_len as usize];
         file.read_exact(&mut header).map_err(|e| checkpoint_err(path, format!("cannot read header: {e}")))?;
-        let json: serde_json::Value = serde_json::from_slice(&header)
-            .map_err(|e| checkpoint_err(path, format!("header is not valid JSON: {e}")))?;
-        let object = json.as_object().ok_or_else(|| checkpoint_err(path, "header is not a JSON object"))?;
+        let metadata: Metadata = serde_json::from_slice(&header)
+            .map_err(|e| checkpoint_err(path, format!("header is not a valid safetensors header: {e}")))?;
         let data_start = 8 + header_len;
         let data_len = file_len - data_start;
         let mut entries = BTreeMap::new();
-        for (name, value) in object {
-            if name == "__metadata__" {
-                continue;
-            }
-            let entry = parse_entry(value)
-                .ok_or_else(|| checkpoint_err(path, format!("malformed header entry for key `{name}`")))?;
-            let size = dtype_size(&entry.dtype)
-                .ok_or_else(|| checkpoint_err(path, format!("key `{name}`: unsupported dtype {}", entry.dtype)))?;
-            let numel: u64 = entry.shape.iter().map(|&d| d as u64).product();
-            if entry.end < entry.start || entry.end - entry.start != numel * size || entry.end > data_len {
+        for (name, info) in metadata.tensors() {
+            let shape = info.shape.iter().map(|&d| i64::try_from(d).ok()).collect::<Option<Vec<i64>>>();
+            let shape =
+                shape.ok_or_else(|| checkpoint_err(path, format!("malformed header entry for key `{name}`")))?;
+            let (start, end) = (info.data_offsets.0 as u64, info.data_offsets.1 as u64);
+            let numel = info.shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            let bytes = numel.and_then(|n| n.checked_mul(info.dtype.size() as u64));
+            if end < start || Some(end - start) != bytes || end > data_len {
                 return Err(checkpoint_err(
                     path,
-                    format!(
-                        "key `{name}`: byte range {}..{} does not fit its shape or the file (truncated?)",
-                        entry.start, entry.end
-                    ),
+                    format!("key `{name}`: byte range {start}..{end} does not fit its shape or the file (truncated?)"),
                 ));
             }
-            entries.insert(name.clone(), entry);
+            entries.insert(name, TensorEntry { dtype: info.dtype, shape, start, end });
         }
         Ok(Self { path: path.to_path_buf(), data_start, entries })
     }
@@ -136,8 +124,8 @@ impl SafetensorsIndex {
     pub fn read(&self, file: &mut File, name: &str) -> Result<Tensor> {
         let entry =
             self.entries.get(name).ok_or_else(|| checkpoint_err(&self.path, format!("missing key `{name}`")))?;
-        let kind = dtype_kind(&entry.dtype)
-            .ok_or_else(|| checkpoint_err(&self.path, format!("key `{name}`: unsupported dtype {}", entry.dtype)))?;
+        let kind = dtype_kind(entry.dtype)
+            .ok_or_else(|| checkpoint_err(&self.path, format!("key `{name}`: unsupported dtype {:?}", entry.dtype)))?;
         let mut bytes = vec![0u8; (entry.end - entry.start) as usize];
         file.seek(SeekFrom::Start(self.data_start + entry.start))
             .and_then(|_| file.read_exact(&mut bytes))
@@ -145,21 +133,6 @@ impl SafetensorsIndex {
         Tensor::f_from_data_size(&bytes, &entry.shape, kind)
             .map_err(|e| checkpoint_err(&self.path, format!("key `{name}`: {e}")))
     }
-}
-
-fn parse_entry(value: &serde_json::Value) -> Option<TensorEntry> {
-    let dtype = value.get("dtype")?.as_str()?.to_string();
-    let shape = value
-        .get("shape")?
-        .as_array()?
-        .iter()
-        .map(|d| d.as_u64().and_then(|d| i64::try_from(d).ok()))
-        .collect::<Option<Vec<i64>>>()?;
-    let offsets = value.get("data_offsets")?.as_array()?;
-    if offsets.len() != 2 {
-        return None;
-    }
-    Some(TensorEntry { dtype, shape, start: offsets[0].as_u64()?, end: offsets[1].as_u64()? })
 }
 
 /// Names and shapes of every variable of a `VarStore`, sorted by name.
@@ -201,8 +174,12 @@ pub fn load_prefix(vs: &VarStore, path: &Path, prefix: &str, unused: &[KeySpec])
                         entry.shape,
                         var.size()
                     ));
-                } else if is_float_dtype(&entry.dtype) != var.is_floating_point() {
-                    problems.push(format!("key `{dotted}{name}` has dtype {}, expected {:?}", entry.dtype, var.kind()));
+                } else if is_float_dtype(entry.dtype) != var.is_floating_point() {
+                    problems.push(format!(
+                        "key `{dotted}{name}` has dtype {:?}, expected {:?}",
+                        entry.dtype,
+                        var.kind()
+                    ));
                 }
             }
         }

@@ -1,9 +1,9 @@
 //! The renderer's architecture hyper-parameters, read from SadTalker's own YAML configs
 //! (`model_params` of `facerender.yaml` / `facerender_still.yaml`, or the fixtures' reduced
-//! `facerender_small.yaml`) or built in ([`FaceRenderConfig::official`]). Every layer width of the
-//! ported modules is derived from these values; nothing else is hard-coded.
+//! `facerender_small.yaml`, with `serde_yaml`) or built in ([`FaceRenderConfig::official`]).
+//! Every layer width of the ported modules is derived from these values; nothing else is
+//! hard-coded.
 
-use super::yaml::{self, YamlNode};
 use crate::{PipelineError, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -49,6 +49,7 @@ pub struct GeneratorConfig {
     pub reshape_depth: i64,
     pub num_resblocks: i64,
     pub estimate_occlusion_map: bool,
+    #[serde(alias = "dense_motion_params")]
     pub dense_motion: DenseMotionConfig,
 }
 
@@ -93,37 +94,30 @@ fn bad(reason: impl Into<String>) -> PipelineError {
     PipelineError::InvalidOption { field: "facerender_config", reason: reason.into() }
 }
 
-/// Typed access to `model_params.*` scalars.
-struct Reader<'a> {
-    root: &'a YamlNode,
+/// The parts of a SadTalker renderer YAML file the port reads (other sections are ignored).
+#[derive(Deserialize)]
+struct YamlFile {
+    model_params: ModelParams,
+    #[serde(default)]
+    fixture_spade_decoder: FixtureDecoder,
 }
 
-impl Reader<'_> {
-    fn scalar(&self, path: &str) -> Result<&str> {
-        self.root.get(path).and_then(YamlNode::as_scalar).ok_or_else(|| bad(format!("`{path}` is missing")))
-    }
-    fn int(&self, path: &str) -> Result<i64> {
-        let s = self.scalar(path)?;
-        s.parse().map_err(|_| bad(format!("`{path}` = `{s}` is not an integer")))
-    }
-    fn float(&self, path: &str) -> Result<f64> {
-        let s = self.scalar(path)?;
-        s.parse().map_err(|_| bad(format!("`{path}` = `{s}` is not a number")))
-    }
-    fn boolean(&self, path: &str) -> Result<bool> {
-        match self.scalar(path)? {
-            "true" | "True" | "TRUE" => Ok(true),
-            "false" | "False" | "FALSE" => Ok(false),
-            other => Err(bad(format!("`{path}` = `{other}` is not a boolean"))),
-        }
-    }
-    fn int_or(&self, path: &str, default: i64) -> Result<i64> {
-        if self.root.get(path).is_some() {
-            self.int(path)
-        } else {
-            Ok(default)
-        }
-    }
+#[derive(Deserialize)]
+struct ModelParams {
+    common_params: CommonConfig,
+    kp_detector_params: KpDetectorConfig,
+    generator_params: GeneratorConfig,
+    mapping_params: MappingConfig,
+}
+
+/// `fixture_spade_decoder`: the reduced fixture's SPADE decoder widths (absent: the reference's).
+#[derive(Default, Deserialize)]
+struct FixtureDecoder {
+    ic: Option<i64>,
+    oc: Option<i64>,
+    label_nc: Option<i64>,
+    #[serde(rename = "norm_G")]
+    norm_g: Option<String>,
 }
 
 impl FaceRenderConfig {
@@ -171,65 +165,26 @@ impl FaceRenderConfig {
 
     /// Parse the `model_params` section (and the optional `fixture_spade_decoder` widths).
     pub fn from_yaml_str(text: &str) -> Result<Self> {
-        let root = yaml::parse(text)?;
-        let r = Reader { root: &root };
-        let c = "model_params.common_params";
-        let k = "model_params.kp_detector_params";
-        let g = "model_params.generator_params";
-        let d = "model_params.generator_params.dense_motion_params";
-        let m = "model_params.mapping_params";
-        let decoder_default = SpadeDecoderConfig::default();
-        let config = Self {
-            common: CommonConfig {
-                num_kp: r.int(&format!("{c}.num_kp"))?,
-                image_channel: r.int(&format!("{c}.image_channel"))?,
-                feature_channel: r.int(&format!("{c}.feature_channel"))?,
-                estimate_jacobian: r.boolean(&format!("{c}.estimate_jacobian"))?,
-            },
-            kp_detector: KpDetectorConfig {
-                temperature: r.float(&format!("{k}.temperature"))?,
-                block_expansion: r.int(&format!("{k}.block_expansion"))?,
-                max_features: r.int(&format!("{k}.max_features"))?,
-                scale_factor: r.float(&format!("{k}.scale_factor"))?,
-                num_blocks: r.int(&format!("{k}.num_blocks"))?,
-                reshape_channel: r.int(&format!("{k}.reshape_channel"))?,
-                reshape_depth: r.int(&format!("{k}.reshape_depth"))?,
-            },
-            generator: GeneratorConfig {
-                block_expansion: r.int(&format!("{g}.block_expansion"))?,
-                max_features: r.int(&format!("{g}.max_features"))?,
-                num_down_blocks: r.int(&format!("{g}.num_down_blocks"))?,
-                reshape_channel: r.int(&format!("{g}.reshape_channel"))?,
-                reshape_depth: r.int(&format!("{g}.reshape_depth"))?,
-                num_resblocks: r.int(&format!("{g}.num_resblocks"))?,
-                estimate_occlusion_map: r.boolean(&format!("{g}.estimate_occlusion_map"))?,
-                dense_motion: DenseMotionConfig {
-                    block_expansion: r.int(&format!("{d}.block_expansion"))?,
-                    max_features: r.int(&format!("{d}.max_features"))?,
-                    num_blocks: r.int(&format!("{d}.num_blocks"))?,
-                    reshape_depth: r.int(&format!("{d}.reshape_depth"))?,
-                    compress: r.int(&format!("{d}.compress"))?,
-                },
-            },
-            decoder: SpadeDecoderConfig {
-                ic: r.int_or("fixture_spade_decoder.ic", decoder_default.ic)?,
-                oc: r.int_or("fixture_spade_decoder.oc", decoder_default.oc)?,
-                label_nc: r.int_or("fixture_spade_decoder.label_nc", decoder_default.label_nc)?,
-                nhidden: decoder_default.nhidden,
-            },
-            mapping: MappingConfig {
-                coeff_nc: r.int(&format!("{m}.coeff_nc"))?,
-                descriptor_nc: r.int(&format!("{m}.descriptor_nc"))?,
-                layer: r.int(&format!("{m}.layer"))?,
-                num_kp: r.int(&format!("{m}.num_kp"))?,
-                num_bins: r.int(&format!("{m}.num_bins"))?,
-            },
-        };
-        if let Some(norm) = root.get("fixture_spade_decoder.norm_G").and_then(YamlNode::as_scalar) {
+        let file: YamlFile = serde_yaml::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let (m, d) = (file.model_params, file.fixture_spade_decoder);
+        if let Some(norm) = d.norm_g.as_deref() {
             if norm != "spadespectralinstance" {
                 return Err(bad(format!("norm_G `{norm}` is not supported (only spadespectralinstance)")));
             }
         }
+        let decoder_default = SpadeDecoderConfig::default();
+        let config = Self {
+            common: m.common_params,
+            kp_detector: m.kp_detector_params,
+            generator: m.generator_params,
+            decoder: SpadeDecoderConfig {
+                ic: d.ic.unwrap_or(decoder_default.ic),
+                oc: d.oc.unwrap_or(decoder_default.oc),
+                label_nc: d.label_nc.unwrap_or(decoder_default.label_nc),
+                nhidden: decoder_default.nhidden,
+            },
+            mapping: m.mapping_params,
+        };
         config.validate()?;
         Ok(config)
     }

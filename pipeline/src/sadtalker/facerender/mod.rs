@@ -6,7 +6,7 @@
 //! state ([`source_state`]), batched rendering ([`renderer`], batch size from [`memory`]) and the
 //! seamless paste-back into the full image ([`paste`]).
 //!
-//! Layer widths come from SadTalker's YAML config ([`config`], read by [`yaml`]); numerics follow
+//! Layer widths come from SadTalker's YAML config ([`config`], read with `serde_yaml`); numerics follow
 //! OpenTalker/SadTalker and are checked against the golden fixtures by
 //! `pipeline/tests/sadtalker_facerender*.rs`.
 
@@ -24,7 +24,6 @@ pub mod source_state;
 pub mod spade;
 pub mod upconv;
 pub mod windows;
-pub mod yaml;
 
 pub use config::FaceRenderConfig;
 pub use renderer::{FaceRenderer, MappingWeights, RenderSettings, RenderedBatch, RendererWeights};

@@ -1,10 +1,11 @@
-//! `vipavatar bench`: proves the precompute/generate split pays off. For each engine that can be
-//! loaded, for each audio length, it measures in one process four request kinds — cold (new image
+//! `vipavatar bench` (the `vipavatar-bench` binary, which `vipavatar bench` runs): proves the
+//! precompute/generate split pays off. For each engine that can be loaded, for each audio length, it measures in one process four request kinds — cold (new image
 //! + new audio), warm (cached image + new audio: the VIP path), hot (same image, audio and
 //! options: the finished video from the cache) and no-cache (the same pipeline with nothing
 //! cached) — both in-process (the worker's job functions on the real cache, [`inproc`]) and end
 //! to end (HTTP + Redis queue + worker, [`e2e`]), on a private redis-server child, and prints a
-//! table ([`report`]) or `--json`.
+//! table ([`report`]) or `--json`. It is its own crate so the service library carries neither
+//! the benchmark nor an HTTP client; it drives the service through the `vipavatar` library.
 
 pub mod e2e;
 pub mod http;
@@ -12,18 +13,18 @@ pub mod inproc;
 pub mod inputs;
 pub mod report;
 
-use crate::config::{ApiKeys, Config};
-use crate::engines::Engines;
-use crate::jobs::{JobContext, ModelThread};
-use crate::redis_server::RedisChild;
-use crate::startup::Services;
 use anyhow::{anyhow, Context};
-use clap::{Args, ValueEnum};
+use clap::{Parser, ValueEnum};
 use report::{BenchReport, EngineReport};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use vipavatar::config::{ApiKeys, Config};
+use vipavatar::engines::Engines;
+use vipavatar::jobs::{JobContext, ModelThread};
+use vipavatar::redis_server::RedisChild;
+use vipavatar::startup::Services;
 use vipavatar_pipeline::engine::{EngineKind, GenerateOptions};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -42,7 +43,9 @@ pub enum ModeSel {
 
 /// Options of `vipavatar bench`. The defaults (3 runs of 3 s and 8 s audio, one pass of 60 s,
 /// both modes, every engine) take a few minutes on a 2-core machine with the classic engine.
-#[derive(Debug, Clone, Args)]
+#[derive(Debug, Clone, Parser)]
+#[command(name = "vipavatar bench", version)]
+#[command(about = "Benchmark cold / warm (VIP) / hot / no-cache requests, in-process and end to end.")]
 #[command(after_help = "Defaults: 3 timed runs per case for 3 s and 8 s audio, one pass of 60 s audio, both modes, \
 every engine (an engine that cannot be loaded is reported as unavailable): about 2 minutes on a 2-core machine with \
 the classic engine. Times are medians; p90 is nearest-rank (with 3 runs, the slowest run). Speedups are ratios of \
@@ -159,7 +162,7 @@ fn base_config(
 /// The worker context of the in-process cases: the same pieces `spawn_workers` assembles.
 async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Engines>)> {
     let services = Services::connect(&config, false).await?;
-    let mut rx = crate::engines::load_in_background(config.clone());
+    let mut rx = vipavatar::engines::load_in_background(config.clone());
     let loaded = rx.wait_for(|e| e.is_some()).await.map_err(|_| anyhow!("model loading stopped"))?.clone();
     let engines = match loaded {
         Some(Ok(e)) => e,
@@ -167,14 +170,14 @@ async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Eng
         None => return Err(anyhow!("models did not load")),
     };
     let model = ModelThread::spawn("bench-model")?;
-    let device = crate::engines::first_device(&config)?;
+    let device = vipavatar::engines::first_device(&config)?;
     let ctx = JobContext {
         config,
         cache: services.cache.clone(),
         queue: services.queue.clone(),
         blobs: services.blobs.clone(),
         streams: services.streams.clone(),
-        engines: Arc::new(crate::devices::DeviceModels::new(0, device, engines.clone())),
+        engines: Arc::new(vipavatar::devices::DeviceModels::new(0, device, engines.clone())),
         model,
         consumer: "bench".into(),
     };
@@ -229,7 +232,7 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         notes: vec![
             "models are loaded once, before timing, for every case but one-shot (the no-cache baseline does not pay model loading; one-shot = `vipavatar generate`, which loads the precompute models per call like a plain SadTalker run)".into(),
             "in-process: cold/warm/no-cache time the generate job (run_generate or, for no-cache, the same pipeline calls with no cache); hot times the API's video-cache lookup only".into(),
-            "end-to-end: from the first POST (upload for cold/no-cache, generate otherwise) until /api/vip/status says ready, polling every --poll-ms; no-cache deletes the request's cache keys and files first".into(),
+            "end-to-end: from the first POST (upload for cold/no-cache, generate otherwise) until /api/vip/status says ready, polling every --poll-ms; no-cache deletes the request's cache keys and files first; after each upload it waits (untimed) until the avatar's idle loop is rendered, so no sample queues behind an earlier sample's background job".into(),
             "cacheIO+ = wall time minus the measured compute stages: Redis round trips, blob I/O, (de)serialisation, thread hand-offs; end-to-end also HTTP, queue and polling".into(),
             "new image / new audio = the same content with different bytes (a PNG text chunk; flipped low bits in the first 64 samples), so the work is identical and only the cache differs".into(),
             "RSS = VmHWM, reset before each sample where the kernel allows (clear_refs 5); the service runs in this process".into(),
@@ -338,7 +341,7 @@ mod tests {
     use super::*;
 
     fn shared() -> Option<PathBuf> {
-        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/testdata");
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/testdata");
         if dir.is_dir() {
             return Some(dir);
         }
@@ -354,7 +357,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tiny_bench_reports_fields_and_hot_beats_nocache() {
         let Some(testdata) = shared() else { return };
-        let checkpoints = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("checkpoints");
+        let checkpoints = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../checkpoints");
         let report = run_bench(&BenchArgs::tiny(&testdata, &checkpoints, 3.0)).await.expect("bench");
         let json = serde_json::to_value(&report).expect("json");
         let engines = json["engines"].as_array().expect("engines");

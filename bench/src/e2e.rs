@@ -5,14 +5,15 @@
 //! each request: the server then does exactly what a cache-less server would (upload,
 //! precompute, prepare, features, motion, render, encode).
 
-use super::http::{Client, Form};
-use super::inputs::{image_variant, wav, Clip, Variants};
-use super::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
-use crate::{Application, Config};
+use crate::http::{file_part, Client};
+use crate::inputs::{image_variant, wav, Clip, Variants};
+use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
 use anyhow::{anyhow, bail, Context};
+use reqwest::multipart::Form;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use vipavatar::{Application, Config};
 use vipavatar_cache::{AudioHash, ImageHash};
 use vipavatar_pipeline::engine::EngineKind;
 
@@ -32,9 +33,9 @@ impl Server {
         let redis_url = config.redis_url.clone().ok_or_else(|| anyhow!("the end-to-end bench needs a Redis URL"))?;
         let app = Application::build(config.clone(), 1).await.context("start the service")?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port()));
-        let task = crate::spawn_named("bench-server", app.run_until_stopped());
+        let task = vipavatar::spawn_named("bench-server", app.run_until_stopped());
         let server = Self {
-            client: Client::new(addr),
+            client: Client::new(addr)?,
             task,
             redis_url,
             namespace: config.namespace.as_str().to_string(),
@@ -60,8 +61,8 @@ impl Server {
     }
 
     async fn upload(&self, image: &[u8]) -> anyhow::Result<String> {
-        let form =
-            Form::new().file("image_file", "portrait.png", mime_of(image), image).text("preprocess_mode", "crop");
+        let image = file_part("portrait.png", mime_of(image), image)?;
+        let form = Form::new().part("image_file", image).text("preprocess_mode", "crop");
         let (status, body) = self.client.post_form("/api/avatar/upload", form).await?;
         if status != 200 && status != 202 {
             bail!("upload answered {status}: {body}");
@@ -83,14 +84,26 @@ impl Server {
         }
     }
 
+    /// Wait (untimed) until the avatar's idle loop is rendered. The precompute queues that job
+    /// behind the request's own generate job; a sample started while it renders would queue
+    /// behind another sample's background work (one worker), not measure its own path.
+    async fn wait_idle(&self, id: &str) -> anyhow::Result<()> {
+        let start = Instant::now();
+        loop {
+            match self.client.get_status(&format!("/api/avatar/thumbnail/{id}")).await? {
+                409 if start.elapsed() < Duration::from_secs(600) => tokio::time::sleep(self.poll).await,
+                409 => bail!("the idle loop of {id} was not rendered after 600 s"),
+                _ => return Ok(()),
+            }
+        }
+    }
+
     /// POST generate; the session id and whether the video came from the cache.
     async fn generate(&self, image_id: &str, audio: &[u8], engine: EngineKind) -> anyhow::Result<(String, bool)> {
-        let form = Form::new().text("image_id", image_id).text("engine", engine.as_str()).file(
-            "audio_file",
-            "speech.wav",
-            "audio/wav",
-            audio,
-        );
+        let form = Form::new()
+            .text("image_id", image_id.to_string())
+            .text("engine", engine.as_str())
+            .part("audio_file", file_part("speech.wav", "audio/wav", audio)?);
         let (status, body) = self.client.post_form("/api/vip/generate", form).await?;
         if status != 200 && status != 202 {
             bail!("generate answered {status}: {body}");
@@ -188,6 +201,7 @@ impl EndToEnd<'_> {
         let session = self.server.wait_session(&sid).await?;
         let wall_ms = start.elapsed().as_secs_f64() * 1e3;
         let avatar = self.server.wait_avatar(&image_id).await?;
+        self.server.wait_idle(&image_id).await?;
         let mut st = stages(&avatar, "/timings");
         st.extend(stages(&session, "/performance/stages"));
         Ok(Sample { wall_ms, stages_ms: st, peak_rss_mb: 0.0, first_frame_ms: None })
@@ -227,6 +241,7 @@ impl EndToEnd<'_> {
         let warm_image = image_variant(self.image, self.variants.next())?;
         let warm_id = self.server.upload(&warm_image).await?;
         self.server.wait_avatar(&warm_id).await?;
+        self.server.wait_idle(&warm_id).await?;
         let hot_audio = wav(self.clip, self.variants.next());
         self.generate(&warm_id, &hot_audio).await?;
         let (nc_image, nc_audio) =

@@ -4,15 +4,15 @@
 //! call (precompute, prepare, `generate_video`) with nothing taken from or written to the cache;
 //! the one-shot reference is `vipavatar generate`'s own function (`generate_local`).
 
-use super::inputs::{image_variant, wav, Clip, Variants};
-use super::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
-use crate::jobs::avatar::{ensure_analysis, ensure_prepared};
-use crate::jobs::generate::{cached_video, run_generate};
-use crate::jobs::{JobContext, JobError, Tracker};
-use crate::records::{now_ms, SessionRecord, SessionRequest, SessionStatus};
+use crate::inputs::{image_variant, wav, Clip, Variants};
+use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
 use anyhow::{anyhow, bail};
 use std::sync::Arc;
 use std::time::Instant;
+use vipavatar::jobs::avatar::{ensure_analysis, ensure_prepared};
+use vipavatar::jobs::generate::{cached_video, run_generate};
+use vipavatar::jobs::{JobContext, JobError, Tracker};
+use vipavatar::records::{now_ms, SessionRecord, SessionRequest, SessionStatus};
 use vipavatar_cache::{AudioHash, ImageHash, Key, OptionsHash, SessionId};
 use vipavatar_pipeline::audio::{decode_audio, AudioLimits};
 use vipavatar_pipeline::engine::{AvatarInput, Engine, GenerateOptions};
