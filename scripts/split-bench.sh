@@ -13,7 +13,7 @@ cd "$root"
 source scripts/env.sh
 seconds="${1:-60}"
 runs="${2:-3}"
-bin="${CARGO_TARGET_DIR:-$root/target}/release/vipavatar"
+bin="${VIPAVATAR_BIN:-${CARGO_TARGET_DIR:-$root/target}/release/vipavatar}"
 data="${VIPAVATAR_TESTDATA:-$root/../shared/testdata}"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs 2 cores" >&2; exit 1; }
@@ -108,7 +108,8 @@ while True:
             time.sleep(0.02)
         total = time.time() - t0
         assert s["status"] == "ready", s
-        parts = sorted(k for k in s["performance"]["stages"] if k.startswith("part"))
+        st = s["performance"]["stages"]
+        parts = sorted(f"{k}={st[k] * 1e3:.0f}" for k in st if k.startswith("part") or k in ("mux_finish", "generate"))
         times.append(total)
         print(f"{case:28s} {total * 1e3:8.0f} ms  first frame {s.get('first_frame_ms')} ms  frames {s['frames_total']}  {' '.join(parts) or 'unsplit'}", flush=True)
     times = sorted(times[1:])  # the first run warms the workers up

@@ -4,7 +4,7 @@
 //! parameter sets, and bare H.264 carries no timestamps, so the joined video's frames follow
 //! each other at 25 fps across part borders with no gap and no second video encode.
 
-use super::encoder::{read_fragments, tee_output, write_soundtrack, Ffmpeg, FragmentSink, StdoutReader, FPS};
+use super::encoder::{read_fragments, tee_output, write_soundtrack, Ffmpeg, FragmentSink, StdoutReader, AAC, FPS};
 use crate::audio::AudioClip;
 use crate::error::{PipelineError, Result};
 use std::path::{Path, PathBuf};
@@ -41,7 +41,8 @@ impl PartMuxer {
             .args(["-f", "h264", "-framerate", &FPS.to_string(), "-i", "pipe:0"])
             .args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
             .arg(&audio_path)
-            .args(["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy", "-c:a", "aac", "-b:a", "96k"]);
+            .args(["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"])
+            .args(AAC);
         let reader: Option<StdoutReader> = match stream {
             Some(sink) => {
                 cmd.args(["-flags", "+global_header", "-f", "tee"]).arg(tee_output(output));
