@@ -29,6 +29,10 @@ pub enum Kind {
     Stream,
     /// `idle:{image_hash}:{preprocess}:{size}`: where the avatar's idle loop and thumbnail are.
     Idle,
+    /// `inflight:{image_hash}:{audio_hash}:{options_hash}`: the session rendering that `video:`
+    /// right now (a plain string, claimed with SET NX), tier 3. Identical generate requests on
+    /// any API node join it instead of rendering again. Not in DESIGN.md's table.
+    Inflight,
 }
 
 /// How long entries of a kind live (DESIGN.md "tier" column).
@@ -45,7 +49,7 @@ pub enum Tier {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::FaceDetection,
         Kind::Landmarks,
         Kind::Coeffs3dmm,
@@ -61,6 +65,7 @@ impl Kind {
         Kind::AudioPcm,
         Kind::Stream,
         Kind::Idle,
+        Kind::Inflight,
     ];
 
     pub fn name(self) -> &'static str {
@@ -80,6 +85,7 @@ impl Kind {
             Kind::AudioPcm => "audio_pcm",
             Kind::Stream => "stream",
             Kind::Idle => "idle",
+            Kind::Inflight => "inflight",
         }
     }
 
@@ -90,7 +96,7 @@ impl Kind {
             }
             Kind::Coeffs3dmm => Tier::Permanent,
             Kind::Gestures | Kind::Visemes | Kind::AudioFeatures | Kind::Motion | Kind::Video => Tier::Medium,
-            Kind::Session | Kind::AudioPcm | Kind::Stream => Tier::Short,
+            Kind::Session | Kind::AudioPcm | Kind::Stream | Kind::Inflight => Tier::Short,
         }
     }
 }
@@ -170,6 +176,10 @@ impl Key {
     /// `stream:{session_id}`
     pub fn stream(id: &SessionId) -> Self {
         Self::new(Kind::Stream, &[id.as_str()])
+    }
+    /// `inflight:{image_hash}:{audio_hash}:{options_hash}` (same parts as [`Key::video`])
+    pub fn inflight(image: &ImageHash, audio: &AudioHash, options: &OptionsHash) -> Self {
+        Self::new(Kind::Inflight, &[image.as_str(), audio.as_str(), options.as_str()])
     }
     /// `idle:{image_hash}:{preprocess}:{size}`
     pub fn idle(image: &ImageHash, preprocess: &str, size: u32) -> Self {
