@@ -8,3 +8,7 @@ SKIP_BUILD=1 scripts/setup.sh
 source scripts/env.sh
 echo "[test] cargo test --workspace"
 cargo test --workspace --no-fail-fast "$@"
+if [ -z "${SKIP_SCHEMATHESIS:-}" ]; then
+  echo "[test] scripts/schemathesis.sh"
+  scripts/schemathesis.sh
+fi
