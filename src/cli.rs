@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use vipavatar_pipeline::engine::{Enhancer, GenerateOptions, PreprocessMode, Quality};
 
 #[derive(Debug, Parser)]
-#[command(name = "vipavatar", version, about = "Talking-head video service: precompute an avatar once, generate many videos fast")]
+#[command(
+    name = "vipavatar",
+    version,
+    about = "Talking-head video service: precompute an avatar once, generate many videos fast"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -164,9 +168,17 @@ fn precompute(args: PrecomputeArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let f = &a.face;
-    println!("image        {}x{}{}", a.width, a.height, a.upscaled.map(|s| format!(" (upscaled x{s:.2})")).unwrap_or_default());
+    println!(
+        "image        {}x{}{}",
+        a.width,
+        a.height,
+        a.upscaled.map(|s| format!(" (upscaled x{s:.2})")).unwrap_or_default()
+    );
     println!("faces        {} (largest chosen)", a.faces_found);
-    println!("face box     [{:.1}, {:.1}, {:.1}, {:.1}] score {:.3}", f.bbox[0], f.bbox[1], f.bbox[2], f.bbox[3], f.score);
+    println!(
+        "face box     [{:.1}, {:.1}, {:.1}, {:.1}] score {:.3}",
+        f.bbox[0], f.bbox[1], f.bbox[2], f.bbox[3], f.score
+    );
     let pts: Vec<String> = f.points.iter().map(|p| format!("({:.1}, {:.1})", p[0], p[1])).collect();
     println!("5 points     {}", pts.join(" "));
     println!("landmarks    {} points", a.landmarks.0.len());

@@ -95,7 +95,8 @@ pub fn engine_for(choice: EngineChoice, config: &Config) -> Result<Arc<dyn Engin
     let device = first_device(config)?;
     match choice.fixed() {
         Some(kind) => load_engine(kind, config, device),
-        None => load_engine(EngineKind::Sadtalker, config, device).or_else(|_| load_engine(EngineKind::Classic, config, device)),
+        None => load_engine(EngineKind::Sadtalker, config, device)
+            .or_else(|_| load_engine(EngineKind::Classic, config, device)),
     }
 }
 

@@ -35,7 +35,8 @@ pub struct DataDirLock {
 impl DataDirLock {
     /// Lock `data_dir` or fail with a message naming the process that holds it.
     pub fn acquire(data_dir: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir).with_context(|| format!("create the data directory {}", data_dir.display()))?;
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("create the data directory {}", data_dir.display()))?;
         let path = std::path::absolute(data_dir.join(LOCK_FILE)).context("resolve the data directory")?;
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -174,8 +175,12 @@ async fn wait_ready(spec: &Spec, child: &mut tokio::process::Child) -> anyhow::R
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             bail!("redis-server exited with {status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
         }
-        if let Ok(Ok(mut conn)) = tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await {
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await {
+        if let Ok(Ok(mut conn)) =
+            tokio::time::timeout(Duration::from_secs(1), client.get_multiplexed_async_connection()).await
+        {
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_secs(1), redis::cmd("PING").query_async::<String>(&mut conn)).await
+            {
                 return Ok(());
             }
         }
@@ -288,7 +293,8 @@ fn is_redis_of(pid: i32, dir: &Path) -> bool {
     }
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
-    let is_redis = comm.trim().starts_with("redis-server") || exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("redis-server"));
+    let is_redis = comm.trim().starts_with("redis-server")
+        || exe.file_name().is_some_and(|n| n.to_string_lossy().starts_with("redis-server"));
     is_redis && std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd == dir)
 }
 

@@ -26,7 +26,11 @@ pub fn manager_config(timeout: Duration) -> ConnectionManagerConfig {
 
 /// Open a connection manager with [`manager_config`], retrying for up to `patience` (Redis may
 /// still be starting).
-pub async fn connect(client: &redis::Client, timeout: Duration, patience: Duration) -> redis::RedisResult<ConnectionManager> {
+pub async fn connect(
+    client: &redis::Client,
+    timeout: Duration,
+    patience: Duration,
+) -> redis::RedisResult<ConnectionManager> {
     let start = Instant::now();
     loop {
         match client.get_connection_manager_with_config(manager_config(timeout)).await {
@@ -57,7 +61,8 @@ impl RedisHealth {
         if self.is_up() {
             Ok(())
         } else {
-            Err(ApiError::new(Code::RedisUnavailable, "the job store (Redis) is unreachable; try again shortly").retry_after(5))
+            Err(ApiError::new(Code::RedisUnavailable, "the job store (Redis) is unreachable; try again shortly")
+                .retry_after(5))
         }
     }
 

@@ -57,7 +57,11 @@ impl Services {
         .with_context(|| format!("cannot connect to Redis at {url}"))?;
         let cache = Cache::new(
             conn.clone(),
-            CacheConfig { namespace: config.namespace.clone(), ttls: config.ttl.ttls(), schema_version: CACHE_SCHEMA_VERSION },
+            CacheConfig {
+                namespace: config.namespace.clone(),
+                ttls: config.ttl.ttls(),
+                schema_version: CACHE_SCHEMA_VERSION,
+            },
         );
         let streams = FragmentStreams::new(client.clone(), conn.clone(), config.namespace.clone(), &config.ttl.ttls());
         let queue = JobQueue::new(conn, config.namespace.clone());
@@ -98,11 +102,17 @@ type OwnersState = Option<Result<Vec<DeviceOwner>, String>>;
 /// Start one model owner per configured device (no more than `n`) and `n` workers spread over
 /// them round-robin; each worker waits for its owner, and owns one blocking Redis connection.
 /// Without workers, one engine set is loaded in the background for the API's option checks.
-pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &watch::Receiver<bool>) -> anyhow::Result<Started> {
+pub fn start_workers(
+    n: usize,
+    config: &Config,
+    services: &Services,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Started> {
     let devices: LocalDevices = LocalDevices::default();
     if n == 0 {
         // An API-only node loads no model: it routes by what live workers advertise.
-        let (_, none) = watch::channel::<EngineState>(Some(Err("this node runs no workers and loads no models".into())));
+        let (_, none) =
+            watch::channel::<EngineState>(Some(Err("this node runs no workers and loads no models".into())));
         return Ok(Started { engines: none, devices, workers: Vec::new() });
     }
     let plan = plan(config, n).map_err(|e| anyhow::anyhow!("VIPAVATAR_DEVICE: {e}"))?;
@@ -114,7 +124,8 @@ pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &
     let (ad_cache, ad_shutdown) = (services.cache.clone(), shutdown.clone());
     crate::spawn_named("load-devices", async move {
         let starts = plan.iter().enumerate().map(|(i, d)| DeviceOwner::start(i, *d, &cfg));
-        let result: Result<Vec<DeviceOwner>, String> = futures_util::future::join_all(starts).await.into_iter().collect();
+        let result: Result<Vec<DeviceOwner>, String> =
+            futures_util::future::join_all(starts).await.into_iter().collect();
         match &result {
             Ok(owners) => {
                 let _ = engines_tx.send(Some(Ok(owners[0].models.engines())));
@@ -133,7 +144,12 @@ pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &
                         .enumerate()
                         .map(|(o, owner)| LocalDevice {
                             models: owner.models.clone(),
-                            workers: names.iter().zip(&assigned).filter(|(_, s)| **s == o).map(|(c, _)| c.clone()).collect(),
+                            workers: names
+                                .iter()
+                                .zip(&assigned)
+                                .filter(|(_, s)| **s == o)
+                                .map(|(c, _)| c.clone())
+                                .collect(),
                         })
                         .collect();
                 }
@@ -150,8 +166,13 @@ pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &
         .zip(slots)
         .enumerate()
         .map(|(i, (consumer, slot))| {
-            let (config, client, cache, queue, blobs) =
-                (config.clone(), services.client.clone(), services.cache.clone(), services.queue.clone(), services.blobs.clone());
+            let (config, client, cache, queue, blobs) = (
+                config.clone(),
+                services.client.clone(),
+                services.cache.clone(),
+                services.queue.clone(),
+                services.blobs.clone(),
+            );
             let streams = services.streams.clone();
             let (mut owners, shutdown) = (owners_rx.clone(), shutdown.clone());
             crate::spawn_named(&format!("worker-{i}"), async move {
@@ -187,12 +208,18 @@ pub fn start_workers(n: usize, config: &Config, services: &Services, shutdown: &
 
 /// Sweep `{data}/tmp` now (see [`BlobStore::sweep_tmp`]), then every `VIPAVATAR_TMP_SWEEP_SECS`
 /// until `shutdown`.
-pub async fn sweep_tmp_periodically(blobs: &BlobStore, config: &Config, shutdown: &watch::Receiver<bool>) -> JoinHandle<()> {
+pub async fn sweep_tmp_periodically(
+    blobs: &BlobStore,
+    config: &Config,
+    shutdown: &watch::Receiver<bool>,
+) -> JoinHandle<()> {
     let max_age = Duration::from_secs(config.jobs.tmp_max_age_secs);
     let every = Duration::from_secs(config.jobs.tmp_sweep_secs.max(1));
     let sweep = move |blobs: BlobStore| async move {
         match tokio::task::spawn_blocking(move || blobs.sweep_tmp(max_age)).await {
-            Ok(Ok(s)) if s.files > 0 => tracing::info!(files = s.files, bytes = s.bytes, "removed orphaned temporary files"),
+            Ok(Ok(s)) if s.files > 0 => {
+                tracing::info!(files = s.files, bytes = s.bytes, "removed orphaned temporary files")
+            }
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "sweeping temporary files failed"),
             Err(e) => tracing::warn!(error = %e, "sweeping temporary files panicked"),

@@ -25,9 +25,18 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                 .and_then(|b| b.install_recorder());
             match installed {
                 Ok(h) => {
-                    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests answered, per method, route pattern and status");
-                    metrics::describe_histogram!(HTTP_DURATION, "HTTP request latency in seconds, per method, route pattern and status");
-                    metrics::describe_histogram!(JOBS, "Job run time in seconds (all attempts), per job kind and outcome");
+                    metrics::describe_counter!(
+                        HTTP_REQUESTS,
+                        "HTTP requests answered, per method, route pattern and status"
+                    );
+                    metrics::describe_histogram!(
+                        HTTP_DURATION,
+                        "HTTP request latency in seconds, per method, route pattern and status"
+                    );
+                    metrics::describe_histogram!(
+                        JOBS,
+                        "Job run time in seconds (all attempts), per job kind and outcome"
+                    );
                     Some(h)
                 }
                 Err(e) => {

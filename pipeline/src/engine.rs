@@ -115,7 +115,10 @@ impl GenerateOptions {
             return Err(InvalidOption { field: "size", reason: format!("{} is not 256 or 512", self.size) });
         }
         if self.pose_style > 45 {
-            return Err(InvalidOption { field: "pose_style", reason: format!("{} is outside 0..=45", self.pose_style) });
+            return Err(InvalidOption {
+                field: "pose_style",
+                reason: format!("{} is outside 0..=45", self.pose_style),
+            });
         }
         if !(0.0..=3.0).contains(&self.expression_scale) || !self.expression_scale.is_finite() {
             return Err(InvalidOption {
@@ -335,12 +338,7 @@ pub trait Engine: Send + Sync {
     fn audio_features(&self, clip: &AudioClip) -> Result<Vec<u8>>;
 
     /// Audio + avatar -> per-frame motion (cached under `motion:`); 25 fps.
-    fn motion(
-        &self,
-        prepared: &PreparedAvatar,
-        features: &[u8],
-        opts: &GenerateOptions,
-    ) -> Result<Vec<u8>>;
+    fn motion(&self, prepared: &PreparedAvatar, features: &[u8], opts: &GenerateOptions) -> Result<Vec<u8>>;
 
     /// Render every frame of `motion` into `sink`, calling `progress(done, total)` as frames finish.
     fn render(

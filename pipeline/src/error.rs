@@ -29,11 +29,23 @@ pub enum PipelineError {
     #[error("video encoding failed: {0}")]
     Encode(String),
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("tensor error in {context}: {source}")]
-    Torch { context: String, #[source] source: tch::TchError },
+    Torch {
+        context: String,
+        #[source]
+        source: tch::TchError,
+    },
     #[error("opencv error in {context}: {source}")]
-    OpenCv { context: String, #[source] source: opencv::Error },
+    OpenCv {
+        context: String,
+        #[source]
+        source: opencv::Error,
+    },
     /// A model call panicked; the job fails (retrying the same input would panic again) and
     /// the device owner rebuilds the engine before its next call.
     /// A cached engine blob does not decode: evict it and compute it again.

@@ -1,13 +1,13 @@
 //! The image-only half: decode -> validate -> detect -> landmarks -> crop -> pose, with stage timings.
 
-use crate::engine::PreprocessMode;
-use crate::face::crop::CropInfo;
-use crate::face::{FaceDetection, HeadPose, Landmarks68};
 use crate::checkpoints::Checkpoints;
+use crate::engine::PreprocessMode;
 use crate::error::{PipelineError, Result};
 use crate::face::crop::crop_info;
+use crate::face::crop::CropInfo;
 use crate::face::landmarks::{GrayImage, ShapePredictor};
 use crate::face::mtcnn::{Mtcnn, MtcnnConfig};
+use crate::face::{FaceDetection, HeadPose, Landmarks68};
 use crate::image::RgbImage;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -83,7 +83,8 @@ impl Precomputer {
         let mut image = crate::image::decode(bytes, self.limits.max_pixels)?;
         timer.lap("decode");
         let short = image.width.min(image.height);
-        let too_small = || PipelineError::ImageTooSmall { width: image.width, height: image.height, min: self.limits.min_side };
+        let too_small =
+            || PipelineError::ImageTooSmall { width: image.width, height: image.height, min: self.limits.min_side };
         if short < ABSOLUTE_MIN_SIDE {
             return Err(too_small());
         }

@@ -290,7 +290,13 @@ fn reduce(func: Value, args: Value) -> Result<Value> {
                 return Err(bad("unexpected storage persistent id"));
             };
             let kind = storage_kind(ty).ok_or_else(|| bad(format!("unsupported storage type {ty}")))?;
-            Ok(Value::Tensor(TensorRef { key: key.clone(), kind, offset: *offset, size: ints(size)?, stride: ints(stride)? }))
+            Ok(Value::Tensor(TensorRef {
+                key: key.clone(),
+                kind,
+                offset: *offset,
+                size: ints(size)?,
+                stride: ints(stride)?,
+            }))
         }
         _ => Ok(Value::Opaque),
     }
@@ -331,10 +337,14 @@ fn all_tensor_refs(v: &Value, out: &mut Vec<TensorRef>) {
     }
 }
 
-fn materialize(refs: Vec<(String, TensorRef)>, storages: &HashMap<String, (Kind, Vec<u8>)>) -> Result<Vec<(String, Tensor)>> {
+fn materialize(
+    refs: Vec<(String, TensorRef)>,
+    storages: &HashMap<String, (Kind, Vec<u8>)>,
+) -> Result<Vec<(String, Tensor)>> {
     let mut out = Vec::with_capacity(refs.len());
     for (name, r) in refs {
-        let (kind, bytes) = storages.get(&r.key).ok_or_else(|| bad(format!("storage {} of `{name}` missing", r.key)))?;
+        let (kind, bytes) =
+            storages.get(&r.key).ok_or_else(|| bad(format!("storage {} of `{name}` missing", r.key)))?;
         let es = element_size(*kind);
         let numel = (bytes.len() / es) as i64;
         let needed = r.offset + r.size.iter().zip(&r.stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
@@ -359,7 +369,8 @@ pub fn load(path: &std::path::Path) -> Result<Vec<(String, Tensor)>> {
         PipelineError::Checkpoint { reason, .. } => PipelineError::Checkpoint { file: file.clone(), reason },
         other => other,
     };
-    let bytes = std::fs::read(path).map_err(|e| PipelineError::Checkpoint { file: file.clone(), reason: format!("cannot read: {e}") })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| PipelineError::Checkpoint { file: file.clone(), reason: format!("cannot read: {e}") })?;
     load_bytes(&bytes).map_err(with_file)
 }
 
@@ -412,7 +423,10 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
 fn zip_entries(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
     let le16 = |i: usize| bytes.get(i..i + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
     let le32 = |i: usize| bytes.get(i..i + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
-    let eocd = (0..bytes.len().saturating_sub(21)).rev().find(|&i| bytes[i..].starts_with(b"PK\x05\x06")).ok_or_else(|| bad("zip directory not found"))?;
+    let eocd = (0..bytes.len().saturating_sub(21))
+        .rev()
+        .find(|&i| bytes[i..].starts_with(b"PK\x05\x06"))
+        .ok_or_else(|| bad("zip directory not found"))?;
     let count = le16(eocd + 10).ok_or_else(|| bad("zip"))?;
     let mut at = le32(eocd + 16).ok_or_else(|| bad("zip"))?;
     let mut out = HashMap::new();
@@ -423,7 +437,8 @@ fn zip_entries(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
         let method = le16(at + 10).ok_or_else(|| bad("zip"))?;
         let size = le32(at + 20).ok_or_else(|| bad("zip"))?;
         let (nlen, xlen, clen) = (le16(at + 28), le16(at + 30), le16(at + 32));
-        let (nlen, xlen, clen) = (nlen.ok_or_else(|| bad("zip"))?, xlen.ok_or_else(|| bad("zip"))?, clen.ok_or_else(|| bad("zip"))?);
+        let (nlen, xlen, clen) =
+            (nlen.ok_or_else(|| bad("zip"))?, xlen.ok_or_else(|| bad("zip"))?, clen.ok_or_else(|| bad("zip"))?);
         let local = le32(at + 42).ok_or_else(|| bad("zip"))?;
         let name = String::from_utf8_lossy(bytes.get(at + 46..at + 46 + nlen).ok_or_else(|| bad("zip"))?).into_owned();
         at += 46 + nlen + xlen + clen;
@@ -441,14 +456,16 @@ fn zip_entries(bytes: &[u8]) -> Result<HashMap<String, &[u8]>> {
 
 fn load_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     let entries = zip_entries(bytes)?;
-    let (pkl_name, pkl) = entries.iter().find(|(n, _)| n.ends_with("/data.pkl")).ok_or_else(|| bad("data.pkl missing"))?;
+    let (pkl_name, pkl) =
+        entries.iter().find(|(n, _)| n.ends_with("/data.pkl")).ok_or_else(|| bad("data.pkl missing"))?;
     let prefix = pkl_name.trim_end_matches("data.pkl");
     let root = Unpickler::new(pkl).load()?;
     let mut refs = Vec::new();
     collect("", &root, &mut refs);
     let mut storages = HashMap::new();
     for (_, r) in &refs {
-        let data = entries.get(&format!("{prefix}data/{}", r.key)).ok_or_else(|| bad(format!("storage {} missing", r.key)))?;
+        let data =
+            entries.get(&format!("{prefix}data/{}", r.key)).ok_or_else(|| bad(format!("storage {} missing", r.key)))?;
         storages.insert(r.key.clone(), (r.kind, data.to_vec()));
     }
     materialize(refs, &storages)

@@ -68,7 +68,12 @@ fn gfpgan_full_width_layer_matches_reference() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["key"].as_str().unwrap().to_string(), t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect()))
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap().to_string(),
+                t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
+            )
+        })
         .collect();
     let stored = vipavatar_pipeline::torch_pickle::load(&fx::dir().join("full_layer.pth")).unwrap();
     let vars = vs.variables();
@@ -107,12 +112,16 @@ fn gfpgan_loader_names_file_and_key() {
     std::fs::create_dir_all(&dir).unwrap();
     let missing = dir.join("GFPGANv1.4.pth");
     match load_network(&missing, &GfpganConfig::v1_4(), tch::Device::Cpu) {
-        Err(PipelineError::Checkpoint { file, reason }) => assert!(file.ends_with("GFPGANv1.4.pth") && reason.contains("not found"), "{reason}"),
+        Err(PipelineError::Checkpoint { file, reason }) => {
+            assert!(file.ends_with("GFPGANv1.4.pth") && reason.contains("not found"), "{reason}")
+        }
         other => panic!("expected a checkpoint error, got {other:?}"),
     }
     let other = fx::dir().join("full_layer.pth");
     match load_network(&other, &fx::net_config(&cfg["network"]), tch::Device::Cpu) {
-        Err(PipelineError::Checkpoint { reason, .. }) => assert!(reason.contains("missing key `params_ema."), "{reason}"),
+        Err(PipelineError::Checkpoint { reason, .. }) => {
+            assert!(reason.contains("missing key `params_ema."), "{reason}")
+        }
         other => panic!("expected a checkpoint error, got {other:?}"),
     }
     std::fs::remove_dir_all(&dir).ok();

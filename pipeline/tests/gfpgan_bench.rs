@@ -63,7 +63,8 @@ fn naive_frame(net: &GfpganNet, mtcnn: Option<&Mtcnn>, frame: &Tensor, given: &F
     let img = to_mat(frame);
     let pts = match mtcnn {
         Some(d) => {
-            let rgb = RgbImage::from_raw(256, 256, Vec::<u8>::try_from(frame.contiguous().flatten(0, -1)).unwrap()).unwrap();
+            let rgb =
+                RgbImage::from_raw(256, 256, Vec::<u8>::try_from(frame.contiguous().flatten(0, -1)).unwrap()).unwrap();
             let found = d.detect(&rgb).unwrap();
             found.first().map(|f| f.points.map(|[x, y]| [x as f64, y as f64])).unwrap_or(*given)
         }
@@ -71,20 +72,61 @@ fn naive_frame(net: &GfpganNet, mtcnn: Option<&Mtcnn>, frame: &Tensor, given: &F
     };
     let a = fit_affine(&pts, 512).unwrap();
     let mut crop = Mat::default();
-    opencv::imgproc::warp_affine(&img, &mut crop, &affine_mat(&a), Size::new(512, 512), opencv::imgproc::INTER_LINEAR, BORDER_CONSTANT, Scalar::new(132.0, 133.0, 135.0, 0.0)).unwrap();
+    opencv::imgproc::warp_affine(
+        &img,
+        &mut crop,
+        &affine_mat(&a),
+        Size::new(512, 512),
+        opencv::imgproc::INTER_LINEAR,
+        BORDER_CONSTANT,
+        Scalar::new(132.0, 133.0, 135.0, 0.0),
+    )
+    .unwrap();
     let x = (from_mat(&crop).permute([2, 0, 1]).unsqueeze(0).to_kind(Kind::Float) / 255.0 - 0.5) / 0.5;
     let y = net.forward(&x.to_device(net.device()), &net.noise_maps(&Noise::Seeded(call))).unwrap();
-    let face = ((y.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0).round().to_kind(Kind::Uint8).squeeze_dim(0).permute([1, 2, 0]).to_device(Device::Cpu);
+    let face = ((y.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0)
+        .round()
+        .to_kind(Kind::Uint8)
+        .squeeze_dim(0)
+        .permute([1, 2, 0])
+        .to_device(Device::Cpu);
     let inv = affine_mat(&a.invert());
     let mut inv_face = Mat::default();
-    opencv::imgproc::warp_affine(&to_mat(&face), &mut inv_face, &inv, Size::new(256, 256), opencv::imgproc::INTER_LINEAR, BORDER_CONSTANT, Scalar::all(0.0)).unwrap();
+    opencv::imgproc::warp_affine(
+        &to_mat(&face),
+        &mut inv_face,
+        &inv,
+        Size::new(256, 256),
+        opencv::imgproc::INTER_LINEAR,
+        BORDER_CONSTANT,
+        Scalar::all(0.0),
+    )
+    .unwrap();
     let ones = Mat::new_rows_cols_with_default(512, 512, CV_32F, Scalar::all(1.0)).unwrap();
     let mut mask = Mat::default();
-    opencv::imgproc::warp_affine(&ones, &mut mask, &inv, Size::new(256, 256), opencv::imgproc::INTER_LINEAR, BORDER_CONSTANT, Scalar::all(0.0)).unwrap();
+    opencv::imgproc::warp_affine(
+        &ones,
+        &mut mask,
+        &inv,
+        Size::new(256, 256),
+        opencv::imgproc::INTER_LINEAR,
+        BORDER_CONSTANT,
+        Scalar::all(0.0),
+    )
+    .unwrap();
     let erode = |src: &Mat, k: i32| {
         let kernel = Mat::new_rows_cols_with_default(k, k, opencv::core::CV_8U, Scalar::all(1.0)).unwrap();
         let mut out = Mat::default();
-        opencv::imgproc::erode(src, &mut out, &kernel, opencv::core::Point::new(-1, -1), 1, BORDER_CONSTANT, opencv::imgproc::morphology_default_border_value().unwrap()).unwrap();
+        opencv::imgproc::erode(
+            src,
+            &mut out,
+            &kernel,
+            opencv::core::Point::new(-1, -1),
+            1,
+            BORDER_CONSTANT,
+            opencv::imgproc::morphology_default_border_value().unwrap(),
+        )
+        .unwrap();
         out
     };
     let ero = erode(&mask, 2);
@@ -92,7 +134,15 @@ fn naive_frame(net: &GfpganNet, mtcnn: Option<&Mtcnn>, frame: &Tensor, given: &F
     let w_edge = (area.sqrt() as i32) / 20;
     let center = erode(&ero, (w_edge * 2).max(1));
     let mut soft = Mat::default();
-    opencv::imgproc::gaussian_blur(&center, &mut soft, Size::new(w_edge * 2 + 1, w_edge * 2 + 1), 0.0, 0.0, opencv::core::BORDER_DEFAULT).unwrap();
+    opencv::imgproc::gaussian_blur(
+        &center,
+        &mut soft,
+        Size::new(w_edge * 2 + 1, w_edge * 2 + 1),
+        0.0,
+        0.0,
+        opencv::core::BORDER_DEFAULT,
+    )
+    .unwrap();
     let soft = Tensor::from_slice(soft.data_typed::<f32>().unwrap()).view([256, 256, 1]);
     let ero = Tensor::from_slice(ero.data_typed::<f32>().unwrap()).view([256, 256, 1]);
     let out = &soft * (ero * from_mat(&inv_face).to_kind(Kind::Float)) + (-&soft + 1.0) * frame.to_kind(Kind::Float);
@@ -106,12 +156,19 @@ fn gfpgan_bench_batched_vs_naive_at_256() {
     let batch = env_usize("GFPGAN_BENCH_BATCH", 4);
     let device = gfpgan_support::device();
     let net = GfpganNet::random(&GfpganConfig::v1_4(), device, 20261201).unwrap();
-    let mtcnn_dir = std::env::var("VIPAVATAR_CHECKPOINTS").map(std::path::PathBuf::from).unwrap_or_else(|_| gfpgan_support::dir().join("../../../../checkpoints")).join("mtcnn");
+    let mtcnn_dir = std::env::var("VIPAVATAR_CHECKPOINTS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| gfpgan_support::dir().join("../../../../checkpoints"))
+        .join("mtcnn");
     let mtcnn = Mtcnn::load(&mtcnn_dir, MtcnnConfig::default()).ok();
-    eprintln!("gfpgan bench: device {device:?}, {n} frames 256x256, batch {batch}, detector {}", if mtcnn.is_some() { "MTCNN" } else { "none (not found)" });
+    eprintln!(
+        "gfpgan bench: device {device:?}, {n} frames 256x256, batch {batch}, detector {}",
+        if mtcnn.is_some() { "MTCNN" } else { "none (not found)" }
+    );
     let (frames, points) = scene(n);
     // warm-up (allocator, kernels)
-    let _ = net.forward(&Tensor::zeros([1, 3, 512, 512], (Kind::Float, device)), &net.noise_maps(&Noise::Zero)).unwrap();
+    let _ =
+        net.forward(&Tensor::zeros([1, 3, 512, 512], (Kind::Float, device)), &net.noise_maps(&Noise::Zero)).unwrap();
 
     let t = Instant::now();
     let mut naive = Vec::new();

@@ -44,9 +44,11 @@ fn gfpgan_helper_alignment_and_paste_match_facexlib() {
     let cfg = fx::config();
     assert_eq!(pts.len(), cfg["enhance"]["face_scales"].as_array().unwrap().len());
     let aligned = enh.align(&frames, &pts).unwrap();
-    let affines = Tensor::from_slice(&aligned.affines.iter().flat_map(|a| a.0.concat()).collect::<Vec<f64>>()).view([-1, 2, 3]);
+    let affines =
+        Tensor::from_slice(&aligned.affines.iter().flat_map(|a| a.0.concat()).collect::<Vec<f64>>()).view([-1, 2, 3]);
     fx::check("affine matrix", &affines, fx::get(&io, "out.affine"), AFFINE_TOL, AFFINE_TOL);
-    let inverse = Tensor::from_slice(&aligned.affines.iter().flat_map(|a| a.invert().0.concat()).collect::<Vec<f64>>()).view([-1, 2, 3]);
+    let inverse = Tensor::from_slice(&aligned.affines.iter().flat_map(|a| a.invert().0.concat()).collect::<Vec<f64>>())
+        .view([-1, 2, 3]);
     fx::check("inverse affine", &inverse, fx::get(&io, "out.inverse_affine"), AFFINE_TOL, AFFINE_TOL);
     fx::check("warped crops", &unit(&aligned.crops), &unit(fx::get(&io, "out.crops")), FRAME_MAX, FRAME_MEAN);
     let restored = fx::get(&io, "out.restored").to_device(device);
@@ -58,9 +60,17 @@ fn gfpgan_helper_alignment_and_paste_match_facexlib() {
     let repeated = [aligned.affines[0], aligned.affines[0]];
     let masks = enh.paste_masks((frames.size()[1], frames.size()[2]), &repeated, device).unwrap();
     let first = enh.paste(&frames.narrow(0, 0, 1), &restored.narrow(0, 0, 1), &repeated[..1]).unwrap();
-    let both = enh.paste_with_masks(&frames.narrow(0, 0, 1).repeat([2, 1, 1, 1]), &restored.narrow(0, 0, 1).repeat([2, 1, 1, 1]), &masks).unwrap();
+    let both = enh
+        .paste_with_masks(
+            &frames.narrow(0, 0, 1).repeat([2, 1, 1, 1]),
+            &restored.narrow(0, 0, 1).repeat([2, 1, 1, 1]),
+            &masks,
+        )
+        .unwrap();
     assert!(both.get(0).equal(&first.get(0)) && both.get(1).equal(&first.get(0)), "cached masks change the paste");
-    assert!(enh.paste_with_masks(&frames, &restored, &enh.paste_masks((10, 10), &aligned.affines, device).unwrap()).is_err());
+    assert!(enh
+        .paste_with_masks(&frames, &restored, &enh.paste_masks((10, 10), &aligned.affines, device).unwrap())
+        .is_err());
 }
 
 #[test]

@@ -28,7 +28,12 @@ fn gfpgan_v1_4_layout_matches_the_official_key_list() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| (t["key"].as_str().unwrap().to_string(), t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect()))
+        .map(|t| {
+            (
+                t["key"].as_str().unwrap().to_string(),
+                t["shape"].as_array().unwrap().iter().map(|d| d.as_i64().unwrap()).collect(),
+            )
+        })
         .collect();
     let ours: BTreeMap<String, Vec<i64>> = expected_layout(&cfg).unwrap().into_iter().collect();
     for (k, shape) in &ours {

@@ -37,7 +37,11 @@ fn affine_mat(a: &Affine) -> Mat {
 
 fn matrices() -> Vec<Affine> {
     let mut out = Vec::new();
-    for (k, (scale, angle, tx, ty)) in [(2.3f64, 0.09f64, -64.6, 8.7), (0.37, -0.3, 90.0, 40.0), (1.0, 0.0, 0.5, -0.25), (3.1, 1.2, 300.0, -200.0)].into_iter().enumerate() {
+    for (k, (scale, angle, tx, ty)) in
+        [(2.3f64, 0.09f64, -64.6, 8.7), (0.37, -0.3, 90.0, 40.0), (1.0, 0.0, 0.5, -0.25), (3.1, 1.2, 300.0, -200.0)]
+            .into_iter()
+            .enumerate()
+    {
         let (c, s) = (angle.cos() * scale, angle.sin() * scale);
         out.push(Affine([[c, -s + 0.01 * k as f64, tx], [s, c, ty]]));
     }
@@ -52,10 +56,24 @@ fn gfpgan_warp_u8_is_bit_exact_with_opencv() {
     let ours = warp_affine_u8(&src.unsqueeze(0), &maps, (oh, ow), &[132, 133, 135]).unwrap();
     for (i, m) in maps.iter().enumerate() {
         let mut cv = Mat::default();
-        opencv::imgproc::warp_affine(&mat_u8(&src), &mut cv, &affine_mat(m), Size::new(ow as i32, oh as i32), opencv::imgproc::INTER_LINEAR, BORDER_CONSTANT, Scalar::new(132.0, 133.0, 135.0, 0.0)).unwrap();
+        opencv::imgproc::warp_affine(
+            &mat_u8(&src),
+            &mut cv,
+            &affine_mat(m),
+            Size::new(ow as i32, oh as i32),
+            opencv::imgproc::INTER_LINEAR,
+            BORDER_CONSTANT,
+            Scalar::new(132.0, 133.0, 135.0, 0.0),
+        )
+        .unwrap();
         let cv = Tensor::from_slice(cv.data_bytes().unwrap()).view([oh, ow, 3]);
         let diff = (ours.get(i as i64).to_kind(Kind::Int) - cv.to_kind(Kind::Int)).abs().max().int64_value(&[]);
-        let border = ours.get(i as i64).eq_tensor(&Tensor::from_slice(&[132u8, 133, 135])).all_dim(-1, false).sum(Kind::Int64).int64_value(&[]);
+        let border = ours
+            .get(i as i64)
+            .eq_tensor(&Tensor::from_slice(&[132u8, 133, 135]))
+            .all_dim(-1, false)
+            .sum(Kind::Int64)
+            .int64_value(&[]);
         eprintln!("gfpgan warp u8 matrix {i}: max diff {diff} levels, {border} border-coloured pixels");
         assert_eq!(diff, 0, "matrix {i} differs from cv::warpAffine");
     }
@@ -69,7 +87,16 @@ fn gfpgan_mask_warp_erode_blur_match_opencv() {
     let warped = warp_affine_f32(&ones, &maps, (oh, ow), 0.0).unwrap();
     for (i, m) in maps.iter().enumerate() {
         let mut cv = Mat::default();
-        opencv::imgproc::warp_affine(&mat_f32(&ones.get(0).squeeze_dim(-1)), &mut cv, &affine_mat(m), Size::new(ow as i32, oh as i32), opencv::imgproc::INTER_LINEAR, BORDER_CONSTANT, Scalar::all(0.0)).unwrap();
+        opencv::imgproc::warp_affine(
+            &mat_f32(&ones.get(0).squeeze_dim(-1)),
+            &mut cv,
+            &affine_mat(m),
+            Size::new(ow as i32, oh as i32),
+            opencv::imgproc::INTER_LINEAR,
+            BORDER_CONSTANT,
+            Scalar::all(0.0),
+        )
+        .unwrap();
         let cv_t = Tensor::from_slice(cv.data_typed::<f32>().unwrap()).view([oh, ow]);
         let ours = warped.get(i as i64).squeeze_dim(-1);
         let d = (&ours - &cv_t).abs().max().double_value(&[]);
@@ -77,7 +104,16 @@ fn gfpgan_mask_warp_erode_blur_match_opencv() {
         for k in [2i32, 3, 6, 7] {
             let kernel = Mat::new_rows_cols_with_default(k, k, opencv::core::CV_8U, Scalar::all(1.0)).unwrap();
             let mut e = Mat::default();
-            opencv::imgproc::erode(&cv, &mut e, &kernel, Point::new(-1, -1), 1, BORDER_CONSTANT, opencv::imgproc::morphology_default_border_value().unwrap()).unwrap();
+            opencv::imgproc::erode(
+                &cv,
+                &mut e,
+                &kernel,
+                Point::new(-1, -1),
+                1,
+                BORDER_CONSTANT,
+                opencv::imgproc::morphology_default_border_value().unwrap(),
+            )
+            .unwrap();
             let e_t = Tensor::from_slice(e.data_typed::<f32>().unwrap()).view([oh, ow]);
             let ours_e = erode(&ours.view([1, 1, oh, ow]), k as i64).unwrap().view([oh, ow]);
             let d = (&ours_e - &e_t).abs().max().double_value(&[]);

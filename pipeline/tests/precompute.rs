@@ -73,9 +73,20 @@ fn finds_a_face_with_plausible_landmarks_in_every_portrait() {
         assert!(a.faces_found >= 1);
         check_landmarks(&name, &a);
         let [x1, y1, x2, y2] = a.crop.face_box;
-        assert!(x1 >= 0 && y1 >= 0 && x2 <= img.width as i64 && y2 <= img.height as i64 && x2 > x1 && y2 > y1, "{name}: crop {:?}", a.crop.face_box);
-        assert!(a.pose.yaw.abs() < 45.0 && a.pose.pitch.abs() < 45.0 && a.pose.roll.abs() < 30.0, "{name}: pose {:?}", a.pose);
-        eprintln!("{name}: box {:?} score {:.3} pose {:?} timings {:?}", a.face.bbox, a.face.score, a.pose, a.timings_ms);
+        assert!(
+            x1 >= 0 && y1 >= 0 && x2 <= img.width as i64 && y2 <= img.height as i64 && x2 > x1 && y2 > y1,
+            "{name}: crop {:?}",
+            a.crop.face_box
+        );
+        assert!(
+            a.pose.yaw.abs() < 45.0 && a.pose.pitch.abs() < 45.0 && a.pose.roll.abs() < 30.0,
+            "{name}: pose {:?}",
+            a.pose
+        );
+        eprintln!(
+            "{name}: box {:?} score {:.3} pose {:?} timings {:?}",
+            a.face.bbox, a.face.score, a.pose, a.timings_ms
+        );
     }
 }
 

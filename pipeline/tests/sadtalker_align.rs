@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use tch::{Kind, Tensor};
 use vipavatar_pipeline::engine::PreprocessMode;
-use vipavatar_pipeline::face::align::{align_img, pos, pil_resize_bicubic, LM3D_STD};
+use vipavatar_pipeline::face::align::{align_img, pil_resize_bicubic, pos, LM3D_STD};
 use vipavatar_pipeline::face::crop::{align_face_geometry, crop_info};
 use vipavatar_pipeline::image::RgbImage;
 
@@ -135,11 +135,13 @@ fn sadtalker_align_case_c_chain() {
     let img = image(&fx["in.b.image"]);
     let info = crop_info(&lm, img.width, img.height, PreprocessMode::Crop);
     let [x1, y1, x2, y2] = info.face_box;
-    let cropped = vipavatar_pipeline::face::align::pil_crop(&img, x1 as i32, y1 as i32, (x2 - x1) as u32, (y2 - y1) as u32);
+    let cropped =
+        vipavatar_pipeline::face::align::pil_crop(&img, x1 as i32, y1 as i32, (x2 - x1) as u32, (y2 - y1) as u32);
     // cv2.resize INTER_LINEAR to 256x256.
     let m = cropped.to_bgr_mat().unwrap();
     let mut r = opencv::core::Mat::default();
-    opencv::imgproc::resize(&m, &mut r, opencv::core::Size::new(256, 256), 0.0, 0.0, opencv::imgproc::INTER_LINEAR).unwrap();
+    opencv::imgproc::resize(&m, &mut r, opencv::core::Size::new(256, 256), 0.0, 0.0, opencv::imgproc::INTER_LINEAR)
+        .unwrap();
     let img256 = RgbImage::from_bgr_mat(&r).unwrap();
     let d256 = max_u8_diff(&img256, &image(&fx["out.c.image_256"]));
     eprintln!("align case c: 256 crop max abs diff {d256} LSB");

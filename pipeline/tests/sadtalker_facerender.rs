@@ -46,7 +46,10 @@ fn fixture() -> Option<Fixture> {
 fn renderer(fx: &Fixture) -> FaceRenderer {
     let config = FaceRenderConfig::from_yaml_file(&fx.dir.join("facerender_small.yaml")).expect("small config");
     let weights = fx.dir.join("facerender.weights.safetensors");
-    let files = RendererWeights { checkpoint: &weights, mapping: MappingWeights::Safetensors { path: &weights, prefix: "mapping" } };
+    let files = RendererWeights {
+        checkpoint: &weights,
+        mapping: MappingWeights::Safetensors { path: &weights, prefix: "mapping" },
+    };
     FaceRenderer::load(&config, &files, &RenderSettings::default()).expect("load renderer")
 }
 
@@ -83,7 +86,12 @@ fn sadtalker_facerender_windows_match_get_facerender_data() {
         let driving = driving_coeffs(coeffs, &src, &opts).unwrap();
         let targets = reference_batch_layout(&target_windows(&driving), batch);
         check(&fx.io, &format!("out.gfd.{case}.target_semantics_list"), &targets, 0.0);
-        check(&fx.io, &format!("out.gfd.{case}.target_semantics_list"), &reference_batch_layout(&windows.targets, batch), 0.0);
+        check(
+            &fx.io,
+            &format!("out.gfd.{case}.target_semantics_list"),
+            &reference_batch_layout(&windows.targets, batch),
+            0.0,
+        );
 
         if case == "case2" {
             for (name, path) in [("yaw", &windows.overrides.yaw), ("pitch", &windows.overrides.pitch)] {
@@ -100,7 +108,9 @@ fn sadtalker_facerender_windows_match_get_facerender_data() {
     assert_eq!(down, vec![10.0, 5.0, 0.0, 5.0, 5.0]);
     assert!(camera_pose(&[], 3, "yaw").is_err());
     assert!(camera_pose(&[f32::NAN], 3, "yaw").is_err());
-    assert!(driving_coeffs(&Tensor::zeros([3, 69], (Kind::Float, Device::Cpu)), &src, &WindowOptions::new(1.0)).is_err());
+    assert!(
+        driving_coeffs(&Tensor::zeros([3, 69], (Kind::Float, Device::Cpu)), &src, &WindowOptions::new(1.0)).is_err()
+    );
     assert!(source_window(&src[..72], true).is_err());
 }
 
@@ -120,10 +130,22 @@ fn sadtalker_facerender_networks_match_reference() {
 
     let he_source = r.mapping().forward(source_semantics);
     let he_driving = r.mapping().forward(&targets);
-    for (name, ours) in [("yaw", &he_source.yaw), ("pitch", &he_source.pitch), ("roll", &he_source.roll), ("t", &he_source.t), ("exp", &he_source.exp)] {
+    for (name, ours) in [
+        ("yaw", &he_source.yaw),
+        ("pitch", &he_source.pitch),
+        ("roll", &he_source.roll),
+        ("t", &he_source.t),
+        ("exp", &he_source.exp),
+    ] {
         check(io, &format!("out.he_source.{name}"), ours, 1e-5);
     }
-    for (name, ours) in [("yaw", &he_driving.yaw), ("pitch", &he_driving.pitch), ("roll", &he_driving.roll), ("t", &he_driving.t), ("exp", &he_driving.exp)] {
+    for (name, ours) in [
+        ("yaw", &he_driving.yaw),
+        ("pitch", &he_driving.pitch),
+        ("roll", &he_driving.roll),
+        ("t", &he_driving.t),
+        ("exp", &he_driving.exp),
+    ] {
         check(io, &format!("out.he_driving.{name}"), &ours.unsqueeze(1), 1e-5);
     }
 
@@ -167,7 +189,10 @@ fn sadtalker_facerender_networks_match_reference() {
     assert!(max_abs_diff(&f64s(&reference_occlusion), &f64s(&expected)) <= 1e-3);
     let (err, mean) = diff(&reference.prediction, &out.prediction.narrow(0, 1, 1));
     eprintln!("sadtalker facerender: reference forward vs cached source, batch 1 vs 3: max {err:.3e} mean {mean:.3e}");
-    assert!(err <= ROUNDING_MAX && mean <= ROUNDING_MEAN, "reference forward differs from the cached-source path by {err} (mean {mean})");
+    assert!(
+        err <= ROUNDING_MAX && mean <= ROUNDING_MEAN,
+        "reference forward differs from the cached-source path by {err} (mean {mean})"
+    );
 }
 
 #[test]
@@ -184,7 +209,10 @@ fn sadtalker_facerender_renderer_end_to_end_matches_reference() {
     // The reference-like kernel configuration (contiguous weights, no folding) agrees too.
     let config = r.config().clone();
     let weights = fx.dir.join("facerender.weights.safetensors");
-    let files = RendererWeights { checkpoint: &weights, mapping: MappingWeights::Safetensors { path: &weights, prefix: "mapping" } };
+    let files = RendererWeights {
+        checkpoint: &weights,
+        mapping: MappingWeights::Safetensors { path: &weights, prefix: "mapping" },
+    };
     let plain = FaceRenderer::load(&config, &files, &RenderSettings::reference_like(Device::Cpu)).unwrap();
     let state = plain.prepare_source(get(&fx.io, "in.source_image"), &first_coeff(&fx)).unwrap();
     let frames = plain.render_all(&state, &windows, Some(1)).unwrap();
@@ -225,7 +253,10 @@ fn sadtalker_facerender_batched_equals_single_and_cached_state_equals_fresh() {
     let single = Tensor::cat(&singles, 0);
     let (err, mean) = diff(&batched, &single);
     eprintln!("sadtalker facerender: batch of 5 vs one by one: max abs diff {err:.3e}, mean {mean:.3e}");
-    assert!(err <= ROUNDING_MAX && mean <= ROUNDING_MEAN, "batched and single-frame rendering differ by {err} (mean {mean})");
+    assert!(
+        err <= ROUNDING_MAX && mean <= ROUNDING_MEAN,
+        "batched and single-frame rendering differ by {err} (mean {mean})"
+    );
 
     let uneven = r.render_all(&state, &windows, Some(2)).unwrap();
     let (err2, mean2) = diff(&batched, &uneven);
@@ -233,7 +264,13 @@ fn sadtalker_facerender_batched_equals_single_and_cached_state_equals_fresh() {
     assert!(err2 <= ROUNDING_MAX && mean2 <= ROUNDING_MEAN, "batches of 2 (+1) differ by {err2} (mean {mean2})");
 
     // The overrides reach the keypoints: a different yaw path gives different frames.
-    let plain = r.render_all(&state, &DrivingWindows::build(get(&fx.io, "in.gfd.case2.coeff_3dmm"), &src, &WindowOptions::new(1.5)).unwrap(), None).unwrap();
+    let plain = r
+        .render_all(
+            &state,
+            &DrivingWindows::build(get(&fx.io, "in.gfd.case2.coeff_3dmm"), &src, &WindowOptions::new(1.5)).unwrap(),
+            None,
+        )
+        .unwrap();
     assert!(max_abs_diff(&f64s(&plain), &f64s(&batched)) > 1e-3, "yaw/pitch overrides had no effect");
 
     // Serialised and restored state renders the same frames bit for bit.

@@ -12,7 +12,9 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use vipavatar_pipeline::sadtalker::facerender::blocks::AntiAlias;
 use vipavatar_pipeline::sadtalker::facerender::keypoints::{transform_keypoints, PoseOverride};
-use vipavatar_pipeline::sadtalker::facerender::{DrivingWindows, FaceRenderConfig, FaceRenderer, RenderSettings, WindowOptions};
+use vipavatar_pipeline::sadtalker::facerender::{
+    DrivingWindows, FaceRenderConfig, FaceRenderer, RenderSettings, WindowOptions,
+};
 
 /// CPU seconds (user + system, all threads) this process has used so far, from /proc.
 fn cpu_seconds() -> f64 {
@@ -114,7 +116,8 @@ fn sadtalker_facerender_speed_vs_reference_loop() {
     // Rounds alternate the two paths; the best time of each counts (the machine may be shared).
     let rounds = env_usize("VIPAVATAR_BENCH_ROUNDS", 2);
     let batch = renderer.batch_size(256).min(frames as usize);
-    let (mut naive_s, mut ours_s, mut prepare_s, mut ours_single_s) = (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
+    let (mut naive_s, mut ours_s, mut prepare_s, mut ours_single_s) =
+        (f64::INFINITY, f64::INFINITY, f64::INFINITY, f64::INFINITY);
     let (mut naive_cpu, mut ours_cpu) = (f64::INFINITY, f64::INFINITY);
     let (mut reference, mut ours) = (Tensor::new(), Tensor::new());
     for _ in 0..rounds {

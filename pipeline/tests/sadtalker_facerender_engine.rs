@@ -92,7 +92,8 @@ fn sadtalker_engine_generates_frames_end_to_end() {
     let Some(testdata) = common::shared_testdata() else { return };
     tch::set_num_threads(2);
     let engine = SadTalkerEngine::load(std::path::Path::new(&dir), Device::Cpu).expect("engine loads");
-    let pre = vipavatar_pipeline::precompute::Precomputer::load(&models, Default::default()).expect("precompute models");
+    let pre =
+        vipavatar_pipeline::precompute::Precomputer::load(&models, Default::default()).expect("precompute models");
     let bytes = std::fs::read(testdata.join("images/happy.png")).expect("test image");
     // 0.2 s of a two-tone signal: 5 frames.
     let samples: Vec<f32> = (0..3200).map(|i| ((i as f32 * 0.05).sin() + (i as f32 * 0.013).sin()) * 0.3).collect();
@@ -106,7 +107,8 @@ fn sadtalker_engine_generates_frames_end_to_end() {
         let motion = engine.motion(&prepared, &features, &opts).expect("motion");
         let mut sink = Frames(Vec::new());
         let mut calls = 0;
-        let stats = engine.render(&avatar, &prepared, &motion, &opts, &mut sink, &mut |_, _| calls += 1).expect("render");
+        let stats =
+            engine.render(&avatar, &prepared, &motion, &opts, &mut sink, &mut |_, _| calls += 1).expect("render");
         assert_eq!(stats.frames, 5);
         assert_eq!(sink.0.len(), 5);
         assert_eq!(calls, 5);

@@ -11,7 +11,9 @@ mod sadtalker_common;
 use tch::nn::VarStore;
 use tch::{Device, Kind};
 use vipavatar_pipeline::sadtalker::facerender::mapping::{load_mapping_pickle, MappingNet};
-use vipavatar_pipeline::sadtalker::facerender::{FaceRenderConfig, FaceRenderer, MappingWeights, RenderSettings, RendererWeights};
+use vipavatar_pipeline::sadtalker::facerender::{
+    FaceRenderConfig, FaceRenderer, MappingWeights, RenderSettings, RendererWeights,
+};
 use vipavatar_pipeline::PipelineError;
 
 /// SadTalker's `src/config/facerender.yaml` model parameters (the values the port is built from).
@@ -100,7 +102,8 @@ fn sadtalker_facerender_yaml_values_give_the_official_config() {
     let jac = FACERENDER_YAML.replace("estimate_jacobian: False", "estimate_jacobian: True");
     let err = FaceRenderConfig::from_yaml_str(&jac).unwrap_err();
     assert!(err.to_string().contains("estimate_jacobian"), "{err}");
-    assert!(FaceRenderConfig::from_yaml_str(&FACERENDER_YAML.replace("num_kp: 15\n    image", "num_kp: x\n    image")).is_err());
+    assert!(FaceRenderConfig::from_yaml_str(&FACERENDER_YAML.replace("num_kp: 15\n    image", "num_kp: x\n    image"))
+        .is_err());
 
     let Some(dir) = sadtalker_common::fixture_dir() else { return };
     let small = FaceRenderConfig::from_yaml_file(&dir.join("facerender_small.yaml")).expect("small yaml");
@@ -117,7 +120,8 @@ fn sadtalker_facerender_full_size_modules_request_the_official_keys() {
     let [kp_vs, gen_vs, _] = renderer.var_stores();
     let layout = official(&dir, "SadTalker_V0.0.2_256.safetensors");
     for (prefix, vs) in [("kp_extractor.", kp_vs), ("generator.", gen_vs)] {
-        let official: Layout = layout.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
+        let official: Layout =
+            layout.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect();
         assert!(!official.is_empty());
         assert_same(prefix, &requested(vs, prefix), &official);
     }
@@ -134,18 +138,30 @@ fn sadtalker_facerender_mismatched_weights_are_checkpoint_errors() {
     let Some(dir) = sadtalker_common::fixture_dir() else { return };
     let weights = dir.join("facerender.weights.safetensors");
     // Full-size modules against the reduced fixture weights: shape mismatch, named.
-    let files = RendererWeights { checkpoint: &weights, mapping: MappingWeights::Safetensors { path: &weights, prefix: "mapping" } };
+    let files = RendererWeights {
+        checkpoint: &weights,
+        mapping: MappingWeights::Safetensors { path: &weights, prefix: "mapping" },
+    };
     let err = FaceRenderer::load(&FaceRenderConfig::official(70), &files, &RenderSettings::default()).unwrap_err();
     assert!(matches!(err, PipelineError::Checkpoint { .. }), "{err}");
     assert!(err.to_string().contains("kp_extractor."), "{err}");
     // A safetensors file without the mapping prefix.
     let small = FaceRenderConfig::from_yaml_file(&dir.join("facerender_small.yaml")).unwrap();
-    let no_mapping = RendererWeights { checkpoint: &weights, mapping: MappingWeights::Safetensors { path: &weights, prefix: "mappingx" } };
-    assert!(matches!(FaceRenderer::load(&small, &no_mapping, &RenderSettings::default()), Err(PipelineError::Checkpoint { .. })));
+    let no_mapping = RendererWeights {
+        checkpoint: &weights,
+        mapping: MappingWeights::Safetensors { path: &weights, prefix: "mappingx" },
+    };
+    assert!(matches!(
+        FaceRenderer::load(&small, &no_mapping, &RenderSettings::default()),
+        Err(PipelineError::Checkpoint { .. })
+    ));
     // A file that is not a torch pickle.
     let vs = VarStore::new(Device::Cpu);
     let _net = MappingNet::new(&vs.root(), &small.mapping);
-    assert!(matches!(load_mapping_pickle(&vs, &dir.join("facerender_small.yaml")), Err(PipelineError::Checkpoint { .. })));
+    assert!(matches!(
+        load_mapping_pickle(&vs, &dir.join("facerender_small.yaml")),
+        Err(PipelineError::Checkpoint { .. })
+    ));
 }
 
 /// Loads the official mapping pickles when they are in checkpoints/ (and a pickle named by
@@ -162,7 +178,11 @@ fn sadtalker_facerender_mapping_pickles_load() {
     }
     if let Ok(path) = std::env::var("VIPAVATAR_MAPPING_PICKLE") {
         let env_i64 = |k: &str, d: i64| std::env::var(k).ok().and_then(|v| v.parse().ok()).unwrap_or(d);
-        files.push((path.into(), env_i64("VIPAVATAR_MAPPING_COEFF_NC", 70), env_i64("VIPAVATAR_MAPPING_DESCRIPTOR_NC", 1024)));
+        files.push((
+            path.into(),
+            env_i64("VIPAVATAR_MAPPING_COEFF_NC", 70),
+            env_i64("VIPAVATAR_MAPPING_DESCRIPTOR_NC", 1024),
+        ));
     }
     if files.is_empty() {
         eprintln!("skipped: no mapping pickle in {} (and VIPAVATAR_MAPPING_PICKLE unset)", ck.display());

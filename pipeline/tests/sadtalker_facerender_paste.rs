@@ -13,7 +13,10 @@ fn background(w: u32, h: u32) -> RgbImage {
     let mut data = Vec::with_capacity((w * h * 3) as usize);
     for y in 0..h {
         for x in 0..w {
-            let v = |k: f32| (128.0 + 60.0 * ((x as f32 * 0.05 + k).sin() * (y as f32 * 0.07 - k).cos()) + (x + 2 * y) as f32 * 0.1) as u8;
+            let v = |k: f32| {
+                (128.0 + 60.0 * ((x as f32 * 0.05 + k).sin() * (y as f32 * 0.07 - k).cos()) + (x + 2 * y) as f32 * 0.1)
+                    as u8
+            };
             data.extend_from_slice(&[v(0.0), v(1.0), v(2.0)]);
         }
     }
@@ -55,7 +58,8 @@ fn sadtalker_facerender_paste_is_seamless_and_matches_opencv() {
     let region = bg_t.narrow(0, 30, 96).narrow(1, 50, 96).permute([2, 0, 1]);
     let blended = paste.blend(&f).unwrap();
     for (dim, at) in [(2, 0), (2, 1), (2, 94), (2, 95), (3, 0), (3, 1), (3, 94), (3, 95)] {
-        let ring = blended.narrow(dim, at, 1).to_kind(Kind::Int) - region.unsqueeze(0).narrow(dim, at, 1).to_kind(Kind::Int);
+        let ring =
+            blended.narrow(dim, at, 1).to_kind(Kind::Int) - region.unsqueeze(0).narrow(dim, at, 1).to_kind(Kind::Int);
         assert_eq!(ring.abs().max().int64_value(&[]), 0, "ring {dim}/{at} changed");
     }
     // A face identical to the background reproduces the background.

@@ -20,7 +20,15 @@ use vipavatar_pipeline::engine::PreprocessMode;
 #[derive(OpenApi)]
 #[openapi(
     paths(upload, status, super::idle::idle, super::idle::thumbnail),
-    components(schemas(UploadForm, UploadResponse, AvatarStatusResponse, ModeStatus, PreprocessModeDoc, AvatarStatus, ErrorBody))
+    components(schemas(
+        UploadForm,
+        UploadResponse,
+        AvatarStatusResponse,
+        ModeStatus,
+        PreprocessModeDoc,
+        AvatarStatus,
+        ErrorBody
+    ))
 )]
 pub struct AvatarApi;
 
@@ -96,7 +104,11 @@ pub struct UploadResponse {
     )
 )]
 #[tracing::instrument(skip_all, fields(image_id))]
-pub async fn upload(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, ApiError> {
+pub async fn upload(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: Multipart,
+) -> Result<HttpResponse, ApiError> {
     let limits = [FileLimit { field: "image_file", max_bytes: state.config.limits.max_image_bytes }];
     let mut form = read_form(&req, payload, &limits).await?;
     let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?.unwrap_or_default();

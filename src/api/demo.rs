@@ -57,6 +57,8 @@ mod tests {
             assert!(INDEX_HTML.contains(&format!("\"{path}\"")), "index.html does not load {path}");
         }
         assert!(!INDEX_HTML.contains("http://") && !INDEX_HTML.contains("https://"), "no external resources");
-        assert!(is_page("/demo") && is_page("/demo/app.js") && !is_page("/demo/nope.js") && !is_page("/api/cache/stats"));
+        assert!(
+            is_page("/demo") && is_page("/demo/app.js") && !is_page("/demo/nope.js") && !is_page("/api/cache/stats")
+        );
     }
 }

@@ -34,7 +34,8 @@ pub async fn body_timeout(
     mut req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
-    let limit = req.app_data::<web::Data<AppState>>().map(|s| s.config.edge.body_timeout()).unwrap_or(Duration::from_secs(15));
+    let limit =
+        req.app_data::<web::Data<AppState>>().map(|s| s.config.edge.body_timeout()).unwrap_or(Duration::from_secs(15));
     let inner = req.take_payload();
     req.set_payload(Payload::Stream { payload: Box::pin(IdleTimeout::new(inner, limit)) });
     next.call(req).await

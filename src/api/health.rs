@@ -8,11 +8,16 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 #[derive(OpenApi)]
-#[openapi(paths(info, healthz, readyz), components(schemas(ServiceInfo, DeviceInfo, WorkerAd, EngineOffer, Health, Readiness)))]
+#[openapi(
+    paths(info, healthz, readyz),
+    components(schemas(ServiceInfo, DeviceInfo, WorkerAd, EngineOffer, Health, Readiness))
+)]
 pub struct HealthApi;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/", web::get().to(info)).route("/healthz", web::get().to(healthz)).route("/readyz", web::get().to(readyz));
+    cfg.route("/", web::get().to(info))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz));
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -88,7 +93,10 @@ pub async fn info(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(ServiceInfo {
         name: "vipavatar".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        engines: engines.as_ref().map(|e| e.kinds().iter().map(|k| k.as_str().to_string()).collect()).unwrap_or_default(),
+        engines: engines
+            .as_ref()
+            .map(|e| e.kinds().iter().map(|k| k.as_str().to_string()).collect())
+            .unwrap_or_default(),
         default_engine: engines.as_ref().map(|e| e.default_kind().as_str().to_string()),
         workers: state.local_workers,
         devices: device_infos(&state),
@@ -115,11 +123,9 @@ pub async fn healthz() -> HttpResponse {
 )]
 pub async fn readyz(state: web::Data<AppState>) -> HttpResponse {
     let mut conn = state.cache.connection();
-    let ping = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        redis::cmd("PING").query_async::<String>(&mut conn),
-    )
-    .await;
+    let ping =
+        tokio::time::timeout(std::time::Duration::from_secs(2), redis::cmd("PING").query_async::<String>(&mut conn))
+            .await;
     let redis_ok = matches!(ping, Ok(Ok(_)));
     // An API-only node loads no models (workers elsewhere do the model work).
     let engines = if state.local_workers == 0 { Ok(()) } else { crate::engines::loaded(&state.engines).map(|_| ()) };

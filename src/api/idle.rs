@@ -85,7 +85,9 @@ async fn idle_entry(state: &AppState, path: &str, query: &StatusQuery) -> Result
             return Err(ApiError::new(Code::AvatarFailed, format!("the avatar failed: {why}")));
         }
         AvatarStatus::Processing => {
-            return Err(ApiError::new(Code::VideoNotReady, format!("image {image} is still being precomputed")).retry_after(2))
+            return Err(
+                ApiError::new(Code::VideoNotReady, format!("image {image} is still being precomputed")).retry_after(2)
+            )
         }
         AvatarStatus::Ready => {}
     }
@@ -112,9 +114,9 @@ async fn serve(
     ext: &str,
 ) -> Result<HttpResponse, ApiError> {
     let path = state.blobs.resolve(name)?;
-    let file = actix_files::NamedFile::open_async(&path)
-        .await
-        .map_err(|_| ApiError::new(Code::IdleNotFound, format!("the idle loop of image {image} is no longer stored")))?;
+    let file = actix_files::NamedFile::open_async(&path).await.map_err(|_| {
+        ApiError::new(Code::IdleNotFound, format!("the idle loop of image {image} is no longer stored"))
+    })?;
     let mut resp = file
         .set_content_type(mime.parse().map_err(ApiError::internal)?)
         .set_content_disposition(header::ContentDisposition {

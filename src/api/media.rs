@@ -29,7 +29,10 @@ pub fn check_audio(field: &str, bytes: &[u8]) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             Code::UnsupportedMediaType,
-            format!("`{field}` is not a recognised audio file: WAV, MP3, OGG/Opus, FLAC, M4A/AAC, WebM, AIFF ({})", describe(bytes)),
+            format!(
+                "`{field}` is not a recognised audio file: WAV, MP3, OGG/Opus, FLAC, M4A/AAC, WebM, AIFF ({})",
+                describe(bytes)
+            ),
         ))
     }
 }

@@ -52,15 +52,33 @@ fn label(v: &str) -> String {
 
 async fn shared(state: &AppState, out: &mut String) {
     let up = state.redis.is_up();
-    family(out, "vipavatar_redis_up", "gauge", "Whether Redis answered its last PING", &[(String::new(), f64::from(u8::from(up)))]);
-    family(out, "vipavatar_local_workers", "gauge", "Workers running in this process", &[(String::new(), state.local_workers as f64)]);
+    family(
+        out,
+        "vipavatar_redis_up",
+        "gauge",
+        "Whether Redis answered its last PING",
+        &[(String::new(), f64::from(u8::from(up)))],
+    );
+    family(
+        out,
+        "vipavatar_local_workers",
+        "gauge",
+        "Workers running in this process",
+        &[(String::new(), state.local_workers as f64)],
+    );
     if !up {
         return;
     }
     if let Ok(d) = state.queue.depth().await {
         let samples = [("vip", d.vip), ("standard", d.standard), ("processing", d.processing)]
             .map(|(q, n)| (format!("queue=\"{q}\""), n as f64));
-        family(out, "vipavatar_queue_depth", "gauge", "Jobs waiting per stream (processing: claimed, not finished)", &samples);
+        family(
+            out,
+            "vipavatar_queue_depth",
+            "gauge",
+            "Jobs waiting per stream (processing: claimed, not finished)",
+            &samples,
+        );
     }
     let Ok(counters) = state.cache.counters().await else { return };
     let mut lookups = Vec::new();
@@ -78,7 +96,13 @@ async fn shared(state: &AppState, out: &mut String) {
             _ => {}
         }
     }
-    family(out, "vipavatar_cache_lookups_total", "counter", "Cache lookups per kind and result, all instances (stale ones are misses too)", &lookups);
+    family(
+        out,
+        "vipavatar_cache_lookups_total",
+        "counter",
+        "Cache lookups per kind and result, all instances (stale ones are misses too)",
+        &lookups,
+    );
     family(out, "vipavatar_jobs_total", "counter", "Job outcomes, all instances", &jobs);
     family(out, "vipavatar_computed_total", "counter", "Expensive steps that actually ran, all instances", &computed);
 }

@@ -64,7 +64,8 @@ impl Modify for SecurityAddon {
                 "Required on every route except /healthz and /readyz when the server sets API_KEYS (unset: no key needed)",
             ))),
         );
-        openapi.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new())]);
+        openapi.security =
+            Some(vec![utoipa::openapi::security::SecurityRequirement::new("api_key", Vec::<String>::new())]);
     }
 }
 
@@ -87,27 +88,30 @@ pub fn openapi_json() -> String {
 
 /// Register every route, the docs, auth and error handling.
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.app_data(web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()))
-        .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::new(Code::InvalidField, e.to_string()).into()))
-        .app_data(web::JsonConfig::default().error_handler(|e, _| {
-            let timed_out = match &e {
-                actix_web::error::JsonPayloadError::Payload(p) => edge::payload_error(p),
-                _ => None,
-            };
-            timed_out.unwrap_or_else(|| ApiError::new(Code::BadRequest, e.to_string())).into()
-        }))
-        .service(web::scope("/api/avatar").configure(avatar::configure))
-        .service(web::scope("/api/vip").configure(vip::configure))
-        .service(web::scope("/api/cache").configure(cache::configure))
-        .configure(health::configure)
-        .configure(metrics::configure)
-        .configure(demo::configure)
-        .route(
-            "/docs",
-            web::get().to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
-        )
-        .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi()))
-        .default_service(web::to(edge::fallback));
+    cfg.app_data(
+        web::PathConfig::default().error_handler(|e, _| ApiError::new(Code::BadRequest, e.to_string()).into()),
+    )
+    .app_data(web::QueryConfig::default().error_handler(|e, _| ApiError::new(Code::InvalidField, e.to_string()).into()))
+    .app_data(web::JsonConfig::default().error_handler(|e, _| {
+        let timed_out = match &e {
+            actix_web::error::JsonPayloadError::Payload(p) => edge::payload_error(p),
+            _ => None,
+        };
+        timed_out.unwrap_or_else(|| ApiError::new(Code::BadRequest, e.to_string())).into()
+    }))
+    .service(web::scope("/api/avatar").configure(avatar::configure))
+    .service(web::scope("/api/vip").configure(vip::configure))
+    .service(web::scope("/api/cache").configure(cache::configure))
+    .configure(health::configure)
+    .configure(metrics::configure)
+    .configure(demo::configure)
+    .route(
+        "/docs",
+        web::get()
+            .to(|| async { HttpResponse::PermanentRedirect().insert_header((header::LOCATION, "/docs/")).finish() }),
+    )
+    .service(SwaggerUi::new("/docs/{_:.*}").url("/openapi.json", openapi()))
+    .default_service(web::to(edge::fallback));
 }
 
 /// Wrap the app: request log, API-key check, JSON bodies for actix's own errors.
@@ -150,12 +154,16 @@ pub const OPEN_ROUTES: &[&str] = &["/healthz", "/readyz"];
 
 /// `X-API-Key` check (constant time) when `API_KEYS` is set; [`OPEN_ROUTES`] and the demo page's
 /// static files stay open (the page sends the key the visitor types in on its API calls).
-pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<BoxBody>> {
+pub async fn require_api_key(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> actix_web::Result<ServiceResponse<BoxBody>> {
     let (keys, metrics_open) = req
         .app_data::<web::Data<AppState>>()
         .map(|s| (s.config.api_keys.clone(), s.config.edge.metrics_open))
         .unwrap_or_default();
-    let open = OPEN_ROUTES.contains(&req.path()) || demo::is_page(req.path()) || (metrics_open && req.path() == "/metrics");
+    let open =
+        OPEN_ROUTES.contains(&req.path()) || demo::is_page(req.path()) || (metrics_open && req.path() == "/metrics");
     if !keys.is_enabled() || open {
         return Ok(next.call(req).await?.map_into_boxed_body());
     }
@@ -176,12 +184,18 @@ pub async fn require_api_key(req: ServiceRequest, next: Next<impl MessageBody + 
 
 /// Polled routes (probes, scrapes and status polls) are logged at DEBUG so they do not flood the log.
 fn is_polled(path: &str) -> bool {
-    OPEN_ROUTES.contains(&path) || path == "/metrics" || path.starts_with("/api/avatar/status/") || path.starts_with("/api/vip/status/")
+    OPEN_ROUTES.contains(&path)
+        || path == "/metrics"
+        || path.starts_with("/api/avatar/status/")
+        || path.starts_with("/api/vip/status/")
 }
 
 /// One log line per request through `tracing`: DEBUG for polled routes (unless they answer
 /// 500), INFO otherwise (`RUST_LOG=vipavatar=debug` shows them all).
-pub async fn log_request(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
+pub async fn log_request(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> actix_web::Result<ServiceResponse<impl MessageBody>> {
     let (method, path) = (req.method().clone(), req.path().to_string());
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
     let start = std::time::Instant::now();
@@ -250,7 +264,8 @@ impl Drop for Guard {
         if !self.armed || (self.files.is_empty() && self.keys.is_empty() && self.claims.is_empty()) {
             return;
         }
-        let (state, files, keys) = (self.state.clone(), std::mem::take(&mut self.files), std::mem::take(&mut self.keys));
+        let (state, files, keys) =
+            (self.state.clone(), std::mem::take(&mut self.files), std::mem::take(&mut self.keys));
         let claims = std::mem::take(&mut self.claims);
         crate::spawn_named("undo-upload", async move {
             for (key, holder) in claims {

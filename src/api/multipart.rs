@@ -45,7 +45,12 @@ impl Form {
     }
 
     /// Parse an optional text field with `parse`, naming the field on failure.
-    pub fn parse<T>(&self, name: &str, expected: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>, ApiError> {
+    pub fn parse<T>(
+        &self,
+        name: &str,
+        expected: &str,
+        parse: impl Fn(&str) -> Option<T>,
+    ) -> Result<Option<T>, ApiError> {
         match self.text(name) {
             None => Ok(None),
             Some(v) => parse(v).map(Some).ok_or_else(|| {
@@ -80,16 +85,21 @@ fn too_large(what: &str, max: u64) -> ApiError {
 /// whose parameters do not parse, e.g. an empty `boundary=`, is a malformed multipart body).
 fn map_multipart(e: MultipartError, multipart: bool) -> ApiError {
     match e {
-        MultipartError::ContentTypeMissing | MultipartError::ContentTypeParse | MultipartError::ContentTypeIncompatible
+        MultipartError::ContentTypeMissing
+        | MultipartError::ContentTypeParse
+        | MultipartError::ContentTypeIncompatible
             if multipart =>
         {
             ApiError::new(Code::MalformedMultipart, "the multipart Content-Type has no usable boundary parameter")
         }
-        MultipartError::ContentTypeMissing | MultipartError::ContentTypeParse | MultipartError::ContentTypeIncompatible => {
+        MultipartError::ContentTypeMissing
+        | MultipartError::ContentTypeParse
+        | MultipartError::ContentTypeIncompatible => {
             ApiError::new(Code::ExpectedMultipart, "the request body must be multipart/form-data")
         }
-        MultipartError::Payload(p) => super::edge::payload_error(&p)
-            .unwrap_or_else(|| ApiError::new(Code::MalformedMultipart, format!("the request body could not be read: {p}"))),
+        MultipartError::Payload(p) => super::edge::payload_error(&p).unwrap_or_else(|| {
+            ApiError::new(Code::MalformedMultipart, format!("the request body could not be read: {p}"))
+        }),
         other => ApiError::new(Code::MalformedMultipart, format!("malformed multipart body: {other}")),
     }
 }
@@ -97,17 +107,16 @@ fn map_multipart(e: MultipartError, multipart: bool) -> ApiError {
 /// Read the whole form, enforcing `limits` on file fields and [`TEXT_MAX`] on the others.
 pub async fn read_form(req: &HttpRequest, mut payload: Multipart, limits: &[FileLimit]) -> Result<Form, ApiError> {
     let allowed: u64 = limits.iter().map(|l| l.max_bytes).sum::<u64>() + OVERHEAD;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if let Some(len) = declared {
         if len > allowed {
             let what = limits.iter().map(|l| l.field).collect::<Vec<_>>().join(", ");
             return Err(ApiError::new(
                 Code::PayloadTooLarge,
-                format!("the request body ({len} bytes) exceeds the limit for {what} ({allowed} bytes with form overhead)"),
+                format!(
+                    "the request body ({len} bytes) exceeds the limit for {what} ({allowed} bytes with form overhead)"
+                ),
             ));
         }
     }

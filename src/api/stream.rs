@@ -39,7 +39,11 @@ const BATCH: usize = 32;
         (status = 409, description = "The session failed", body = ErrorBody),
     )
 )]
-pub async fn stream(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn stream(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_session_id(&path)?;
     let rec = load_session(&state, &id).await?;
     // Failed (409, like the download), or ready without a stream: the video came from the
@@ -141,12 +145,15 @@ impl Live {
     /// Nothing new for a while: is the session still alive?
     async fn check_session(&mut self) -> Result<(), String> {
         let rec = load_session(&self.state, &self.id).await.map_err(|e| e.message)?;
-        let limit = self.state.cache.ttls().for_kind(vipavatar_cache::Kind::Session).unwrap_or(Duration::from_secs(3600));
+        let limit =
+            self.state.cache.ttls().for_kind(vipavatar_cache::Kind::Session).unwrap_or(Duration::from_secs(3600));
         if self.started.elapsed() > limit {
             return Err("the stream waited longer than a session lives".into());
         }
         match rec.status {
-            SessionStatus::Failed => Err(format!("the session failed: {}", rec.error.map(|e| e.message).unwrap_or_default())),
+            SessionStatus::Failed => {
+                Err(format!("the session failed: {}", rec.error.map(|e| e.message).unwrap_or_default()))
+            }
             // Ready without an end marker: the video came from the cache or the stream expired.
             SessionStatus::Ready if self.attempt.is_none() => Err("the session has no live stream; download it".into()),
             _ => Ok(()),

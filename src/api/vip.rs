@@ -193,7 +193,11 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id, image_id))]
-pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Multipart) -> Result<HttpResponse, ApiError> {
+pub async fn generate(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    payload: Multipart,
+) -> Result<HttpResponse, ApiError> {
     let limits = [FileLimit { field: "audio_file", max_bytes: state.config.limits.max_audio_bytes }];
     let mut form = read_form(&req, payload, &limits).await?;
     let image = parse_image_id(form.text("image_id").ok_or_else(|| super::multipart::missing("image_id"))?)?;
@@ -207,12 +211,16 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     // An expired status record with the original still stored is rebuilt (precompute again).
     let records = match avatar_records(&state, &image).await {
         Ok(r) => r,
-        Err(e) if e.code == Code::ImageNotFound && tokio::fs::try_exists(state.blobs.image_path(&image)).await.unwrap_or(false) => {
+        Err(e)
+            if e.code == Code::ImageNotFound
+                && tokio::fs::try_exists(state.blobs.image_path(&image)).await.unwrap_or(false) =>
+        {
             Vec::new()
         }
         Err(e) => return Err(e),
     };
-    let mode = mode_req.unwrap_or_else(|| records.iter().max_by_key(|r| r.created_ms).map(|r| r.mode).unwrap_or_default());
+    let mode =
+        mode_req.unwrap_or_else(|| records.iter().max_by_key(|r| r.created_ms).map(|r| r.mode).unwrap_or_default());
     opts.preprocess = mode;
     let avatar = records.iter().find(|r| r.mode == mode);
     if let Some(error) = avatar.and_then(AvatarRecord::remembered_failure) {
@@ -282,7 +290,8 @@ pub async fn generate(req: HttpRequest, state: web::Data<AppState>, payload: Mul
     // Decoded once, here: the worker reads these samples instead of decoding again.
     let b = bytes.clone();
     let audio_limits = AudioLimits { max_seconds: state.config.limits.max_audio_seconds, ..AudioLimits::default() };
-    let clip = tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
+    let clip =
+        tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
     let rec = new_record(opts, clip.duration_s());
 
     // Store first, then enqueue; the guard undoes both (and the claim) if anything below fails.
@@ -513,7 +522,11 @@ pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Resu
         (status = 409, description = "Not ready yet, or failed", body = ErrorBody),
     )
 )]
-pub async fn download(req: HttpRequest, state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn download(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
     let id = parse_session_id(&path)?;
     let rec = load_session(&state, &id).await?;
     serve_video(&req, &state, &id, rec).await
@@ -536,7 +549,10 @@ pub(crate) async fn serve_video(
     };
     let path = state.blobs.resolve(&video.file)?;
     let file = actix_files::NamedFile::open_async(&path).await.map_err(|_| {
-        ApiError::new(Code::SessionNotFound, format!("the video of session {id} is no longer stored; generate it again"))
+        ApiError::new(
+            Code::SessionNotFound,
+            format!("the video of session {id} is no longer stored; generate it again"),
+        )
     })?;
     let mut resp = file
         .set_content_type("video/mp4".parse().map_err(ApiError::internal)?)

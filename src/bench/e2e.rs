@@ -45,7 +45,9 @@ impl Server {
         loop {
             match server.client.get_json("/readyz").await {
                 Ok((200, _)) => return Ok(server),
-                Ok((_, body)) if start.elapsed() > Duration::from_secs(300) => bail!("service not ready after 300 s: {body}"),
+                Ok((_, body)) if start.elapsed() > Duration::from_secs(300) => {
+                    bail!("service not ready after 300 s: {body}")
+                }
                 Err(e) if start.elapsed() > Duration::from_secs(300) => return Err(e),
                 _ => tokio::time::sleep(Duration::from_millis(100)).await,
             }
@@ -58,7 +60,8 @@ impl Server {
     }
 
     async fn upload(&self, image: &[u8]) -> anyhow::Result<String> {
-        let form = Form::new().file("image_file", "portrait.png", mime_of(image), image).text("preprocess_mode", "crop");
+        let form =
+            Form::new().file("image_file", "portrait.png", mime_of(image), image).text("preprocess_mode", "crop");
         let (status, body) = self.client.post_form("/api/avatar/upload", form).await?;
         if status != 200 && status != 202 {
             bail!("upload answered {status}: {body}");
@@ -72,7 +75,9 @@ impl Server {
             let (status, body) = self.client.get_json(&format!("/api/avatar/status/{id}")).await?;
             match (status, body["status"].as_str()) {
                 (200, Some("ready")) => return Ok(body),
-                (200, Some("processing")) if start.elapsed() < Duration::from_secs(600) => tokio::time::sleep(self.poll).await,
+                (200, Some("processing")) if start.elapsed() < Duration::from_secs(600) => {
+                    tokio::time::sleep(self.poll).await
+                }
                 _ => bail!("avatar {id}: {status} {body}"),
             }
         }
@@ -80,10 +85,12 @@ impl Server {
 
     /// POST generate; the session id and whether the video came from the cache.
     async fn generate(&self, image_id: &str, audio: &[u8], engine: EngineKind) -> anyhow::Result<(String, bool)> {
-        let form = Form::new()
-            .text("image_id", image_id)
-            .text("engine", engine.as_str())
-            .file("audio_file", "speech.wav", "audio/wav", audio);
+        let form = Form::new().text("image_id", image_id).text("engine", engine.as_str()).file(
+            "audio_file",
+            "speech.wav",
+            "audio/wav",
+            audio,
+        );
         let (status, body) = self.client.post_form("/api/vip/generate", form).await?;
         if status != 200 && status != 202 {
             bail!("generate answered {status}: {body}");
@@ -113,8 +120,14 @@ impl Server {
             let pattern = format!("{}:*{hash}*", self.namespace);
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) =
-                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut conn).await?;
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async(&mut conn)
+                    .await?;
                 if !keys.is_empty() {
                     redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
                 }
@@ -216,7 +229,8 @@ impl EndToEnd<'_> {
         self.server.wait_avatar(&warm_id).await?;
         let hot_audio = wav(self.clip, self.variants.next());
         self.generate(&warm_id, &hot_audio).await?;
-        let (nc_image, nc_audio) = (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
+        let (nc_image, nc_audio) =
+            (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
         let (nc_ih, nc_ah) = (ImageHash::of(&nc_image), AudioHash::of(&nc_audio));
 
         let mut samples: Vec<(Case, Vec<Sample>)> = Case::ALL.iter().map(|c| (*c, Vec::new())).collect();

@@ -106,10 +106,18 @@ impl Client {
         Self { addr }
     }
 
-    async fn request(&self, method: &str, path: &str, body: Option<(String, Vec<u8>)>) -> anyhow::Result<(u16, Vec<u8>)> {
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(String, Vec<u8>)>,
+    ) -> anyhow::Result<(u16, Vec<u8>)> {
         let mut stream = TcpStream::connect(self.addr).await.with_context(|| format!("connect {}", self.addr))?;
         stream.set_nodelay(true)?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n", self.addr);
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nAccept: application/json\r\n",
+            self.addr
+        );
         let payload = match body {
             Some((content_type, bytes)) => {
                 head.push_str(&format!("Content-Type: {content_type}\r\nContent-Length: {}\r\n", bytes.len()));
@@ -123,7 +131,8 @@ impl Client {
         stream.write_all(&req).await?;
         let mut raw = Vec::new();
         stream.read_to_end(&mut raw).await?;
-        let split = raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in the reply"))?;
+        let split =
+            raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| anyhow!("no HTTP header in the reply"))?;
         let header = std::str::from_utf8(&raw[..split])?;
         let status: u16 = header
             .split_whitespace()
@@ -170,7 +179,9 @@ impl Client {
                 body.append(&mut raw);
             }
             let pieces = splitter.push(&body[before..]).map_err(|e| anyhow!("stream: {e}"))?;
-            if first_media_ms.is_none() && pieces.iter().any(|p| matches!(p, vipavatar_pipeline::video::Fragment::Media(_))) {
+            if first_media_ms.is_none()
+                && pieces.iter().any(|p| matches!(p, vipavatar_pipeline::video::Fragment::Media(_)))
+            {
                 first_media_ms = Some(since.elapsed().as_secs_f64() * 1e3);
             }
             if complete {

@@ -186,7 +186,8 @@ impl InProcess<'_> {
         let hot_audio = wav(self.clip, self.variants.next());
         self.generate(&warm_image, &hot_audio).await?;
         // The no-cache request: the same bytes every time (nothing is cached for them anyway).
-        let (nc_image, nc_audio) = (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
+        let (nc_image, nc_audio) =
+            (image_variant(self.image, self.variants.next())?, wav(self.clip, self.variants.next()));
 
         let cases = Case::ALL.iter().chain([Case::Oneshot].iter());
         let mut samples: Vec<(Case, Vec<Sample>)> = cases.map(|c| (*c, Vec::new())).collect();

@@ -112,7 +112,8 @@ impl BenchArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report = run_bench(&args).await?;
     if let Some(path) = &args.json_out {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?).with_context(|| format!("write {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("write {}", path.display()))?;
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -136,7 +137,13 @@ impl Drop for Scratch {
     }
 }
 
-fn base_config(args: &BenchArgs, redis_url: &str, data_dir: &Path, namespace: &str, max_audio: f64) -> anyhow::Result<Config> {
+fn base_config(
+    args: &BenchArgs,
+    redis_url: &str,
+    data_dir: &Path,
+    namespace: &str,
+    max_audio: f64,
+) -> anyhow::Result<Config> {
     let mut c = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
     c.redis_url = Some(redis_url.to_string());
     c.bind = "127.0.0.1:0".into();
@@ -178,7 +185,8 @@ async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Eng
 pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
     anyhow::ensure!(args.runs >= 1 && args.long_runs >= 1, "--runs and --long-runs must be at least 1");
     let image_path = args.image.clone().unwrap_or_else(|| args.testdata.join("images").join("people_0.png"));
-    let image = std::fs::read(&image_path).with_context(|| format!("read the benchmark image {}", image_path.display()))?;
+    let image =
+        std::fs::read(&image_path).with_context(|| format!("read the benchmark image {}", image_path.display()))?;
     inputs::image_variant(&image, 1)?; // PNG or JPEG, checked before anything starts
     let (audio_dir, lengths) = (args.testdata.join("audio"), args.audio.clone());
     let clips = tokio::task::spawn_blocking(move || inputs::build_clips(&audio_dir, &lengths)).await??;
@@ -186,7 +194,10 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
 
     let scratch = match &args.data_dir {
         Some(d) => Scratch { dir: d.clone(), remove: false },
-        None => Scratch { dir: std::env::temp_dir().join(format!("vipavatar-bench-{}", uuid::Uuid::new_v4().simple())), remove: true },
+        None => Scratch {
+            dir: std::env::temp_dir().join(format!("vipavatar-bench-{}", uuid::Uuid::new_v4().simple())),
+            remove: true,
+        },
     };
     std::fs::create_dir_all(&scratch.dir).with_context(|| format!("create {}", scratch.dir.display()))?;
     let redis = RedisChild::start(&scratch.dir).await?;
@@ -201,7 +212,10 @@ pub async fn run_bench(args: &BenchArgs) -> anyhow::Result<BenchReport> {
         }
     }
     let mut claims = BTreeMap::new();
-    claims.insert("speedup_vip_over_nocache".to_string(), "4-6x (cached image + new audio vs an uncached run)".to_string());
+    claims.insert(
+        "speedup_vip_over_nocache".to_string(),
+        "4-6x (cached image + new audio vs an uncached run)".to_string(),
+    );
     claims.insert("speedup_hot_over_nocache".to_string(), "20-40x (cached audio vs an uncached run)".to_string());
     Ok(BenchReport {
         command: std::env::args().collect::<Vec<_>>().join(" "),
@@ -291,12 +305,20 @@ async fn measure(
                         variants: &variants,
                         options: GenerateOptions::default(),
                     };
-                    rep.groups.push(b.run(runs).await.with_context(|| format!("{} in-process {:.0} s", kind.as_str(), clip.seconds))?);
+                    rep.groups.push(
+                        b.run(runs)
+                            .await
+                            .with_context(|| format!("{} in-process {:.0} s", kind.as_str(), clip.seconds))?,
+                    );
                 }
                 if let Some(server) = &server {
                     eprintln!("bench: {} end-to-end {:.0} s audio, {runs} run(s)", kind.as_str(), clip.seconds);
                     let b = e2e::EndToEnd { server, engine: kind, image, clip, variants: &variants };
-                    rep.groups.push(b.run(runs).await.with_context(|| format!("{} end-to-end {:.0} s", kind.as_str(), clip.seconds))?);
+                    rep.groups.push(
+                        b.run(runs)
+                            .await
+                            .with_context(|| format!("{} end-to-end {:.0} s", kind.as_str(), clip.seconds))?,
+                    );
                 }
             }
             rep.set_headline(args.headline_seconds);
@@ -367,7 +389,9 @@ mod tests {
                     assert!(c["stages_ms"][b].as_f64().is_some(), "stage {b} missing in {c}");
                 }
             }
-            let median = |name: &str| cases.iter().find(|c| c["case"] == name).and_then(|c| c["median_ms"].as_f64()).unwrap_or(0.0);
+            let median = |name: &str| {
+                cases.iter().find(|c| c["case"] == name).and_then(|c| c["median_ms"].as_f64()).unwrap_or(0.0)
+            };
             assert!(median("hot") < median("nocache"), "a cache hit must beat recomputing everything: {g}");
             // The no-cache run really rendered: its breakdown has render and encode time.
             let nc = cases.iter().find(|c| c["case"] == "nocache").expect("nocache");

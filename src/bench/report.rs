@@ -282,7 +282,10 @@ impl EngineReport {
     /// Fill the headline from the in-process group at `seconds` (else the first in-process group).
     pub fn set_headline(&mut self, seconds: f64) {
         let inproc = || self.groups.iter().filter(|g| g.mode == Mode::InProcess);
-        let g = inproc().find(|g| (g.audio_seconds - seconds).abs() < 0.5).or_else(|| inproc().next()).or(self.groups.first());
+        let g = inproc()
+            .find(|g| (g.audio_seconds - seconds).abs() < 0.5)
+            .or_else(|| inproc().next())
+            .or(self.groups.first());
         if let Some(g) = g {
             self.speedup_vip_over_nocache = g.speedup_vip_over_nocache;
             self.speedup_hot_over_nocache = g.speedup_hot_over_nocache;
@@ -329,17 +332,37 @@ fn fmt_x(x: Option<f64>) -> String {
 /// The text report: one table per engine, mode and audio length, then a summary.
 pub fn render_table(r: &BenchReport) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "vipavatar bench {} — {} CPU(s); runs per case: {} ({} for audio >= 30 s)", r.version, r.cpus, r.runs, r.long_runs);
+    let _ = writeln!(
+        s,
+        "vipavatar bench {} — {} CPU(s); runs per case: {} ({} for audio >= 30 s)",
+        r.version, r.cpus, r.runs, r.long_runs
+    );
     let _ = writeln!(s, "image {}; audio from {}", r.image, r.audio_sources.join(", "));
-    let _ = writeln!(s, "median; p90 = {}; x-RT = audio s / wall s; speedup = no-cache median / case median", r.percentile_method);
+    let _ = writeln!(
+        s,
+        "median; p90 = {}; x-RT = audio s / wall s; speedup = no-cache median / case median",
+        r.percentile_method
+    );
     for e in &r.engines {
         if !e.available {
-            let _ = writeln!(s, "\nengine {}: unavailable — {}", e.engine, e.unavailable_reason.as_deref().unwrap_or(""));
+            let _ =
+                writeln!(s, "\nengine {}: unavailable — {}", e.engine, e.unavailable_reason.as_deref().unwrap_or(""));
             continue;
         }
         for g in &e.groups {
-            let _ = writeln!(s, "\nengine {} | {} | {:.1} s audio ({} frames)", e.engine, g.mode.label(), g.audio_seconds, g.frames);
-            let _ = write!(s, "{:<11}{:>4} {:>9} {:>9} {:>8} {:>8} |", "case", "runs", "median ms", "p90 ms", "x-RT", "speedup");
+            let _ = writeln!(
+                s,
+                "\nengine {} | {} | {:.1} s audio ({} frames)",
+                e.engine,
+                g.mode.label(),
+                g.audio_seconds,
+                g.frames
+            );
+            let _ = write!(
+                s,
+                "{:<11}{:>4} {:>9} {:>9} {:>8} {:>8} |",
+                "case", "runs", "median ms", "p90 ms", "x-RT", "speedup"
+            );
             for b in BUCKETS {
                 let name = match b {
                     "cache_io_other" => "cacheIO+",
@@ -387,7 +410,9 @@ pub fn render_table(r: &BenchReport) -> String {
             continue;
         }
         for g in &e.groups {
-            let m = |case| g.cases.iter().find(|c| c.case == case).map(|c| fmt_ms(c.median_ms)).unwrap_or_else(|| "-".into());
+            let m = |case| {
+                g.cases.iter().find(|c| c.case == case).map(|c| fmt_ms(c.median_ms)).unwrap_or_else(|| "-".into())
+            };
             let mode = match g.mode {
                 Mode::InProcess => "in-process",
                 Mode::EndToEnd => "end-to-end",
@@ -458,10 +483,17 @@ mod tests {
     fn breakdown_counts_children_not_parents() {
         let s = Sample {
             wall_ms: 100.0,
-            stages_ms: [("generate", 60.0), ("render", 40.0), ("render.render", 30.0), ("render.sink", 10.0), ("detect", 20.0), ("total", 99.0)]
-                .iter()
-                .map(|(n, v)| (n.to_string(), *v))
-                .collect(),
+            stages_ms: [
+                ("generate", 60.0),
+                ("render", 40.0),
+                ("render.render", 30.0),
+                ("render.sink", 10.0),
+                ("detect", 20.0),
+                ("total", 99.0),
+            ]
+            .iter()
+            .map(|(n, v)| (n.to_string(), *v))
+            .collect(),
             peak_rss_mb: 0.0,
             first_frame_ms: None,
         };

@@ -65,8 +65,11 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 async fn original(ctx: &JobContext, image: &ImageHash) -> Result<Vec<u8>, JobError> {
     ctx.blobs.read(&ctx.blobs.image_path(image)).await?.ok_or_else(|| {
         JobError::Final(
-            ApiError::new(Code::ImageNotFound, format!("the original of image {image} is no longer stored; upload it again"))
-                .body(),
+            ApiError::new(
+                Code::ImageNotFound,
+                format!("the original of image {image} is no longer stored; upload it again"),
+            )
+            .body(),
         )
     })
 }
@@ -182,10 +185,8 @@ pub async fn ensure_prepared(
     }
     let start = Instant::now();
     let (e, a) = (engine.clone(), avatar.clone());
-    let prepared = ctx
-        .model
-        .run(move || e.prepare(&AvatarInput { image: &a.image, analysis: &a.analysis }, size))
-        .await?;
+    let prepared =
+        ctx.model.run(move || e.prepare(&AvatarInput { image: &a.image, analysis: &a.analysis }, size)).await?;
     t.stage("prepare", start);
     ctx.cache.incr(counters::PREPARE_RUNS, 1).await?;
     let mut entry = SourceStateEntry { state: None, parts: Vec::new() };
@@ -198,10 +199,11 @@ pub async fn ensure_prepared(
             }
             (_, None) => {
                 let ckey = Key::coeffs_3dmm(image, mode.as_str());
-                let mut c = ctx.cache.peek::<CoeffsEntry>(&ckey).await?.unwrap_or(CoeffsEntry {
-                    analysis: avatar.analysis.clone(),
-                    engine_coeffs: Vec::new(),
-                });
+                let mut c = ctx
+                    .cache
+                    .peek::<CoeffsEntry>(&ckey)
+                    .await?
+                    .unwrap_or(CoeffsEntry { analysis: avatar.analysis.clone(), engine_coeffs: Vec::new() });
                 c.engine_coeffs.retain(|(k, _)| *k != engine.kind());
                 c.engine_coeffs.push((engine.kind(), bytes.clone()));
                 ctx.cache.put(&ckey, &c).await?;
@@ -217,7 +219,8 @@ pub async fn ensure_prepared(
 /// The precompute job: analysis + the default engine's state at the default size.
 pub async fn run_precompute(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode) -> Result<(), JobError> {
     let key = Key::avatar(image, mode.as_str());
-    let mut record = ctx.cache.peek::<AvatarRecord>(&key).await?.unwrap_or_else(|| AvatarRecord::processing(image.clone(), mode));
+    let mut record =
+        ctx.cache.peek::<AvatarRecord>(&key).await?.unwrap_or_else(|| AvatarRecord::processing(image.clone(), mode));
     if record.status == AvatarStatus::Ready {
         return Ok(());
     }
@@ -289,9 +292,15 @@ pub fn default_size() -> u32 {
 }
 
 /// Mark a precompute as failed (after a final error or the last retry).
-pub async fn fail_precompute(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode, err: &JobError) -> Result<(), JobError> {
+pub async fn fail_precompute(
+    ctx: &JobContext,
+    image: &ImageHash,
+    mode: PreprocessMode,
+    err: &JobError,
+) -> Result<(), JobError> {
     let key = Key::avatar(image, mode.as_str());
-    let mut record = ctx.cache.peek::<AvatarRecord>(&key).await?.unwrap_or_else(|| AvatarRecord::processing(image.clone(), mode));
+    let mut record =
+        ctx.cache.peek::<AvatarRecord>(&key).await?.unwrap_or_else(|| AvatarRecord::processing(image.clone(), mode));
     record.status = AvatarStatus::Failed;
     record.error = Some(err.body().clone());
     record.updated_ms = now_ms();

@@ -184,7 +184,8 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     let final_path = ctx.blobs.resolve(&name)?;
     tokio::fs::rename(&tmp, &final_path).await?;
     let bytes = tokio::fs::metadata(&final_path).await?.len();
-    let video = VideoRef { file: name, bytes, duration_s: output.stats.video_seconds, frames: output.stats.frames as u64 };
+    let video =
+        VideoRef { file: name, bytes, duration_s: output.stats.video_seconds, frames: output.stats.frames as u64 };
     ctx.cache.put(&Key::video(&rec.image, &rec.audio, &rec.options_hash), &video).await?;
 
     let total_ms = start.elapsed().as_millis() as i64;

@@ -52,7 +52,12 @@ impl ModelThread {
                 }
             }
         })?;
-        Ok(Self { tx, name: name.to_string(), calls: Arc::new(AtomicU64::new(0)), panic_at_call: options.panic_at_call })
+        Ok(Self {
+            tx,
+            name: name.to_string(),
+            calls: Arc::new(AtomicU64::new(0)),
+            panic_at_call: options.panic_at_call,
+        })
     }
 
     pub fn name(&self) -> &str {

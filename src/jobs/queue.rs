@@ -93,9 +93,8 @@ impl JobQueue {
 
     /// Append `job` to `queue`; returns the entry id.
     pub async fn enqueue(&self, queue: Queue, job: &Job) -> redis::RedisResult<String> {
-        let payload = serde_json::to_string(job).map_err(|e| {
-            redis::RedisError::from((redis::ErrorKind::ClientError, "encode job", e.to_string()))
-        })?;
+        let payload = serde_json::to_string(job)
+            .map_err(|e| redis::RedisError::from((redis::ErrorKind::ClientError, "encode job", e.to_string())))?;
         let mut conn = self.conn.clone();
         redis::cmd("XADD").arg(self.stream(queue)).arg("*").arg(FIELD).arg(payload).query_async(&mut conn).await
     }
@@ -244,12 +243,8 @@ impl JobQueue {
         let mut depth = QueueDepth::default();
         for q in Queue::BOTH {
             let len: u64 = redis::cmd("XLEN").arg(self.stream(q)).query_async(&mut conn).await?;
-            let pending: redis::streams::StreamPendingReply = redis::cmd("XPENDING")
-                .arg(self.stream(q))
-                .arg(GROUP)
-                .query_async(&mut conn)
-                .await
-                .unwrap_or_default();
+            let pending: redis::streams::StreamPendingReply =
+                redis::cmd("XPENDING").arg(self.stream(q)).arg(GROUP).query_async(&mut conn).await.unwrap_or_default();
             let pending = pending.count() as u64;
             let waiting = len.saturating_sub(pending);
             match q {

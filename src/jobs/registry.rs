@@ -112,7 +112,8 @@ pub async fn pick_engine(
         Some(k) => k,
         None => live.iter().find_map(|w| parse(&w.default_engine)).ok_or_else(|| no_worker("any engine"))?,
     };
-    let offers: Vec<&EngineOffer> = live.iter().flat_map(|w| w.engines.iter()).filter(|e| e.engine == kind.as_str()).collect();
+    let offers: Vec<&EngineOffer> =
+        live.iter().flat_map(|w| w.engines.iter()).filter(|e| e.engine == kind.as_str()).collect();
     if offers.is_empty() {
         return Err(no_worker(&format!("engine `{}`", kind.as_str())));
     }
@@ -130,7 +131,8 @@ pub async fn pick_engine(
 }
 
 fn no_worker(what: &str) -> ApiError {
-    ApiError::new(Code::NoWorker, format!("no live worker serves {what}; try again when one has started")).retry_after(5)
+    ApiError::new(Code::NoWorker, format!("no live worker serves {what}; try again when one has started"))
+        .retry_after(5)
 }
 
 /// Every live worker process of the namespace.
@@ -139,8 +141,14 @@ pub async fn live_workers(cache: &Cache) -> Vec<WorkerAd> {
     let pattern = key(cache.namespace(), "*");
     let (mut names, mut cursor) = (Vec::<String>::new(), 0u64);
     loop {
-        let scanned: redis::RedisResult<(u64, Vec<String>)> =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(500).query_async(&mut conn).await;
+        let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(500)
+            .query_async(&mut conn)
+            .await;
         let Ok((next, batch)) = scanned else { return Vec::new() };
         names.extend(batch);
         if next == 0 {

@@ -14,7 +14,11 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 /// Run until `shutdown` turns true; the current job is finished first.
-pub async fn run_worker(ctx: Arc<JobContext>, mut blocking: redis::aio::ConnectionManager, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_worker(
+    ctx: Arc<JobContext>,
+    mut blocking: redis::aio::ConnectionManager,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let lease = ctx.config.jobs.lease();
     tracing::info!(consumer = %ctx.consumer, lease_s = lease.as_secs(), "worker started");
     while !*shutdown.borrow() {

@@ -27,7 +27,15 @@ async fn upload_precomputes_once_and_the_same_bytes_hit_the_cache() {
         assert!(status["timings"][stage].as_f64().is_some(), "no {stage} timing: {status}");
     }
     let cached: Vec<&str> = status["cached"].as_array().unwrap().iter().filter_map(|v| v.as_str()).collect();
-    for entry in ["face_detection", "landmarks", "3dmm_coeffs:crop", "face_crop:crop:256", "source_state:crop:256:classic", "gestures", "visemes"] {
+    for entry in [
+        "face_detection",
+        "landmarks",
+        "3dmm_coeffs:crop",
+        "face_crop:crop:256",
+        "source_state:crop:256:classic",
+        "gestures",
+        "visemes",
+    ] {
         assert!(cached.contains(&entry), "{entry} not cached: {cached:?}");
     }
     assert_eq!(app.counter("computed:precompute").await, 1);
@@ -183,15 +191,24 @@ async fn bad_uploads_get_the_right_status_and_code() {
     // length is unknown (chunked).
     let big: Vec<u8> = png.iter().copied().chain(std::iter::repeat(0u8).take(400_000)).collect();
     assert_error(&app.upload(big.clone(), None).await, 413, "payload_too_large");
-    let stream = futures_util::stream::iter(big.chunks(65536).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
+    let stream =
+        futures_util::stream::iter(big.chunks(65536).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());
     let part = Part::stream(reqwest::Body::wrap_stream(stream)).file_name("big.png");
     let form = Form::new().part("image_file", part);
     assert_error(&app.post_form("/api/avatar/upload", form).await, 413, "payload_too_large");
     // Not multipart at all.
-    let r = app.client.post(app.url("/api/avatar/upload")).json(&serde_json::json!({"image_file": "x"})).send().await.unwrap();
+    let r = app
+        .client
+        .post(app.url("/api/avatar/upload"))
+        .json(&serde_json::json!({"image_file": "x"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(&json(r).await, 415, "expected_multipart");
     // Duplicate field.
-    let form = Form::new().part("image_file", png_part(png[..1000].to_vec())).part("image_file", png_part(png[..1000].to_vec()));
+    let form = Form::new()
+        .part("image_file", png_part(png[..1000].to_vec()))
+        .part("image_file", png_part(png[..1000].to_vec()));
     assert_error(&app.post_form("/api/avatar/upload", form).await, 400, "duplicate_field");
     // Status of unknown / malformed ids.
     assert_error(&app.get_json(&format!("/api/avatar/status/{}", "0".repeat(64))).await, 404, "image_not_found");

@@ -19,7 +19,8 @@ fn runs(program: &str) -> bool {
 /// chromedriver, and the browser binary it should start.
 fn browser() -> Option<(&'static str, PathBuf)> {
     let driver = ["chromedriver", "/usr/lib/chromium/chromedriver"].into_iter().find(|d| runs(d))?;
-    let binary = ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].into_iter().find(|b| runs(b))?;
+    let binary =
+        ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"].into_iter().find(|b| runs(b))?;
     Some((driver, PathBuf::from(binary)))
 }
 
@@ -50,7 +51,8 @@ fn start_driver(program: &str, log: &Path) -> Driver {
 
 /// `document.getElementById(id).textContent`.
 async fn text(c: &fantoccini::Client, id: &str) -> String {
-    let v = c.execute("return document.getElementById(arguments[0]).textContent", vec![json!(id)]).await.expect("execute");
+    let v =
+        c.execute("return document.getElementById(arguments[0]).textContent", vec![json!(id)]).await.expect("execute");
     v.as_str().unwrap_or_default().trim().to_string()
 }
 
@@ -65,7 +67,10 @@ async fn the_demo_page_plays_the_stream_before_the_session_is_ready() {
     let dir = scratch("demo");
     let audio = dir.join("speech.wav");
     let src = data.join("audio/RD_Radio31_000.wav");
-    ffmpeg(&["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"], &audio);
+    ffmpeg(
+        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
+        &audio,
+    );
     let portrait = data.join("images/people_0.png").canonicalize().unwrap();
 
     let app = spawn_app_with(1, |c| c.api_keys = ApiKeys::parse("demo-key").unwrap()).await;
@@ -177,7 +182,11 @@ async fn the_demo_page_plays_the_stream_before_the_session_is_ready() {
     // The page reaches `ready` itself and fills its panels; its codec came from the init segment.
     let start = Instant::now();
     while !text(&c, "session-state").await.contains("ready") {
-        assert!(start.elapsed() < Duration::from_secs(30), "page never showed ready: {}", text(&c, "session-state").await);
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "page never showed ready: {}",
+            text(&c, "session-state").await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let done = app.session(&sid).await;
@@ -203,7 +212,11 @@ async fn the_demo_page_plays_the_stream_before_the_session_is_ready() {
         if href.as_str().is_some_and(|h| h.starts_with("blob:")) {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "download link not resolved: {href} / {}", text(&c, "error").await);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "download link not resolved: {href} / {}",
+            text(&c, "error").await
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let png = c.screenshot().await.unwrap();

@@ -57,7 +57,10 @@ fn compose_file_has_redis_api_and_gpu_worker() {
         assert_eq!(env(s, "REDIS_URL"), Some("redis://redis:6379"), "{name}");
         assert_eq!(s["depends_on"]["redis"]["condition"].as_str(), Some("service_healthy"), "{name}");
         let data_dir = env(s, "VIPAVATAR_DATA_DIR").expect("VIPAVATAR_DATA_DIR");
-        assert!(mounts(s).iter().any(|(v, p)| p == data_dir && v == "vipavatar-data"), "{name} must mount the shared data volume");
+        assert!(
+            mounts(s).iter().any(|(v, p)| p == data_dir && v == "vipavatar-data"),
+            "{name} must mount the shared data volume"
+        );
         assert!(s["build"].is_string() || s["image"].is_string(), "{name} needs an image");
     }
     assert!(api["ports"].as_sequence().is_some_and(|p| !p.is_empty()), "api publishes its port");
@@ -65,7 +68,10 @@ fn compose_file_has_redis_api_and_gpu_worker() {
 
 #[test]
 fn compose_environment_names_are_real_settings() {
-    let help = Command::new(env!("CARGO_BIN_EXE_vipavatar")).args(["serve", "--help"]).output().expect("vipavatar serve --help");
+    let help = Command::new(env!("CARGO_BIN_EXE_vipavatar"))
+        .args(["serve", "--help"])
+        .output()
+        .expect("vipavatar serve --help");
     let help = String::from_utf8_lossy(&help.stdout);
     let doc = compose();
     for name in ["api", "worker"] {
@@ -85,7 +91,9 @@ fn dockerfile_builds_with_the_setup_script_and_runs_as_non_root() {
     let (build, runtime) = text.split_once("\nFROM ${RUNTIME_IMAGE}").expect("runtime stage");
     assert!(build.contains("scripts/setup.sh"), "the build stage must use scripts/setup.sh");
     assert!(build.contains("scripts/packages.txt"), "runtime packages come from scripts/packages.txt");
-    for needed in ["torch/lib", "/usr/local/bin/vipavatar", "/app/checkpoints", "USER vipavatar", "HEALTHCHECK", "EXPOSE 8000"] {
+    for needed in
+        ["torch/lib", "/usr/local/bin/vipavatar", "/app/checkpoints", "USER vipavatar", "HEALTHCHECK", "EXPOSE 8000"]
+    {
         assert!(runtime.contains(needed), "runtime stage lacks {needed}");
     }
     assert!(!runtime.contains("USER root"));

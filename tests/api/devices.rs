@@ -112,7 +112,8 @@ async fn workers_advertise_their_engines_in_redis_with_a_ttl() {
     assert_eq!(ad["workers"], 1);
     assert_eq!(ad["default_engine"], "classic");
     assert_eq!(ad["devices"], serde_json::json!(["cpu#0"]));
-    let classic = ad["engines"].as_array().unwrap().iter().find(|e| e["engine"] == "classic").expect("classic offered").clone();
+    let classic =
+        ad["engines"].as_array().unwrap().iter().find(|e| e["engine"] == "classic").expect("classic offered").clone();
     assert_eq!(classic["sizes"], serde_json::json!([256, 512]), "{classic}");
     assert!(classic["preprocess"].as_array().unwrap().contains(&"crop".into()), "{classic}");
     let (s, ready) = app.get_json("/readyz").await;

@@ -19,7 +19,14 @@ async fn swagger_ui_lists_the_operations() {
     };
     let app = spawn_app_with(0, |_| {}).await;
     // /docs redirects to the UI.
-    let r = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap().get(app.url("/docs")).send().await.unwrap();
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(app.url("/docs"))
+        .send()
+        .await
+        .unwrap();
     assert!(r.status().is_redirection(), "{}", r.status());
 
     let out_dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("docs");
@@ -47,7 +54,15 @@ async fn swagger_ui_lists_the_operations() {
     .await
     .unwrap();
     assert!(dom.contains("swagger-ui"), "Swagger UI did not render: {}", &dom[..dom.len().min(500)]);
-    for path in ["/api/avatar/upload", "/api/avatar/status/{image_id}", "/api/vip/generate", "/api/vip/status/{session_id}", "/api/vip/download/{session_id}", "/api/cache/stats", "/healthz"] {
+    for path in [
+        "/api/avatar/upload",
+        "/api/avatar/status/{image_id}",
+        "/api/vip/generate",
+        "/api/vip/status/{session_id}",
+        "/api/vip/download/{session_id}",
+        "/api/cache/stats",
+        "/healthz",
+    ] {
         let shown = dom.contains(&format!("data-path=\"{path}\"")) || dom.contains(&format!(">{path}<"));
         assert!(shown, "operation {path} not listed in the rendered Swagger UI");
     }

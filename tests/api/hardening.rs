@@ -71,7 +71,8 @@ fn exchange(addr: &str, head: &str, body: &[u8], limit: Duration) -> RawAnswer {
     };
     let head_text = String::from_utf8_lossy(&got[..split]).to_string();
     let mut lines = head_text.split("\r\n");
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let status =
+        lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).expect("status line");
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
@@ -89,7 +90,9 @@ fn exchange(addr: &str, head: &str, body: &[u8], limit: Duration) -> RawAnswer {
 }
 
 fn post_head(path: &str, content_type: &str, length: usize) -> String {
-    format!("POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n")
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\nContent-Length: {length}\r\n\r\n"
+    )
 }
 
 fn open_fds() -> usize {
@@ -106,9 +109,10 @@ async fn truncated_closing_boundary_is_answered_and_the_socket_closed() {
             let body = format!("{part}{tail}");
             let head = post_head("/api/avatar/upload", "multipart/form-data; boundary=XB", body.len());
             let a = addr(&app);
-            let answer = tokio::task::spawn_blocking(move || exchange(&a, &head, body.as_bytes(), Duration::from_secs(10)))
-                .await
-                .unwrap();
+            let answer =
+                tokio::task::spawn_blocking(move || exchange(&a, &head, body.as_bytes(), Duration::from_secs(10)))
+                    .await
+                    .unwrap();
             assert_error(&answer.json(), 400, "malformed_multipart");
             if round == 0 {
                 // The client goes away: the server must close its side too (no CLOSE-WAIT leak).
@@ -153,7 +157,8 @@ async fn a_silent_body_is_408_and_the_connection_closed() {
     let started = Instant::now();
     let answer = tokio::task::spawn_blocking(move || {
         let head = post_head("/api/avatar/upload", "multipart/form-data; boundary=XB", 200_000);
-        let mut body = b"--XB\r\nContent-Disposition: form-data; name=\"image_file\"; filename=\"a.png\"\r\n\r\n".to_vec();
+        let mut body =
+            b"--XB\r\nContent-Disposition: form-data; name=\"image_file\"; filename=\"a.png\"\r\n\r\n".to_vec();
         body.resize(1000, b'x');
         exchange(&a, &head, &body, Duration::from_secs(10))
     })

@@ -38,5 +38,9 @@ async fn unknown_routes_and_methods_get_the_error_body() {
     // Path/query extractor failures are JSON too.
     assert_error(&app.get_json("/api/avatar/status/abc?preprocess_mode=sideways").await, 400, "invalid_image_id");
     let id = "a".repeat(64);
-    assert_error(&app.get_json(&format!("/api/avatar/status/{id}?preprocess_mode=sideways")).await, 400, "invalid_field");
+    assert_error(
+        &app.get_json(&format!("/api/avatar/status/{id}?preprocess_mode=sideways")).await,
+        400,
+        "invalid_field",
+    );
 }

@@ -258,7 +258,13 @@ impl TestApp {
 /// Run ffprobe on a file: (format duration, video frames, width, height, has audio).
 pub fn probe_mp4(path: &Path) -> (f64, u64, u64, u64, bool) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-show_entries", "format=duration,format_name:stream=codec_type,nb_read_frames,width,height"])
+        .args([
+            "-v",
+            "error",
+            "-count_frames",
+            "-show_entries",
+            "format=duration,format_name:stream=codec_type,nb_read_frames,width,height",
+        ])
         .args(["-of", "json"])
         .arg(path)
         .output()
@@ -297,7 +303,9 @@ pub fn ffmpeg(args: &[&str], out: &Path) {
 
 /// A scratch directory for this test.
 pub fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("scratch").join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("scratch")
+        .join(format!("{name}-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).expect("scratch dir");
     dir
 }

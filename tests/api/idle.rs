@@ -63,5 +63,9 @@ async fn the_idle_loop_is_seamless_and_has_a_thumbnail() {
     let unknown = "0".repeat(64);
     assert_error(&json(app.get(&format!("/api/avatar/idle/{unknown}")).await).await, 404, "image_not_found");
     assert_error(&json(app.get("/api/avatar/thumbnail/nope").await).await, 400, "invalid_image_id");
-    assert_error(&json(app.get(&format!("/api/avatar/idle/{id}?preprocess_mode=sideways")).await).await, 400, "invalid_field");
+    assert_error(
+        &json(app.get(&format!("/api/avatar/idle/{id}?preprocess_mode=sideways")).await).await,
+        400,
+        "invalid_field",
+    );
 }

@@ -24,9 +24,13 @@ async fn metrics_cover_requests_jobs_queues_and_the_cache() {
     assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
     let text = resp.text().await.unwrap();
 
-    let upload = sample(&text, r#"vipavatar_http_requests_total{method="POST",route="/api/avatar/upload",status="202"}"#);
+    let upload =
+        sample(&text, r#"vipavatar_http_requests_total{method="POST",route="/api/avatar/upload",status="202"}"#);
     assert!(upload.is_some_and(|n| n >= 1.0), "upload not counted:\n{text}");
-    let polls = sample(&text, r#"vipavatar_http_requests_total{method="GET",route="/api/avatar/status/{image_id}",status="200"}"#);
+    let polls = sample(
+        &text,
+        r#"vipavatar_http_requests_total{method="GET",route="/api/avatar/status/{image_id}",status="200"}"#,
+    );
     assert!(polls.is_some_and(|n| n >= 1.0), "status polls are counted per route pattern, not per id:\n{text}");
     assert!(text.contains(r#"route="unmatched",status="404""#), "{text}");
     assert!(text.contains("# TYPE vipavatar_http_request_duration_seconds histogram"), "{text}");

@@ -46,7 +46,17 @@ fn spec_lists_the_contract() {
     for field in ["message", "code", "type"] {
         assert!(schemas["ErrorBody"]["properties"][field].is_object(), "ErrorBody.{field}");
     }
-    for field in ["image_id", "audio_file", "enhancer", "quality", "still_mode", "expression_scale", "pose_style", "size", "engine"] {
+    for field in [
+        "image_id",
+        "audio_file",
+        "enhancer",
+        "quality",
+        "still_mode",
+        "expression_scale",
+        "pose_style",
+        "size",
+        "engine",
+    ] {
         assert!(schemas["GenerateForm"]["properties"][field].is_object(), "GenerateForm.{field}");
     }
     assert_eq!(doc["components"]["securitySchemes"]["api_key"]["name"], "X-API-Key");

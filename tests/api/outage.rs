@@ -60,7 +60,9 @@ impl Drop for OwnRedis {
 async fn assert_unavailable(app: &TestApp, image: &[u8], limit: Duration) {
     let id = "b".repeat(64);
     let session = "c".repeat(32);
-    for path in ["/api/cache/stats".to_string(), format!("/api/avatar/status/{id}"), format!("/api/vip/status/{session}")] {
+    for path in
+        ["/api/cache/stats".to_string(), format!("/api/avatar/status/{id}"), format!("/api/vip/status/{session}")]
+    {
         let started = Instant::now();
         let resp = app.client.get(app.url(&path)).send().await.unwrap();
         let took = started.elapsed();

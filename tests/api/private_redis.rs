@@ -43,13 +43,20 @@ impl Serve {
         let lines = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(port) = line.split("port=").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse::<u16>().ok()) {
+                if let Some(port) = line
+                    .split("port=")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|p| p.parse::<u16>().ok())
+                {
                     let _ = tx.send(port);
                 }
                 lines.lock().unwrap().push(line);
             }
         });
-        let port = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|_| panic!("serve never logged its port: {:?}", log.lock().unwrap()));
+        let port = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("serve never logged its port: {:?}", log.lock().unwrap()));
         let me = Self { child, log, url: format!("http://127.0.0.1:{port}") };
         me.wait_status("/healthz", 200, Duration::from_secs(30)).await;
         me
@@ -139,10 +146,14 @@ async fn serve_manages_a_private_redis() {
     assert!(data.join("redis/appendonlydir").is_dir(), "AOF files belong in the data dir");
 
     // At RUST_LOG=info, probe and status polls are not logged; other requests are.
-    for path in ["/healthz", "/readyz", "/api/avatar/status/0000000000000000000000000000000000000000000000000000000000000000"] {
+    for path in
+        ["/healthz", "/readyz", "/api/avatar/status/0000000000000000000000000000000000000000000000000000000000000000"]
+    {
         serve.status(path).await;
     }
-    wait_until(Duration::from_secs(5), "the stats request was not logged at INFO", || serve.logged("path=/api/cache/stats"));
+    wait_until(Duration::from_secs(5), "the stats request was not logged at INFO", || {
+        serve.logged("path=/api/cache/stats")
+    });
     for quiet in ["path=/healthz", "path=/readyz", "path=/api/avatar/status/"] {
         assert!(!serve.logged(quiet), "{quiet} logged at INFO: {:?}", serve.log.lock().unwrap());
     }
@@ -152,7 +163,10 @@ async fn serve_manages_a_private_redis() {
     serve.signal("-TERM");
     let (exit, _) = serve.wait_exit(Duration::from_secs(60));
     assert!(exit.success(), "{exit}");
-    let gone = redis::Client::open(format!("redis+unix://{}", socket.display())).unwrap().get_multiplexed_async_connection().await;
+    let gone = redis::Client::open(format!("redis+unix://{}", socket.display()))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await;
     assert!(gone.is_err(), "the private redis-server is still running after serve exited");
 }
 
@@ -176,12 +190,19 @@ async fn the_private_redis_is_supervised_locked_and_tied_to_the_service() {
     std::fs::write(redis_dir.join("redis-server.pid"), stale.id().to_string()).unwrap();
     let dead_lock = data.join("tmp/00000000deadbeef.owner");
     std::fs::write(&dead_lock, b"").unwrap();
-    std::fs::File::options().write(true).open(&dead_lock).unwrap().set_modified(std::time::SystemTime::now() - Duration::from_secs(600)).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&dead_lock)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
     let orphan = data.join("tmp/00000000deadbeef-0123456789abcdef0123456789abcdef.mp4.audio.f32");
     std::fs::write(&orphan, vec![0u8; 4096]).unwrap();
 
     let mut serve = Serve::start(&data).await;
-    wait_until(Duration::from_secs(15), "the stale redis-server was not stopped", || stale.try_wait().unwrap().is_some());
+    wait_until(Duration::from_secs(15), "the stale redis-server was not stopped", || {
+        stale.try_wait().unwrap().is_some()
+    });
     assert!(!orphan.exists() && !dead_lock.exists(), "orphaned temporaries survived the start-up sweep");
     assert!(serve.logged("removed orphaned temporary files"), "{:?}", serve.log.lock().unwrap());
     assert_eq!(serve.status("/api/cache/stats").await, Some(200));
@@ -198,7 +219,9 @@ async fn the_private_redis_is_supervised_locked_and_tied_to_the_service() {
 
     // kill -9 of the Redis child: reaped, restarted on the same files, logged, serving again.
     kill("-KILL", first_pid);
-    wait_until(Duration::from_secs(15), "redis-server was not restarted", || redis_pid(&data).is_some_and(|p| p != first_pid && alive(p)));
+    wait_until(Duration::from_secs(15), "redis-server was not restarted", || {
+        redis_pid(&data).is_some_and(|p| p != first_pid && alive(p))
+    });
     assert!(!alive(first_pid), "the killed redis-server is left as a zombie");
     serve.wait_status("/api/cache/stats", 200, Duration::from_secs(15)).await;
     assert!(serve.logged("restarting it") && serve.logged("restarted"), "{:?}", serve.log.lock().unwrap());

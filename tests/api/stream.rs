@@ -14,7 +14,10 @@ async fn the_live_stream_plays_early_and_matches_the_download() {
     // 16 s of speech (400 frames): long enough that the stream visibly starts before the end.
     let audio = dir.join("speech.wav");
     let src = data.join("audio/RD_Radio31_000.wav");
-    ffmpeg(&["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"], &audio);
+    ffmpeg(
+        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
+        &audio,
+    );
     let (s, body) = app.generate(&id, read(&audio), &[]).await;
     assert_eq!(s, 202, "{body}");
     let sid = body["session_id"].as_str().unwrap().to_string();
@@ -49,7 +52,10 @@ async fn the_live_stream_plays_early_and_matches_the_download() {
     let file_path = dir.join("download.mp4");
     std::fs::write(&file_path, &file).unwrap();
     let file_boxes = mp4_boxes(&file);
-    assert!(file_boxes.iter().position(|b| b == "moov") < file_boxes.iter().position(|b| b == "mdat"), "faststart: {file_boxes:?}");
+    assert!(
+        file_boxes.iter().position(|b| b == "moov") < file_boxes.iter().position(|b| b == "mdat"),
+        "faststart: {file_boxes:?}"
+    );
     let (a, b) = (video_frame_md5s(&live_path), video_frame_md5s(&file_path));
     assert_eq!(a.len(), 400);
     assert!(a == b, "the stream's frames differ from the download's");

@@ -66,11 +66,23 @@ async fn upload_generate_download_and_reuse() {
     assert_eq!(done["audio_duration"].as_f64().map(|d| (d - audio_len).abs() < 0.05), Some(true), "{done}");
 
     // Range: a browser seeking asks for the tail.
-    let r = app.client.get(app.url(&format!("/api/vip/download/{sid}"))).header("Range", "bytes=100-199").send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(&format!("/api/vip/download/{sid}")))
+        .header("Range", "bytes=100-199")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.headers()["content-range"], format!("bytes 100-199/{}", bytes.len()));
     assert_eq!(r.bytes().await.unwrap().as_ref(), &bytes[100..200]);
-    let r = app.client.get(app.url(&format!("/api/vip/download/{sid}"))).header("Range", format!("bytes={}-", bytes.len() + 10)).send().await.unwrap();
+    let r = app
+        .client
+        .get(app.url(&format!("/api/vip/download/{sid}")))
+        .header("Range", format!("bytes={}-", bytes.len() + 10))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 416);
 
     // New audio: every image-side entry is reused, nothing image-side recomputed.
@@ -207,7 +219,8 @@ async fn bad_generate_requests_get_the_right_status_and_code() {
     let done = app.wait_session(sid, Duration::from_secs(300)).await;
     assert_eq!(done["status"], "ready", "{done}");
     // Multipart with a text field that is too long.
-    let form = Form::new().text("image_id", "a".repeat(10_000)).part("audio_file", Part::bytes(small).file_name("a.wav"));
+    let form =
+        Form::new().text("image_id", "a".repeat(10_000)).part("audio_file", Part::bytes(small).file_name("a.wav"));
     assert_error(&app.post_form("/api/vip/generate", form).await, 413, "payload_too_large");
 }
 
@@ -238,7 +251,8 @@ async fn evicted_or_stale_entries_are_rebuilt_from_the_stored_original() {
     assert_eq!(app.counter("computed:precompute").await, 1);
 
     // Everything image-side is evicted, the avatar's status record included.
-    let all = ["face_detection", "landmarks", "3dmm_coeffs", "face_crop", "source_state", "gestures", "visemes", "avatar"];
+    let all =
+        ["face_detection", "landmarks", "3dmm_coeffs", "face_crop", "source_state", "gestures", "visemes", "avatar"];
     assert!(evict(&app, &all).await >= 8);
     let (s, body) = app.generate(&id, read(data.join("audio/bus_chinese.wav")), &[]).await;
     assert_eq!(s, 202, "{body}");
@@ -258,7 +272,12 @@ async fn evicted_or_stale_entries_are_rebuilt_from_the_stored_original() {
         .await
         .unwrap();
     assert_eq!(keys.len(), 1, "{keys:?}");
-    let _: () = redis::cmd("SET").arg(&keys[0]).arg(b"VAVC\x01\x00\x63\x00old".as_slice()).query_async(&mut conn).await.unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&keys[0])
+        .arg(b"VAVC\x01\x00\x63\x00old".as_slice())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     let (s, body) = app.generate(&id, read(data.join("audio/chinese_poem1.wav")), &[]).await;
     assert_eq!(s, 202, "{body}");
     let done = app.wait_session(body["session_id"].as_str().unwrap(), Duration::from_secs(300)).await;

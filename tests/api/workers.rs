@@ -151,7 +151,8 @@ async fn a_job_that_keeps_failing_is_retried_then_failed_with_its_error() {
     let (_, stats) = app.get_json("/api/cache/stats").await;
     assert_eq!(stats["queue_status"]["failed"], 1);
     assert_error(&json(app.get(&format!("/api/vip/download/{sid}")).await).await, 409, "video_failed");
-    let (status, body) = tokio::time::timeout(Duration::from_secs(30), watcher).await.expect("the stream ended").unwrap();
+    let (status, body) =
+        tokio::time::timeout(Duration::from_secs(30), watcher).await.expect("the stream ended").unwrap();
     assert_eq!(status, 200);
     assert!(body.is_err(), "the failed session's stream ended as if complete: {body:?}");
     assert_error(&json(app.get(&format!("/api/vip/stream/{sid}")).await).await, 409, "video_failed");
@@ -240,9 +241,8 @@ async fn an_api_node_without_models_serves_what_a_worker_process_renders() {
     };
     // No live worker yet: generate is 503 no_worker with Retry-After.
     let audio = read(data.join("audio/chinese_poem1.wav"));
-    let form = reqwest::multipart::Form::new()
-        .text("image_id", id_before.clone())
-        .part("audio_file", wav_part(audio.clone()));
+    let form =
+        reqwest::multipart::Form::new().text("image_id", id_before.clone()).part("audio_file", wav_part(audio.clone()));
     let r = app.client.post(app.url("/api/vip/generate")).multipart(form).send().await.unwrap();
     assert!(r.headers().get("retry-after").is_some(), "no Retry-After on {:?}", r.headers());
     assert_error(&json(r).await, 503, "no_worker");

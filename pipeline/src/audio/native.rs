@@ -28,7 +28,8 @@ const MAX_LEADING_BAD_PACKETS: usize = 8;
 
 /// Decode `bytes` in process. Enforces `limits.max_seconds` on the decoded samples.
 pub fn decode(bytes: &[u8], limits: &AudioLimits) -> Result<Native> {
-    let mss = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes.to_vec())), MediaSourceStreamOptions::default());
+    let mss =
+        MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes.to_vec())), MediaSourceStreamOptions::default());
     let probed = match symphonia::default::get_probe().format(
         &Hint::new(),
         mss,

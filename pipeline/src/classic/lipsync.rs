@@ -389,8 +389,7 @@ struct Gate {
 impl Gate {
     fn fit(db: &[f32]) -> Self {
         let q = Percentiles::of(db);
-        let (Some(speech), Some(noise), Some(hi)) = (q.at(0.95), q.at(0.10), q.at(0.98))
-        else {
+        let (Some(speech), Some(noise), Some(hi)) = (q.at(0.95), q.at(0.10), q.at(0.98)) else {
             return Self { range: None };
         };
         if speech < -50.0 {

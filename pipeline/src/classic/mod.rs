@@ -34,8 +34,8 @@ use mouth::MouthPalette;
 use opencv::core::{Size, Vector};
 use opencv::prelude::*;
 use render::SourceState;
-use stream::{ClassicMotion, ClassicRenderer};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use stream::{ClassicMotion, ClassicRenderer};
 use visemes::VisemeSet;
 
 /// Bumped whenever a cached blob layout or its meaning changes; stale blobs are rejected.

@@ -10,8 +10,8 @@ use super::render::{Renderer, SourceState};
 use super::visemes::{self, VisemeSet};
 use super::{build_canvas, decode, encode, part, source_state};
 use crate::engine::{
-    AvatarInput, ChunkRenderer, FrameSink, GenerateOptions, MotionInput, MotionStream, PreparedAvatar,
-    PreprocessMode, StateKind, StreamBlobs,
+    AvatarInput, ChunkRenderer, FrameSink, GenerateOptions, MotionInput, MotionStream, PreparedAvatar, PreprocessMode,
+    StateKind, StreamBlobs,
 };
 use crate::error::{PipelineError, Result};
 use std::time::Instant;
@@ -154,7 +154,9 @@ impl ClassicRenderer {
         let shapes_ok = visemes.shapes.len() == visemes::NUM_VISEMES
             && visemes.shapes.iter().chain([&visemes.blink, &visemes.brow, &visemes.rest]).all(|s| s.len() == 68);
         if !shapes_ok {
-            return Err(PipelineError::Internal("classic visemes blob is inconsistent; prepare the avatar again".into()));
+            return Err(PipelineError::Internal(
+                "classic visemes blob is inconsistent; prepare the avatar again".into(),
+            ));
         }
         let (canvas, _, _) = build_canvas(avatar.image, &avatar.analysis.crop, state.mode, state.size)?;
         let renderer = Renderer::new(state, &visemes, canvas)?;
@@ -189,10 +191,6 @@ impl ChunkRenderer for ClassicRenderer {
     }
 
     fn stage_ms(&self) -> Vec<(String, f64)> {
-        vec![
-            ("render_setup".into(), self.setup_ms),
-            ("render".into(), self.render_ms),
-            ("sink".into(), self.sink_ms),
-        ]
+        vec![("render_setup".into(), self.setup_ms), ("render".into(), self.render_ms), ("sink".into(), self.sink_ms)]
     }
 }

@@ -178,7 +178,13 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
             ww += w;
         }
         for x in 0..ksize {
-            let v = if x < n && ww != 0.0 { k[x] / ww } else if x < n { k[x] } else { 0.0 };
+            let v = if x < n && ww != 0.0 {
+                k[x] / ww
+            } else if x < n {
+                k[x]
+            } else {
+                0.0
+            };
             let f = v * (1u32 << PRECISION_BITS) as f64;
             kk[xx * ksize + x] = if v < 0.0 { (-0.5 + f) as i32 } else { (0.5 + f) as i32 };
         }
@@ -287,7 +293,13 @@ mod tests {
 
     #[test]
     fn lstsq_recovers_exact_solution() {
-        let a = [[1.0, 2.0, 0.5, 1.0], [0.3, -1.0, 2.0, 1.0], [2.0, 0.1, 0.0, 1.0], [-1.0, 1.0, 1.0, 1.0], [0.5, 0.5, -2.0, 1.0]];
+        let a = [
+            [1.0, 2.0, 0.5, 1.0],
+            [0.3, -1.0, 2.0, 1.0],
+            [2.0, 0.1, 0.0, 1.0],
+            [-1.0, 1.0, 1.0, 1.0],
+            [0.5, 0.5, -2.0, 1.0],
+        ];
         let k = [0.7, -0.2, 1.5, 3.0];
         let b = a.map(|r| r.iter().zip(&k).map(|(x, y)| x * y).sum::<f64>());
         let got = lstsq_5x4(&a, &b);

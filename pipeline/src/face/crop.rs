@@ -30,7 +30,12 @@ impl CropInfo {
 
 /// The oriented-square geometry of SadTalker's `align_face` for an image of `img_w` x `img_h`.
 /// Returns `(rsize, crop, quad)` exactly as the reference computes them (`quad` after +0.5).
-pub fn align_face_geometry(lm: &[[f64; 2]], img_w: i64, img_h: i64, output_size: f64) -> ([i64; 2], [i64; 4], [f64; 4]) {
+pub fn align_face_geometry(
+    lm: &[[f64; 2]],
+    img_w: i64,
+    img_h: i64,
+    output_size: f64,
+) -> ([i64; 2], [i64; 4], [f64; 4]) {
     let mean = |r: std::ops::Range<usize>| {
         let n = r.len() as f64;
         let (mut sx, mut sy) = (0.0, 0.0);
@@ -106,7 +111,14 @@ pub fn align_face_geometry(lm: &[[f64; 2]], img_w: i64, img_h: i64, output_size:
 pub fn crop_info(lm: &[[f64; 2]], img_w: u32, img_h: u32, mode: PreprocessMode) -> CropInfo {
     let (w, h) = (img_w as i64, img_h as i64);
     if mode == PreprocessMode::Resize {
-        return CropInfo { mode, rsize: [w, h], crop: [0, 0, w, h], quad: [0.0, 0.0, w as f64, h as f64], face_box: [0, 0, w, h], reference_size: [w, h] };
+        return CropInfo {
+            mode,
+            rsize: [w, h],
+            crop: [0, 0, w, h],
+            quad: [0.0, 0.0, w as f64, h as f64],
+            face_box: [0, 0, w, h],
+            reference_size: [w, h],
+        };
     }
     let (rsize, crop, quad) = align_face_geometry(lm, w, h, 512.0);
     let [lx, ly, rx, ry] = quad.map(|v| v as i64);

@@ -42,9 +42,7 @@ impl Weights {
         let map: HashMap<String, Tensor> = list.into_iter().map(|(k, v)| (k, v.to_kind(Kind::Float))).collect();
         for (name, shape) in expected {
             match map.get(*name) {
-                None => {
-                    return Err(PipelineError::Checkpoint { file, reason: format!("missing tensor `{name}`") })
-                }
+                None => return Err(PipelineError::Checkpoint { file, reason: format!("missing tensor `{name}`") }),
                 Some(t) if t.size() != *shape => {
                     return Err(PipelineError::Checkpoint {
                         file,
@@ -69,7 +67,14 @@ impl Weights {
     }
 
     fn conv(&self, x: &Tensor, name: &str) -> Tensor {
-        x.conv2d(self.get(&format!("{name}.weight")), Some(self.get(&format!("{name}.bias"))), [1, 1], [0, 0], [1, 1], 1)
+        x.conv2d(
+            self.get(&format!("{name}.weight")),
+            Some(self.get(&format!("{name}.bias"))),
+            [1, 1],
+            [0, 0],
+            [1, 1],
+            1,
+        )
     }
 
     fn prelu(&self, x: &Tensor, name: &str) -> Tensor {
@@ -269,7 +274,8 @@ impl Mtcnn {
             .into_iter()
             .map(|c| {
                 let (bw, bh) = (c.b[2] - c.b[0], c.b[3] - c.b[1]);
-                let b = [c.b[0] + c.reg[0] * bw, c.b[1] + c.reg[1] * bh, c.b[2] + c.reg[2] * bw, c.b[3] + c.reg[3] * bh];
+                let b =
+                    [c.b[0] + c.reg[0] * bw, c.b[1] + c.reg[1] * bh, c.b[2] + c.reg[2] * bw, c.b[3] + c.reg[3] * bh];
                 Cand { b: square(b), score: c.score, reg: [0.0; 4] }
             })
             .collect();
@@ -423,7 +429,8 @@ mod tests {
     #[test]
     fn nms_drops_overlaps_and_keeps_best() {
         let c = |b: [f32; 4], s| Cand { b, score: s, reg: [0.0; 4] };
-        let kept = nms(vec![c([0., 0., 10., 10.], 0.8), c([1., 1., 11., 11.], 0.9), c([50., 50., 60., 60.], 0.7)], 0.5, false);
+        let kept =
+            nms(vec![c([0., 0., 10., 10.], 0.8), c([1., 1., 11., 11.], 0.9), c([50., 50., 60., 60.], 0.7)], 0.5, false);
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);
         assert_eq!(kept[1].score, 0.7);

@@ -27,12 +27,8 @@ pub fn estimate(landmarks: &[Point], width: u32, height: u32) -> Result<HeadPose
     let image: Vector<Point2d> =
         TEMPLATE.iter().map(|(i, _)| Point2d::new(landmarks[*i][0] as f64, landmarks[*i][1] as f64)).collect();
     let f = width.max(height) as f64;
-    let camera = Mat::from_slice_2d(&[
-        [f, 0.0, width as f64 / 2.0],
-        [0.0, f, height as f64 / 2.0],
-        [0.0, 0.0, 1.0],
-    ])
-    .ctx("camera matrix")?;
+    let camera = Mat::from_slice_2d(&[[f, 0.0, width as f64 / 2.0], [0.0, f, height as f64 / 2.0], [0.0, 0.0, 1.0]])
+        .ctx("camera matrix")?;
     let dist = Mat::zeros(4, 1, CV_64F).ctx("dist")?.to_mat().ctx("dist")?;
     let mut rvec = Mat::default();
     let mut tvec = Mat::default();

@@ -50,7 +50,10 @@ pub fn fit_affine(points: &FacePoints, face_size: i64) -> Result<Affine> {
     )
     .ctx("estimateAffinePartial2D")?;
     if m.rows() != 2 || m.cols() != 3 {
-        return Err(PipelineError::InvalidOption { field: "face points", reason: "degenerate points: no similarity fits them".into() });
+        return Err(PipelineError::InvalidOption {
+            field: "face points",
+            reason: "degenerate points: no similarity fits them".into(),
+        });
     }
     let mut out = [[0.0; 3]; 2];
     for (r, row) in out.iter_mut().enumerate() {

@@ -46,7 +46,10 @@ impl GfpganConfig {
             return bad(format!("out_size {} must be a power of two in 8..=1024", self.out_size));
         }
         if !(self.narrow > 0.0 && self.narrow <= 1.0) || self.num_style_feat < 1 || self.channel_multiplier < 1 {
-            return bad(format!("narrow {} / num_style_feat {} / channel_multiplier {}", self.narrow, self.num_style_feat, self.channel_multiplier));
+            return bad(format!(
+                "narrow {} / num_style_feat {} / channel_multiplier {}",
+                self.narrow, self.num_style_feat, self.channel_multiplier
+            ));
         }
         for level in 2..=self.log_size() {
             if self.unet_channels(1 << level) < 1 || self.decoder_channels(1 << level) < 2 {

@@ -138,8 +138,10 @@ impl FaceEnhancer {
         let ones = Tensor::ones([1, s, s, 1], (Kind::Float, device));
         let inv_mask = warp_affine_f32(&ones, &inverse, (h, w), 0.0)?.permute([0, 3, 1, 2]); // (u, 1, h, w)
         let eroded = erode(&inv_mask, 2)?;
-        let areas = Vec::<f64>::try_from(eroded.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu))
-            .map_err(|e| PipelineError::Internal(format!("mask area: {e}")))?;
+        let areas = Vec::<f64>::try_from(
+            eroded.sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Double).to_device(Device::Cpu),
+        )
+        .map_err(|e| PipelineError::Internal(format!("mask area: {e}")))?;
         let mut soft = Vec::with_capacity(areas.len());
         for (i, area) in areas.iter().enumerate() {
             // fusion edge from the face area, as the reference: int(sqrt(area)) // 20

@@ -99,7 +99,8 @@ impl GfpganNet {
             cin = cout;
         }
         let final_conv = Conv2d::new(&root / "final_conv", cin, ch(4), ConvSpec::square(3, 1, 1));
-        let (mut up, mut to_rgb, mut condition_scale, mut condition_shift) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut up, mut to_rgb, mut condition_scale, mut condition_shift) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut cin = ch(4);
         for (k, level) in (3..=log).enumerate() {
             let cout = ch(1 << level);
@@ -141,7 +142,11 @@ impl GfpganNet {
                 let size = var.size();
                 let numel: i64 = size.iter().product();
                 let draws = Tensor::from_slice(&super::noise::normals(&mut rng, numel as usize)).view(size.as_slice());
-                let fan_in: i64 = if name.ends_with("modulated_conv.weight") { size[2..].iter().product() } else { size[1..].iter().product::<i64>().max(1) };
+                let fan_in: i64 = if name.ends_with("modulated_conv.weight") {
+                    size[2..].iter().product()
+                } else {
+                    size[1..].iter().product::<i64>().max(1)
+                };
                 let value = if name.ends_with("modulation.bias") {
                     draws * 0.1 + 1.0
                 } else if name.ends_with("bias") {
@@ -191,10 +196,17 @@ impl GfpganNet {
         let s = self.cfg.out_size;
         let size = x.size();
         if size.len() != 4 || size[1] != 3 || size[2] != s || size[3] != s {
-            return Err(PipelineError::InvalidOption { field: "gfpgan input", reason: format!("expected (b, 3, {s}, {s}), got {size:?}") });
+            return Err(PipelineError::InvalidOption {
+                field: "gfpgan input",
+                reason: format!("expected (b, 3, {s}, {s}), got {size:?}"),
+            });
         }
         if noise.len() as i64 != self.cfg.num_layers() {
-            return Err(PipelineError::Internal(format!("gfpgan: {} noise maps for {} layers", noise.len(), self.cfg.num_layers())));
+            return Err(PipelineError::Internal(format!(
+                "gfpgan: {} noise maps for {} layers",
+                noise.len(),
+                self.cfg.num_layers()
+            )));
         }
         let run = || -> std::result::Result<(Tensor, Intermediates), tch::TchError> {
             tch::no_grad(|| {

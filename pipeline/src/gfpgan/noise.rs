@@ -81,7 +81,14 @@ mod tests {
 
     #[test]
     fn seeded_noise_is_repeatable_and_standard_normal() {
-        let stored: Vec<Tensor> = (0..7).map(|i| Tensor::zeros([1, 1, GfpganConfig::noise_size(i), GfpganConfig::noise_size(i)], (Kind::Float, Device::Cpu))).collect();
+        let stored: Vec<Tensor> = (0..7)
+            .map(|i| {
+                Tensor::zeros(
+                    [1, 1, GfpganConfig::noise_size(i), GfpganConfig::noise_size(i)],
+                    (Kind::Float, Device::Cpu),
+                )
+            })
+            .collect();
         let a = Noise::Seeded(7).maps(&stored, Device::Cpu);
         let b = Noise::Seeded(7).maps(&stored, Device::Cpu);
         let c = Noise::Seeded(8).maps(&stored, Device::Cpu);

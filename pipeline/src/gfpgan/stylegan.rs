@@ -82,7 +82,11 @@ pub struct StyleConv {
 impl StyleConv {
     pub fn new(p: Path, cin: i64, cout: i64, style: i64, upsample: bool) -> Self {
         let conv = ModulatedConv::new(&p / "modulated_conv", cin, cout, 3, style, true, upsample);
-        Self { conv, noise_strength: p.zeros_no_train("weight", &[1]), bias: p.zeros_no_train("bias", &[1, cout, 1, 1]) }
+        Self {
+            conv,
+            noise_strength: p.zeros_no_train("weight", &[1]),
+            bias: p.zeros_no_train("bias", &[1, cout, 1, 1]),
+        }
     }
 
     /// `noise` broadcasts over the batch: (1 or b, 1, h', w').

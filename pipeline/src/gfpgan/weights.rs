@@ -24,7 +24,8 @@ fn err(path: &Path, reason: impl Into<String>) -> PipelineError {
 /// layout when `cfg` is [`GfpganConfig::v1_4`]).
 pub fn expected_layout(cfg: &GfpganConfig) -> Result<Vec<(String, Vec<i64>)>> {
     let net = GfpganNet::build(cfg, Device::Cpu)?;
-    let mut keys: Vec<(String, Vec<i64>)> = net.var_store().variables().into_iter().map(|(k, t)| (k, t.size())).collect();
+    let mut keys: Vec<(String, Vec<i64>)> =
+        net.var_store().variables().into_iter().map(|(k, t)| (k, t.size())).collect();
     keys.sort();
     Ok(keys)
 }
@@ -34,7 +35,10 @@ fn select_state(path: &Path, tensors: Vec<(String, Tensor)>) -> Result<BTreeMap<
     for prefix in STATE_KEYS {
         let dotted = format!("{prefix}.");
         if tensors.iter().any(|(k, _)| k.starts_with(&dotted)) {
-            return Ok(tensors.into_iter().filter_map(|(k, t)| k.strip_prefix(&dotted).map(|s| (s.to_string(), t))).collect());
+            return Ok(tensors
+                .into_iter()
+                .filter_map(|(k, t)| k.strip_prefix(&dotted).map(|s| (s.to_string(), t)))
+                .collect());
         }
     }
     Err(err(path, "no `params_ema` (or `params`) state dict in the file (is this a GFPGAN checkpoint?)"))
@@ -55,7 +59,9 @@ pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<G
             Some(t) if t.size() != var.size() => {
                 problems.push(format!("key `params_ema.{name}` has shape {:?}, expected {:?}", t.size(), var.size()))
             }
-            Some(t) if !t.is_floating_point() => problems.push(format!("key `params_ema.{name}` has dtype {:?}, expected a float", t.kind())),
+            Some(t) if !t.is_floating_point() => {
+                problems.push(format!("key `params_ema.{name}` has dtype {:?}, expected a float", t.kind()))
+            }
             Some(_) => {}
         }
     }
@@ -70,7 +76,10 @@ pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<G
     tch::no_grad(|| -> Result<()> {
         for (name, var) in &variables {
             let stored = &state[name];
-            let converted = stored.f_to_kind(Kind::Float).and_then(|t| t.f_to_device(device)).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
+            let converted = stored
+                .f_to_kind(Kind::Float)
+                .and_then(|t| t.f_to_device(device))
+                .map_err(|e| err(path, format!("key `{name}`: {e}")))?;
             let mut target = var.shallow_clone();
             target.f_copy_(&converted).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
         }

@@ -72,19 +72,27 @@ pub struct SadTalkerEngine {
 
 impl std::fmt::Debug for SadTalkerEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SadTalkerEngine").field("paths", &self.paths).field("device", &self.device).finish_non_exhaustive()
+        f.debug_struct("SadTalkerEngine")
+            .field("paths", &self.paths)
+            .field("device", &self.device)
+            .finish_non_exhaustive()
     }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serialize(&(STATE_VERSION, value)).map_err(|e| PipelineError::Internal(format!("encode sadtalker state: {e}")))
+    bincode::serialize(&(STATE_VERSION, value))
+        .map_err(|e| PipelineError::Internal(format!("encode sadtalker state: {e}")))
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     let (version, value): (u32, T) =
         bincode::deserialize(bytes).map_err(|e| crate::engine::stale_blob("sadtalker", what, e))?;
     if version != STATE_VERSION {
-        return Err(crate::engine::stale_blob("sadtalker", what, format!("version {version}, expected {STATE_VERSION}")));
+        return Err(crate::engine::stale_blob(
+            "sadtalker",
+            what,
+            format!("version {version}, expected {STATE_VERSION}"),
+        ));
     }
     Ok(value)
 }
@@ -112,7 +120,8 @@ impl SadTalkerEngine {
         let recon = FaceRecon::from_checkpoint(any, device)?;
         let half = std::env::var(HALF_ENV).map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
         let settings = RenderSettings { device, half, ..RenderSettings::default() };
-        let engine = Self { paths, device, settings, models: Mutex::new(Models { audio, recon, renderers: HashMap::new() }) };
+        let engine =
+            Self { paths, device, settings, models: Mutex::new(Models { audio, recon, renderers: HashMap::new() }) };
         let default_size = if engine.paths.checkpoint_256.is_some() { 256 } else { 512 };
         engine.with_renderer(default_size, false, |_| Ok(()))?;
         tracing::info!(dir = %checkpoints.display(), ?device, "sadtalker engine loaded");
@@ -128,16 +137,22 @@ impl SadTalkerEngine {
         let mut models = self.lock()?;
         if let std::collections::hash_map::Entry::Vacant(slot) = models.renderers.entry((size, full)) {
             let checkpoint = self.paths.checkpoint_for_size(size)?;
-            let (mapping, name) = if full { (&self.paths.mapping_full, MAPPING_FULL) } else { (&self.paths.mapping_crop, MAPPING_CROP) };
+            let (mapping, name) =
+                if full { (&self.paths.mapping_full, MAPPING_FULL) } else { (&self.paths.mapping_crop, MAPPING_CROP) };
             let mapping = mapping.as_deref().ok_or_else(|| PipelineError::Unsupported {
                 engine: "sadtalker",
-                what: format!("preprocess {}: {name} is not in {}", if full { "full" } else { "crop/resize" }, self.paths.dir.display()),
+                what: format!(
+                    "preprocess {}: {name} is not in {}",
+                    if full { "full" } else { "crop/resize" },
+                    self.paths.dir.display()
+                ),
             })?;
             let config = FaceRenderConfig::official(if full { 73 } else { 70 });
             let weights = RendererWeights { checkpoint, mapping: MappingWeights::Pickle(mapping) };
             slot.insert(FaceRenderer::load(&config, &weights, &self.settings)?);
         }
-        let renderer = models.renderers.get(&(size, full)).ok_or_else(|| PipelineError::Internal("renderer missing".into()))?;
+        let renderer =
+            models.renderers.get(&(size, full)).ok_or_else(|| PipelineError::Internal("renderer missing".into()))?;
         f(renderer)
     }
 
@@ -146,7 +161,11 @@ impl SadTalkerEngine {
         let a = avatar.analysis;
         let mode = if a.preprocess == PreprocessMode::Resize { PreprocessMode::Resize } else { PreprocessMode::Crop };
         let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, mode, size)?;
-        let lm = a.landmarks.0.iter().map(|p| [(p[0] - offset[0] + 0.5) * scale[0] - 0.5, (p[1] - offset[1] + 0.5) * scale[1] - 0.5]);
+        let lm = a
+            .landmarks
+            .0
+            .iter()
+            .map(|p| [(p[0] - offset[0] + 0.5) * scale[0] - 0.5, (p[1] - offset[1] + 0.5) * scale[1] - 0.5]);
         Ok((canvas, lm.collect()))
     }
 }
@@ -181,7 +200,13 @@ fn output_size(reference: [i64; 2], size: u32) -> (u32, u32) {
 
 /// (n, 3, S, S) float [0, 1] -> (n, S, S, 3) uint8 on the CPU (`img_as_ubyte`).
 fn to_u8_frames(frames: &Tensor) -> Tensor {
-    (frames.to_kind(Kind::Float) * 255.0).round().clamp(0.0, 255.0).to_kind(Kind::Uint8).permute([0, 2, 3, 1]).contiguous().to_device(Device::Cpu)
+    (frames.to_kind(Kind::Float) * 255.0)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .permute([0, 2, 3, 1])
+        .contiguous()
+        .to_device(Device::Cpu)
 }
 
 /// Frame `i` of an (n, H, W, 3) uint8 tensor, cropped to (width, height).
@@ -213,7 +238,8 @@ impl Engine for SadTalkerEngine {
         let trans_params = aligned.trans_params.map(|v| v as f32);
         let coeffs = self.lock()?.recon.coeffs_of_image(&aligned.image)?;
         let coeff_3dmm = SplitCoeffs::new(&coeffs).coeff_3dmm(trans_params);
-        let coeff_3dmm = Vec::<f32>::try_from(coeff_3dmm.to_device(Device::Cpu).flatten(0, -1)).ctx("3dmm coefficients")?;
+        let coeff_3dmm =
+            Vec::<f32>::try_from(coeff_3dmm.to_device(Device::Cpu).flatten(0, -1)).ctx("3dmm coefficients")?;
         let full = a.preprocess == PreprocessMode::Full;
         let image = source_image_tensor(&canvas, size as i64)?;
         let state = self.with_renderer(size, full, |r| r.prepare_source(&image, &coeff_3dmm))?;
@@ -237,7 +263,12 @@ impl Engine for SadTalkerEngine {
         self.check_options(opts)?;
         let features: MelFeatures = decode(features, "audio features")?;
         let source: SourceCoeffs = decode(part(prepared, StateKind::Coeffs3dmm)?, "3dmm coefficients")?;
-        let motion_opts = MotionOptions { seed: opts.seed, pose_style: opts.pose_style, still: opts.still_mode, ..Default::default() };
+        let motion_opts = MotionOptions {
+            seed: opts.seed,
+            pose_style: opts.pose_style,
+            still: opts.still_mode,
+            ..Default::default()
+        };
         let coeffs = self.lock()?.audio.generate(&features, &source.coeff_3dmm, &motion_opts)?;
         encode(&coeffs)
     }
@@ -256,7 +287,11 @@ impl Engine for SadTalkerEngine {
         if opts.preprocess != a.preprocess {
             return Err(PipelineError::InvalidOption {
                 field: "preprocess",
-                reason: format!("the avatar was prepared for {}, not {}", a.preprocess.as_str(), opts.preprocess.as_str()),
+                reason: format!(
+                    "the avatar was prepared for {}, not {}",
+                    a.preprocess.as_str(),
+                    opts.preprocess.as_str()
+                ),
             });
         }
         let coeffs: MotionCoefficients = decode(motion, "motion")?;
@@ -270,7 +305,8 @@ impl Engine for SadTalkerEngine {
         let state_bytes: Vec<u8> = decode(part(prepared, StateKind::SourceState)?, "source state")?;
         let state = SourceState::from_bytes(&state_bytes, self.device)?;
         let full = a.preprocess == PreprocessMode::Full;
-        let window_opts = WindowOptions { still_mode: opts.still_mode, full, ..WindowOptions::new(opts.expression_scale) };
+        let window_opts =
+            WindowOptions { still_mode: opts.still_mode, full, ..WindowOptions::new(opts.expression_scale) };
         let windows = DrivingWindows::build(&coeffs.to_tensor(Device::Cpu), &source.coeff_3dmm, &window_opts)?;
         let total = coeffs.num_frames;
 

@@ -103,8 +103,9 @@ mod tests {
 
     #[test]
     fn splits_init_and_fragments_whatever_the_read_sizes() {
-        let stream: Vec<u8> = [mk(b"ftyp", 20), mk(b"moov", 300), mk(b"moof", 50), mk(b"mdat", 900), mk(b"moof", 40), mk(b"mdat", 10)]
-            .concat();
+        let stream: Vec<u8> =
+            [mk(b"ftyp", 20), mk(b"moov", 300), mk(b"moof", 50), mk(b"mdat", 900), mk(b"moof", 40), mk(b"mdat", 10)]
+                .concat();
         for step in [1usize, 7, 64, 5000] {
             let mut s = FragmentSplitter::new();
             let mut got = Vec::new();

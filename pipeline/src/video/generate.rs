@@ -139,7 +139,8 @@ pub fn generate_streamed(
         let first = first_fragment.clone();
         Box::new(move |f: Fragment| {
             if matches!(f, Fragment::Media(_)) {
-                let _ = first.compare_exchange(u64::MAX, (ms_since(t0) * 1e3) as u64, Ordering::Relaxed, Ordering::Relaxed);
+                let _ =
+                    first.compare_exchange(u64::MAX, (ms_since(t0) * 1e3) as u64, Ordering::Relaxed, Ordering::Relaxed);
             }
             sink(f)
         }) as FragmentSink

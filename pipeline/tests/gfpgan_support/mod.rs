@@ -19,7 +19,10 @@ pub fn config() -> serde_json::Value {
 
 pub fn io(name: &str) -> HashMap<String, Tensor> {
     let path = dir().join(name);
-    Tensor::read_safetensors(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display())).into_iter().collect()
+    Tensor::read_safetensors(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+        .into_iter()
+        .collect()
 }
 
 pub fn get<'a>(fx: &'a HashMap<String, Tensor>, key: &str) -> &'a Tensor {
@@ -55,7 +58,8 @@ pub fn device() -> Device {
 /// (max abs, mean abs) of `ours - expected` in float64 (same shape required).
 pub fn errors(ours: &Tensor, expected: &Tensor) -> (f64, f64) {
     assert_eq!(ours.size(), expected.size(), "shape");
-    let d = (ours.to_device(Device::Cpu).to_kind(Kind::Double) - expected.to_device(Device::Cpu).to_kind(Kind::Double)).abs();
+    let d = (ours.to_device(Device::Cpu).to_kind(Kind::Double) - expected.to_device(Device::Cpu).to_kind(Kind::Double))
+        .abs();
     (d.max().double_value(&[]), d.mean(Kind::Double).double_value(&[]))
 }
 

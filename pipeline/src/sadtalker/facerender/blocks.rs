@@ -150,7 +150,11 @@ impl DownBlock {
 
     pub fn new(p: &Path, cin: i64, cout: i64, three_d: bool) -> Self {
         let kernel: &[i64] = if three_d { &[3, 3, 3] } else { &[3, 3] };
-        Self { conv: Conv::new(p / "conv", cin, cout, kernel, ConvOpts::pad(1)), norm: BatchNorm::new(p / "norm", cout), three_d }
+        Self {
+            conv: Conv::new(p / "conv", cin, cout, kernel, ConvOpts::pad(1)),
+            norm: BatchNorm::new(p / "norm", cout),
+            three_d,
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -176,7 +180,10 @@ impl UpBlock3d {
     }
 
     pub fn new(p: &Path, cin: i64, cout: i64) -> Self {
-        Self { conv: Conv::new(p / "conv", cin, cout, &[3, 3, 3], ConvOpts::pad(1)), norm: BatchNorm::new(p / "norm", cout) }
+        Self {
+            conv: Conv::new(p / "conv", cin, cout, &[3, 3, 3], ConvOpts::pad(1)),
+            norm: BatchNorm::new(p / "norm", cout),
+        }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -322,7 +329,9 @@ impl KpHourglass {
             .collect();
         let conv = Conv::new(p / "conv", w(s.num_blocks), s.reshape_features, &[1, 1], ConvOpts::pad(0));
         let up = (0..s.num_blocks)
-            .map(|i| UpBlock3d::new(&(p / "up_blocks" / format!("up{i}")), w(s.num_blocks - i), w(s.num_blocks - i - 1)))
+            .map(|i| {
+                UpBlock3d::new(&(p / "up_blocks" / format!("up{i}")), w(s.num_blocks - i), w(s.num_blocks - i - 1))
+            })
             .collect();
         let out_filters = if s.num_blocks > 0 { w(0) } else { s.reshape_features / s.reshape_depth };
         Self { down, conv, up, reshape_depth: s.reshape_depth, out_filters }

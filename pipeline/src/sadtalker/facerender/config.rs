@@ -164,7 +164,8 @@ impl FaceRenderConfig {
 
     /// Read a SadTalker renderer YAML config file.
     pub fn from_yaml_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(format!("reading {}", path.display()), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| PipelineError::io(format!("reading {}", path.display()), e))?;
         Self::from_yaml_str(&text)
     }
 

@@ -64,8 +64,13 @@ impl DenseMotion {
     pub fn new(p: &Path, c: &FaceRenderConfig) -> Self {
         let d = &c.generator.dense_motion;
         let num_kp = c.common.num_kp;
-        let hourglass =
-            Hourglass::new(&(p / "hourglass"), d.block_expansion, (num_kp + 1) * (d.compress + 1), d.num_blocks, d.max_features);
+        let hourglass = Hourglass::new(
+            &(p / "hourglass"),
+            d.block_expansion,
+            (num_kp + 1) * (d.compress + 1),
+            d.num_blocks,
+            d.max_features,
+        );
         let out = hourglass.out_filters();
         Self {
             mask: Conv::new(p / "mask", out, num_kp + 1, &[7, 7, 7], ConvOpts::pad(3)),
@@ -125,7 +130,8 @@ impl DenseMotion {
         let prediction = self.hourglass.forward(&input);
         let mask = self.mask.forward(&prediction).softmax(1, prediction.kind());
         let kept = mask.zeros_like().where_self(&mask.lt(MASK_THRESHOLD), &mask).unsqueeze(2);
-        let deformation = (sparse.permute([0, 1, 5, 2, 3, 4]) * kept).sum_dim_intlist([1i64].as_slice(), false, mask.kind());
+        let deformation =
+            (sparse.permute([0, 1, 5, 2, 3, 4]) * kept).sum_dim_intlist([1i64].as_slice(), false, mask.kind());
         let deformation = deformation.permute([0, 2, 3, 4, 1]);
 
         let occlusion = self.occlusion.as_ref().map(|conv| {

@@ -34,7 +34,8 @@ impl KpDetector {
             },
         );
         let kp = Conv::new(p / "kp", predictor.out_filters(), c.common.num_kp, &[3, 3, 3], ConvOpts::pad(1));
-        let down = (k.scale_factor != 1.0).then(|| AntiAlias::new(&(p / "down"), c.common.image_channel, k.scale_factor));
+        let down =
+            (k.scale_factor != 1.0).then(|| AntiAlias::new(&(p / "down"), c.common.image_channel, k.scale_factor));
         Self { down, predictor, kp, temperature: k.temperature }
     }
 
@@ -59,7 +60,8 @@ impl KpDetector {
         let s = prediction.size();
         let heatmap = (prediction.reshape([s[0], s[1], -1]) / self.temperature).softmax(2, Kind::Float);
         let heatmap = heatmap.view([s[0], s[1], s[2], s[3], s[4], 1]);
-        let grid = coordinate_grid(s[2], s[3], s[4], (heatmap.kind(), heatmap.device())).view([1, 1, s[2], s[3], s[4], 3]);
+        let grid =
+            coordinate_grid(s[2], s[3], s[4], (heatmap.kind(), heatmap.device())).view([1, 1, s[2], s[3], s[4], 3]);
         (heatmap * grid).sum_dim_intlist([2i64, 3, 4].as_slice(), false, Kind::Float)
     }
 }

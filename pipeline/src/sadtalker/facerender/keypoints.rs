@@ -101,7 +101,11 @@ pub struct TransformedKeypoints {
 
 /// `keypoint_transformation(kp_canonical, he)`; `kp_canonical` (B or 1, K, 3) is broadcast over
 /// the batch of `he`.
-pub fn transform_keypoints(kp_canonical: &Tensor, he: &HeadPoseLogits, overrides: &PoseOverride) -> TransformedKeypoints {
+pub fn transform_keypoints(
+    kp_canonical: &Tensor,
+    he: &HeadPoseLogits,
+    overrides: &PoseOverride,
+) -> TransformedKeypoints {
     let pick = |o: &Option<Tensor>, logits: &Tensor| match o {
         Some(deg) => deg.to_kind(logits.kind()),
         None => logits_to_degrees(logits),

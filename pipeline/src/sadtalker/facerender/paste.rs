@@ -88,7 +88,8 @@ impl PasteBack {
         if original.data.len() as i64 != w * h * 3 {
             return Err(PipelineError::NotAnImage("inconsistent original image buffer".into()));
         }
-        let [x1, y1, x2, y2] = [face_box[0].clamp(0, w), face_box[1].clamp(0, h), face_box[2].clamp(0, w), face_box[3].clamp(0, h)];
+        let [x1, y1, x2, y2] =
+            [face_box[0].clamp(0, w), face_box[1].clamp(0, h), face_box[2].clamp(0, w), face_box[3].clamp(0, h)];
         let (bw, bh) = (x2 - x1, y2 - y1);
         if bw < 5 || bh < 5 {
             return Err(PipelineError::InvalidOption {
@@ -97,7 +98,8 @@ impl PasteBack {
             });
         }
         let _guard = tch::no_grad_guard();
-        let background = Tensor::from_slice(&original.data).view([h, w, 3]).permute([2, 0, 1]).contiguous().to_device(device);
+        let background =
+            Tensor::from_slice(&original.data).view([h, w, 3]).permute([2, 0, 1]).contiguous().to_device(device);
         // The solve region: the box without its outer pixel ring.
         let (rh, rw) = (bh - 2, bw - 2);
         let dest = background.narrow(1, y1 + 1, rh).narrow(2, x1 + 1, rw).to_kind(Kind::Float);

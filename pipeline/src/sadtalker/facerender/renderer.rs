@@ -101,7 +101,10 @@ pub struct FaceRenderer {
 
 impl std::fmt::Debug for FaceRenderer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaceRenderer").field("device", &self.device).field("gen_kind", &self.gen_kind).finish_non_exhaustive()
+        f.debug_struct("FaceRenderer")
+            .field("device", &self.device)
+            .field("gen_kind", &self.gen_kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -217,14 +220,20 @@ impl FaceRenderer {
         if s.len() != 4 || s[0] != 1 || s[1] != self.config.common.image_channel || s[2] != s[3] || s[2] % 4 != 0 {
             return Err(PipelineError::InvalidOption {
                 field: "source_image",
-                reason: format!("shape {s:?}, expected (1, {}, S, S) with S a multiple of 4", self.config.common.image_channel),
+                reason: format!(
+                    "shape {s:?}, expected (1, {}, S, S) with S a multiple of 4",
+                    self.config.common.image_channel
+                ),
             });
         }
         let full = match self.config.mapping.coeff_nc {
             70 => false,
             73 => true,
             other => {
-                return Err(PipelineError::Unsupported { engine: "sadtalker", what: format!("mapping net with {other} inputs") })
+                return Err(PipelineError::Unsupported {
+                    engine: "sadtalker",
+                    what: format!("mapping net with {other} inputs"),
+                })
             }
         };
         let window = source_window(source_coeff, full)?.unsqueeze(0).to_device(self.device);
@@ -234,7 +243,14 @@ impl FaceRenderer {
         let source_pose = self.mapping.forward(&window);
         let kp_source = transform_keypoints(&kp_canonical, &source_pose, &PoseOverride::default()).value;
         let feature = self.generator.encode_source(&image.to_kind(self.gen_kind)).to_kind(Kind::Float);
-        Ok(SourceState { image_size: s[2], coeff_nc: self.config.mapping.coeff_nc, kp_canonical, source_pose, kp_source, feature })
+        Ok(SourceState {
+            image_size: s[2],
+            coeff_nc: self.config.mapping.coeff_nc,
+            kp_canonical,
+            source_pose,
+            kp_source,
+            feature,
+        })
     }
 
     /// Move a (possibly deserialised) state to the device and derive the dense-motion inputs.
@@ -254,7 +270,12 @@ impl FaceRenderer {
     }
 
     /// Driving keypoints for windows (B, nc, 27) with per-frame overrides.
-    pub fn driving_keypoints(&self, source: &PreparedSource, windows: &Tensor, overrides: &PoseOverride) -> TransformedKeypoints {
+    pub fn driving_keypoints(
+        &self,
+        source: &PreparedSource,
+        windows: &Tensor,
+        overrides: &PoseOverride,
+    ) -> TransformedKeypoints {
         let _guard = tch::no_grad_guard();
         let he = self.mapping.forward(&windows.to_kind(Kind::Float).to_device(self.device));
         let overrides = PoseOverride {
@@ -294,7 +315,11 @@ impl FaceRenderer {
         let mut start = 0;
         while start < total {
             let len = batch.min(total - start);
-            let kp = self.driving_keypoints(&source, &windows.targets.narrow(0, start, len), &windows.overrides.narrow(start, len));
+            let kp = self.driving_keypoints(
+                &source,
+                &windows.targets.narrow(0, start, len),
+                &windows.overrides.narrow(start, len),
+            );
             let out = self.render_keypoints(&source, &kp.value);
             let frames = out.prediction.to_kind(Kind::Float);
             on_batch(RenderedBatch { start: start as usize, frames })?;
@@ -306,7 +331,12 @@ impl FaceRenderer {
     /// All frames of `windows` as one (T, 3, S, S) CPU tensor (convenience over [`render`]).
     ///
     /// [`render`]: FaceRenderer::render
-    pub fn render_all(&self, state: &SourceState, windows: &DrivingWindows, batch_size: Option<usize>) -> Result<Tensor> {
+    pub fn render_all(
+        &self,
+        state: &SourceState,
+        windows: &DrivingWindows,
+        batch_size: Option<usize>,
+    ) -> Result<Tensor> {
         let mut parts = Vec::new();
         self.render(state, windows, batch_size, &mut |b| {
             parts.push(b.frames.to_device(Device::Cpu));

@@ -61,11 +61,19 @@ impl SourceState {
         let mut tensors = Vec::with_capacity(NAMES.len());
         for (name, t) in NAMES.iter().zip(self.tensors()) {
             let cpu = t.to_device(Device::Cpu).to_kind(Kind::Float).contiguous();
-            let values = Vec::<f32>::try_from(cpu.flatten(0, -1))
-                .map_err(|e| PipelineError::Torch { context: format!("serialising source state `{name}`"), source: e })?;
+            let values = Vec::<f32>::try_from(cpu.flatten(0, -1)).map_err(|e| PipelineError::Torch {
+                context: format!("serialising source state `{name}`"),
+                source: e,
+            })?;
             tensors.push(StoredTensor { name: name.to_string(), shape: cpu.size(), values });
         }
-        let stored = Stored { magic: MAGIC.into(), version: VERSION, image_size: self.image_size, coeff_nc: self.coeff_nc, tensors };
+        let stored = Stored {
+            magic: MAGIC.into(),
+            version: VERSION,
+            image_size: self.image_size,
+            coeff_nc: self.coeff_nc,
+            tensors,
+        };
         bincode::serialize(&stored).map_err(|e| PipelineError::Internal(format!("serialising source state: {e}")))
     }
 
@@ -93,7 +101,13 @@ impl SourceState {
             image_size: stored.image_size,
             coeff_nc: stored.coeff_nc,
             kp_canonical: take("kp_canonical")?,
-            source_pose: HeadPoseLogits { yaw: take("yaw")?, pitch: take("pitch")?, roll: take("roll")?, t: take("t")?, exp: take("exp")? },
+            source_pose: HeadPoseLogits {
+                yaw: take("yaw")?,
+                pitch: take("pitch")?,
+                roll: take("roll")?,
+                t: take("t")?,
+                exp: take("exp")?,
+            },
             kp_source: take("kp_source")?,
             feature: take("feature")?,
         };

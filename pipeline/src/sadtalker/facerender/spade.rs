@@ -72,8 +72,10 @@ impl SpectralConv {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         match &self.conv {
             Some(conv) => conv.forward(x),
-            None => Conv::from_tensors(self.normalized_weight(), self.bias.as_ref().map(Tensor::shallow_clone), self.opts)
-                .forward(x),
+            None => {
+                Conv::from_tensors(self.normalized_weight(), self.bias.as_ref().map(Tensor::shallow_clone), self.opts)
+                    .forward(x)
+            }
         }
     }
 }
@@ -225,7 +227,8 @@ impl SpadeResnetBlock {
             _ => x.shallow_clone(),
         };
         let dx = self.conv_0.forward(&leaky_relu(&self.norm_0.modulate(&normalized, segmap), SLOPE));
-        let dx = self.conv_1.forward(&leaky_relu(&self.norm_1.modulate(&instance_norm(&dx, channels_last), segmap), SLOPE));
+        let dx =
+            self.conv_1.forward(&leaky_relu(&self.norm_1.modulate(&instance_norm(&dx, channels_last), segmap), SLOPE));
         shortcut + dx
     }
 }

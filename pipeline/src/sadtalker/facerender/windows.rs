@@ -181,7 +181,8 @@ pub fn reference_batch_layout(frames: &Tensor, batch_size: i64) -> Tensor {
     let rem = t % batch_size;
     let padded = if rem != 0 {
         let last = frames.narrow(0, t - 1, 1);
-        let reps: Vec<i64> = std::iter::once(batch_size - rem).chain(std::iter::repeat_n(1, frames.dim() - 1)).collect();
+        let reps: Vec<i64> =
+            std::iter::once(batch_size - rem).chain(std::iter::repeat_n(1, frames.dim() - 1)).collect();
         Tensor::cat(&[frames.shallow_clone(), last.repeat(reps.as_slice())], 0)
     } else {
         frames.shallow_clone()

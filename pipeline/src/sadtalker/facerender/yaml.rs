@@ -174,7 +174,9 @@ mod tests {
 
     #[test]
     fn malformed_documents_are_errors() {
-        for doc in ["a:\n   b: 1\n  c: 2\n", "a: {b: 1}\n", "a: [[1]]\n", "a: [1\n", "a\n", "a: 1\na: 2\n", "a:\n\tb: 1\n"] {
+        for doc in
+            ["a:\n   b: 1\n  c: 2\n", "a: {b: 1}\n", "a: [[1]]\n", "a: [1\n", "a\n", "a: 1\na: 2\n", "a:\n\tb: 1\n"]
+        {
             assert!(parse(doc).is_err(), "{doc:?} should be rejected");
         }
     }
