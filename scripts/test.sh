@@ -15,3 +15,7 @@ else
 fi
 echo "[test] cargo test --workspace"
 cargo test --workspace --no-fail-fast "$@"
+if [ -z "${SKIP_SCHEMATHESIS:-}" ]; then
+  echo "[test] scripts/schemathesis.sh"
+  scripts/schemathesis.sh
+fi

@@ -1,7 +1,7 @@
 //! What the service keeps in Redis about avatars (`avatar:{image}:{mode}`) and generate sessions
 //! (`session:{id}`, the 1-hour tier), plus where a finished video lives.
 
-use crate::errors::ErrorBody;
+use crate::errors::{Code, ErrorBody, ErrorType};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use vipavatar_cache::{AudioHash, ImageHash, OptionsHash, SessionId};
@@ -52,6 +52,16 @@ impl AvatarRecord {
             height: 0,
             faces_found: 0,
         }
+    }
+
+    /// The failure to answer again at once, without running the precompute: one the image itself
+    /// caused (no face, too small, not an image, ...), kept as long as this record (tier 1).
+    /// A server-side failure (a retryable `system`/`internal` error) and a missing original
+    /// (a new upload brings it back) are not remembered: the next upload tries again.
+    pub fn remembered_failure(&self) -> Option<&ErrorBody> {
+        let error = self.error.as_ref().filter(|_| self.status == AvatarStatus::Failed)?;
+        let input = error.kind == ErrorType::InvalidRequest.as_str();
+        (input && error.code != Code::ImageNotFound.info().1).then_some(error)
     }
 }
 

@@ -30,6 +30,10 @@ pub enum Kind {
     Stream,
     /// `idle:{image_hash}:{preprocess}:{size}`: where the avatar's idle loop and thumbnail are.
     Idle,
+    /// `inflight:{image_hash}:{audio_hash}:{options_hash}`: the session rendering that `video:`
+    /// right now (a plain string, claimed with SET NX), tier 3. Identical generate requests on
+    /// any API node join it instead of rendering again. Not in DESIGN.md's table.
+    Inflight,
 }
 
 /// How long entries of a kind live (DESIGN.md "tier" column).
@@ -46,7 +50,7 @@ pub enum Tier {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::FaceDetection,
         Kind::Landmarks,
         Kind::Coeffs3dmm,
@@ -62,6 +66,7 @@ impl Kind {
         Kind::AudioPcm,
         Kind::Stream,
         Kind::Idle,
+        Kind::Inflight,
     ];
 
     pub fn name(self) -> &'static str {
@@ -81,6 +86,7 @@ impl Kind {
             Kind::AudioPcm => "audio_pcm",
             Kind::Stream => "stream",
             Kind::Idle => "idle",
+            Kind::Inflight => "inflight",
         }
     }
 
@@ -91,7 +97,7 @@ impl Kind {
             }
             Kind::Coeffs3dmm => Tier::Permanent,
             Kind::Gestures | Kind::Visemes | Kind::AudioFeatures | Kind::Motion | Kind::Video => Tier::Medium,
-            Kind::Session | Kind::AudioPcm | Kind::Stream => Tier::Short,
+            Kind::Session | Kind::AudioPcm | Kind::Stream | Kind::Inflight => Tier::Short,
         }
     }
 }
@@ -176,6 +182,10 @@ impl Key {
     /// wrote it (bare H.264 pieces).
     pub fn part_stream(id: &SessionId, attempt: u32, part: usize) -> Self {
         Self::new(Kind::Stream, &[id.as_str(), &attempt.to_string(), &part.to_string()])
+    }
+    /// `inflight:{image_hash}:{audio_hash}:{options_hash}` (same parts as [`Key::video`])
+    pub fn inflight(image: &ImageHash, audio: &AudioHash, options: &OptionsHash) -> Self {
+        Self::new(Kind::Inflight, &[image.as_str(), audio.as_str(), options.as_str()])
     }
     /// `idle:{image_hash}:{preprocess}:{size}`
     pub fn idle(image: &ImageHash, preprocess: &str, size: u32) -> Self {

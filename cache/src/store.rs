@@ -154,6 +154,32 @@ impl Cache {
         Ok(n > 0)
     }
 
+    /// Claim `key` for `holder` (a plain string, the kind's TTL) unless it is held: `None` when
+    /// this call claimed it, else the current holder. Atomic, so one caller wins across nodes.
+    pub async fn claim(&self, key: &Key, holder: &str) -> Result<Option<String>> {
+        let script = redis::Script::new(
+            r"local cur = redis.call('GET', KEYS[1])
+if cur then return cur end
+if ARGV[2] == '0' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return ''",
+        );
+        let ms = self.config.ttls.for_kind(key.kind()).map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX).max(1));
+        let mut conn = self.conn.clone();
+        let cur: String = script.key(self.full(key)).arg(holder).arg(ms.unwrap_or(0)).invoke_async(&mut conn).await?;
+        Ok((!cur.is_empty()).then_some(cur))
+    }
+
+    /// Remove `key` only while `holder` holds it (see [`Cache::claim`]); true when removed.
+    pub async fn release(&self, key: &Key, holder: &str) -> Result<bool> {
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0",
+        );
+        let mut conn = self.conn.clone();
+        let n: u64 = script.key(self.full(key)).arg(holder).invoke_async(&mut conn).await?;
+        Ok(n > 0)
+    }
+
     /// Whether `key` exists (no statistics).
     pub async fn exists(&self, key: &Key) -> Result<bool> {
         let mut conn = self.conn.clone();
@@ -203,7 +229,7 @@ impl Cache {
         let (mut hits, mut misses) = (0u64, 0u64);
         for kind in Kind::ALL {
             stats.entries.insert(kind.name(), self.count(kind).await?);
-            if matches!(kind, Kind::Session | Kind::Avatar) {
+            if matches!(kind, Kind::Session | Kind::Avatar | Kind::Inflight) {
                 continue;
             }
             let (h, m, s) = (get(hit_field(kind)), get(miss_field(kind)), get(stale_field(kind)));

@@ -2,7 +2,7 @@
 //! poll its precompute status.
 
 use super::media::check_image;
-use super::multipart::{read_form, FileLimit};
+use super::multipart::{parse_bool, read_form, FileLimit};
 use super::{parse_image_id, seconds_map, Guard};
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::avatar::CoeffsEntry;
@@ -60,7 +60,12 @@ pub struct UploadForm {
     #[schema(value_type = String, format = Binary)]
     image_file: Vec<u8>,
     /// Framing to precompute (default `crop`).
-    preprocess_mode: Option<PreprocessModeDoc>,
+    #[schema(required = false)]
+    preprocess_mode: PreprocessModeDoc,
+    /// Precompute again even though this image already failed for this mode because of its
+    /// content (default false: that failure is answered at once, for the avatar's TTL).
+    #[schema(required = false)]
+    retry: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -80,7 +85,9 @@ pub struct UploadResponse {
 ///
 /// Stores the image, then precomputes everything that depends only on it (face detection,
 /// landmarks, crop, engine state) in the background. The same bytes uploaded again for the same
-/// mode answer 200 with `cached: true` and recompute nothing.
+/// mode answer 200 with `cached: true` and recompute nothing. An image whose precompute failed
+/// because of its content (no face, ...) answers that same error at once for the avatar's TTL,
+/// without running again (send `retry=true` to run it anyway); a server-side failure is retried.
 #[utoipa::path(
     post,
     path = "/upload",
@@ -93,7 +100,7 @@ pub struct UploadResponse {
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 413, description = "Image larger than the byte limit", body = ErrorBody),
         (status = 415, description = "Not a PNG, JPEG or WebP file, or not multipart", body = ErrorBody),
-        (status = 422, description = "The image does not decode, or is too small or too large in pixels", body = ErrorBody),
+        (status = 422, description = "The image does not decode, is too small or too large in pixels, or already failed for this mode (no face, ...)", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(image_id))]
@@ -105,6 +112,7 @@ pub async fn upload(
     let limits = [FileLimit { field: "image_file", max_bytes: state.config.limits.max_image_bytes }];
     let mut form = read_form(&req, payload, &limits).await?;
     let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?.unwrap_or_default();
+    let retry = form.parse("retry", "true or false", parse_bool)?.unwrap_or(false);
     let file = form.take_file("image_file")?;
     check_image("image_file", &file.bytes)?;
     check_dimensions(&file.bytes)?;
@@ -140,7 +148,13 @@ pub async fn upload(
                 preprocess_mode: mode.as_str().into(),
             }))
         }
-        _ => {}
+        Some(AvatarStatus::Failed) => {
+            // The same bytes fail the same way: answer the stored error, run nothing.
+            if let Some(error) = existing.as_ref().and_then(AvatarRecord::remembered_failure).filter(|_| !retry) {
+                return Err(ApiError::from(error.clone()));
+            }
+        }
+        None => {}
     }
 
     // Store first, then enqueue; the guard undoes both if anything below fails.
@@ -190,6 +204,7 @@ async fn estimate_precompute(state: &AppState) -> f64 {
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Which mode to report (default: the most recently uploaded one).
+    #[param(value_type = Option<PreprocessModeDoc>)]
     preprocess_mode: Option<String>,
 }
 

@@ -11,6 +11,7 @@ pub mod idle;
 pub mod media;
 pub mod metrics;
 pub mod multipart;
+pub mod spec;
 pub mod stream;
 pub mod vip;
 
@@ -27,7 +28,7 @@ use subtle::ConstantTimeEq;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_swagger_ui::SwaggerUi;
-use vipavatar_cache::{ImageHash, Key};
+use vipavatar_cache::{ImageHash, Key, SessionId};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -74,6 +75,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc.merge(health::HealthApi::openapi());
     doc.merge(metrics::MetricsApi::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    spec::complete(&mut doc);
     doc
 }
 
@@ -233,18 +235,24 @@ pub(crate) struct Guard {
     state: AppState,
     files: Vec<PathBuf>,
     keys: Vec<Key>,
+    /// Single-flight claims (`inflight:` key, holder) to release.
+    claims: Vec<(Key, SessionId)>,
     armed: bool,
 }
 
 impl Guard {
     pub fn new(state: &AppState) -> Self {
-        Self { state: state.clone(), files: Vec::new(), keys: Vec::new(), armed: true }
+        Self { state: state.clone(), files: Vec::new(), keys: Vec::new(), claims: Vec::new(), armed: true }
     }
     pub fn remove_file(&mut self, path: PathBuf) {
         self.files.push(path);
     }
     pub fn remove_key(&mut self, key: Key) {
         self.keys.push(key);
+    }
+    /// Release `key` if `holder` still holds it (see `Cache::claim`).
+    pub fn release_claim(&mut self, key: Key, holder: SessionId) {
+        self.claims.push((key, holder));
     }
     pub fn disarm(mut self) {
         self.armed = false;
@@ -253,12 +261,16 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if !self.armed || (self.files.is_empty() && self.keys.is_empty()) {
+        if !self.armed || (self.files.is_empty() && self.keys.is_empty() && self.claims.is_empty()) {
             return;
         }
         let (state, files, keys) =
             (self.state.clone(), std::mem::take(&mut self.files), std::mem::take(&mut self.keys));
+        let claims = std::mem::take(&mut self.claims);
         crate::spawn_named("undo-upload", async move {
+            for (key, holder) in claims {
+                let _ = state.cache.release(&key, holder.as_str()).await;
+            }
             for key in keys {
                 let _ = state.cache.delete(&key).await;
             }

@@ -64,6 +64,15 @@ fn shorten(s: &str) -> String {
     s.chars().take(64).collect()
 }
 
+/// A boolean form field: `true`/`false` (also `1`/`0`, `yes`/`no`, `on`/`off`).
+pub fn parse_bool(s: &str) -> Option<bool> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
 pub fn missing(name: &str) -> ApiError {
     ApiError::new(Code::MissingField, format!("the multipart field `{name}` is required"))
 }

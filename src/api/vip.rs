@@ -3,20 +3,21 @@
 
 use super::avatar::{avatar_records, PreprocessModeDoc};
 use super::media::check_audio;
-use super::multipart::{read_form, FileLimit, Form};
+use super::multipart::{parse_bool, read_form, FileLimit, Form};
 use super::{parse_image_id, seconds_map, Guard};
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::generate::cached_video;
 use crate::jobs::{counters, Job, Queue};
-use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionRequest, SessionStatus};
+use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionRequest, SessionStatus, VideoRef};
 use crate::state::AppState;
 use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 use utoipa::{OpenApi, ToSchema};
-use vipavatar_cache::{AudioHash, Key, OptionsHash, SessionId};
+use vipavatar_cache::{AudioHash, ImageHash, Key, OptionsHash, SessionId};
 use vipavatar_pipeline::audio::{decode_audio, AudioLimits};
 use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, PreprocessMode, Quality};
 
@@ -34,38 +35,75 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/stream/{session_id}", web::get().to(super::stream::stream));
 }
 
-/// Multipart form of a generate request.
+/// Multipart form of a generate request. Only `image_id` and `audio_file` are required; a field
+/// left out takes its default (the fields are not nullable: send a value or nothing).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct GenerateForm {
     /// The id returned by `/api/avatar/upload`.
+    #[schema(pattern = "^[0-9a-f]{64}$", min_length = 64, max_length = 64)]
     image_id: String,
     /// Speech: WAV, MP3, OGG/Opus, FLAC, M4A/AAC, WebM or AIFF.
     #[schema(value_type = String, format = Binary)]
     audio_file: Vec<u8>,
     /// `none` (default) or `gfpgan` (only engines that support it).
-    #[schema(example = "none")]
-    enhancer: Option<String>,
+    #[schema(required = false, schema_with = enhancer_schema)]
+    enhancer: String,
     /// Encoder quality: `low`, `medium` (default) or `high`.
-    #[schema(example = "medium")]
-    quality: Option<String>,
+    #[schema(required = false, schema_with = quality_schema)]
+    quality: String,
     /// Keep the head still (default false).
-    still_mode: Option<bool>,
+    #[schema(required = false)]
+    still_mode: bool,
     /// Mouth/expression amplitude, 0..=3 (default 1).
-    expression_scale: Option<f32>,
+    #[schema(required = false, minimum = 0, maximum = 3)]
+    expression_scale: f32,
     /// Motion variation, 0..=45 (default 0).
-    #[schema(minimum = 0, maximum = 45)]
-    pose_style: Option<u32>,
+    #[schema(required = false, minimum = 0, maximum = 45)]
+    pose_style: u32,
     /// Output face size: 256 (default) or 512.
-    #[schema(example = 256)]
-    size: Option<u32>,
+    #[schema(required = false, schema_with = size_schema)]
+    size: u32,
     /// `auto` (server default), `classic` or `sadtalker`.
-    #[schema(example = "auto")]
-    engine: Option<String>,
+    #[schema(required = false, schema_with = engine_schema)]
+    engine: String,
     /// Which upload of the image to animate (default: its most recent mode).
-    preprocess_mode: Option<PreprocessModeDoc>,
+    #[schema(required = false)]
+    preprocess_mode: PreprocessModeDoc,
     /// Seed of every random draw (default 0): same seed, same video.
-    seed: Option<u64>,
+    #[schema(required = false)]
+    seed: u64,
+}
+
+/// A string form field that takes one of `values` (the first is the default and the example).
+fn string_enum(values: &[&str], description: &str) -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(values.iter().copied()))
+        .description(Some(description))
+        .examples(values.first().map(|v| serde_json::json!(v)))
+        .build()
+}
+
+fn enhancer_schema() -> utoipa::openapi::Object {
+    string_enum(&["none", "gfpgan"], "`none` (default) or `gfpgan` (only engines that support it).")
+}
+
+fn quality_schema() -> utoipa::openapi::Object {
+    string_enum(&["medium", "low", "high"], "Encoder quality: `low`, `medium` (default) or `high`.")
+}
+
+fn engine_schema() -> utoipa::openapi::Object {
+    string_enum(&["auto", "classic", "sadtalker"], "`auto` (server default), `classic` or `sadtalker`.")
+}
+
+fn size_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::Integer)
+        .enum_values(Some([256, 512]))
+        .description(Some("Output face size: 256 (default) or 512."))
+        .examples([serde_json::json!(256)])
+        .build()
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -79,19 +117,15 @@ pub struct GenerateResponse {
     /// Watch the video while it renders: a fragmented MP4 that a `<video>` element plays at
     /// once (the finished file once the session is ready and its stream has expired).
     pub stream_url: String,
+    /// True when an identical request (same image, audio and options) was already rendering:
+    /// this is its session, and nothing new was queued.
+    #[serde(default)]
+    pub joined: bool,
 }
 
 /// Where a session's live stream is served.
 pub fn stream_url(id: &SessionId) -> String {
     format!("/api/vip/stream/{id}")
-}
-
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
 }
 
 fn parse_engine(s: &str) -> Option<Option<EngineKind>> {
@@ -138,7 +172,9 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
 ///
 /// Needs an uploaded `image_id` and an audio file. Only the audio-dependent work runs when the
 /// avatar is cached (the `vip` queue). If the avatar is still being precomputed the job waits
-/// for it. The same image, audio and options again return the cached video at once.
+/// for it. The same image, audio and options again return the cached video at once; while an
+/// identical request is still rendering, this one joins its session (`joined: true`) instead of
+/// rendering the same video twice.
 #[utoipa::path(
     post,
     path = "/generate",
@@ -153,7 +189,7 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
         (status = 413, description = "Audio larger than the byte or duration limit", body = ErrorBody),
         (status = 415, description = "Not a recognised audio file, or not multipart", body = ErrorBody),
         (status = 422, description = "Audio does not decode, the option is unsupported by the engine, or the avatar failed", body = ErrorBody),
-        (status = 503, description = "No live worker serves the engine (`no_worker`, with Retry-After)", body = ErrorBody),
+        (status = 503, description = "No live worker serves the engine (`no_worker`), or the job store (Redis) is unavailable (`redis_unavailable`); both with Retry-After", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(session_id, image_id))]
@@ -187,10 +223,11 @@ pub async fn generate(
         mode_req.unwrap_or_else(|| records.iter().max_by_key(|r| r.created_ms).map(|r| r.mode).unwrap_or_default());
     opts.preprocess = mode;
     let avatar = records.iter().find(|r| r.mode == mode);
-    if let Some(AvatarRecord { status: AvatarStatus::Failed, error, .. }) = avatar {
-        let body = error.clone().unwrap_or_else(|| ApiError::new(Code::AvatarFailed, "the avatar failed").body());
-        return Err(ApiError::from(body));
+    if let Some(error) = avatar.and_then(AvatarRecord::remembered_failure) {
+        return Err(ApiError::from(error.clone()));
     }
+    // A server-side failure is not remembered: precompute again (as for a new mode).
+    let avatar = avatar.filter(|a| a.status != AvatarStatus::Failed);
 
     check_audio("audio_file", &file.bytes)?;
     let bytes = std::sync::Arc::new(file.bytes);
@@ -211,24 +248,43 @@ pub async fn generate(
     };
 
     // The finished video first: these exact bytes were decoded and validated when it was made,
-    // so a hit answers without decoding the audio again.
-    if let Some(video) = cached_video(&state.cache, &state.blobs, &image, &audio, &options_hash).await? {
-        let mut rec = new_record(opts, video.duration_s);
-        rec.status = SessionStatus::Ready;
-        rec.progress = 1.0;
-        rec.started_ms = Some(rec.created_ms);
-        rec.finished_ms = Some(now_ms());
-        rec.cache_hits = vec!["video".into()];
-        rec.video = Some(video);
-        rec.from_cache = true;
-        state.cache.put(&Key::session(&id), &rec).await?;
-        return Ok(HttpResponse::Ok().json(GenerateResponse {
-            stream_url: stream_url(&id),
-            session_id: id.to_string(),
-            status: SessionStatus::Ready,
-            estimated_time: 0.0,
-            cached: true,
-        }));
+    // so a hit answers without decoding the audio again. Else claim the render (single flight):
+    // an identical request already in flight, on any node, is joined instead.
+    let flight = Key::inflight(&image, &audio, &options_hash);
+    let mut guard = Guard::new(&state);
+    match single_flight(&state, &flight, &id, &image, &audio, &options_hash).await? {
+        Flight::Cached(video) => {
+            let mut rec = new_record(opts, video.duration_s);
+            rec.status = SessionStatus::Ready;
+            rec.progress = 1.0;
+            rec.started_ms = Some(rec.created_ms);
+            rec.finished_ms = Some(now_ms());
+            rec.cache_hits = vec!["video".into()];
+            rec.video = Some(video);
+            rec.from_cache = true;
+            state.cache.put(&Key::session(&id), &rec).await?;
+            return Ok(HttpResponse::Ok().json(GenerateResponse {
+                stream_url: stream_url(&id),
+                session_id: id.to_string(),
+                status: SessionStatus::Ready,
+                estimated_time: 0.0,
+                cached: true,
+                joined: false,
+            }));
+        }
+        Flight::Joined(rec) => {
+            tracing::Span::current().record("session_id", rec.id.as_str());
+            let estimated_time = estimate_generate(&state, rec.audio_seconds, Queue::Vip).await;
+            return Ok(HttpResponse::Accepted().json(GenerateResponse {
+                stream_url: stream_url(&rec.id),
+                session_id: rec.id.to_string(),
+                status: rec.status,
+                estimated_time,
+                cached: false,
+                joined: true,
+            }));
+        }
+        Flight::Claimed => guard.release_claim(flight, id.clone()),
     }
 
     // Decoded once, here: the worker reads these samples instead of decoding again.
@@ -238,8 +294,7 @@ pub async fn generate(
         tokio::task::spawn_blocking(move || decode_audio(&b, &audio_limits)).await.map_err(ApiError::internal)??;
     let rec = new_record(opts, clip.duration_s());
 
-    // Store first, then enqueue; the guard undoes both if anything below fails.
-    let mut guard = Guard::new(&state);
+    // Store first, then enqueue; the guard undoes both (and the claim) if anything below fails.
     let audio_path = state.blobs.audio_path(&audio);
     if state.blobs.put_if_absent(&audio_path, &bytes).await? {
         guard.remove_file(audio_path);
@@ -270,7 +325,59 @@ pub async fn generate(
         status: SessionStatus::Queued,
         estimated_time,
         cached: false,
+        joined: false,
     }))
+}
+
+/// How long a request waits for the session of the identical request that claimed the render
+/// to be stored (that request is still validating its audio) before taking the claim over.
+const CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+/// What the single-flight check found for one `video:` key.
+enum Flight {
+    /// The video is already made.
+    Cached(VideoRef),
+    /// An identical request is rendering it: its (unfinished) session.
+    Joined(Box<SessionRecord>),
+    /// This request holds `inflight:` now and renders it.
+    Claimed,
+}
+
+/// Single flight on the `video:` key: the cached video, else join the session that holds
+/// `inflight:{image}:{audio}:{options}` while it is unfinished, else claim it for `id` (SET NX,
+/// the session TTL). A claim whose session finished (failed, or its video is gone) or never
+/// appeared within [`CLAIM_WAIT`] is taken over.
+async fn single_flight(
+    state: &AppState,
+    flight: &Key,
+    id: &SessionId,
+    image: &ImageHash,
+    audio: &AudioHash,
+    options: &OptionsHash,
+) -> Result<Flight, ApiError> {
+    let start = Instant::now();
+    loop {
+        if let Some(video) = cached_video(&state.cache, &state.blobs, image, audio, options).await? {
+            return Ok(Flight::Cached(video));
+        }
+        let Some(holder) = state.cache.claim(flight, id.as_str()).await? else {
+            return Ok(Flight::Claimed);
+        };
+        let session = match SessionId::parse(&holder) {
+            Ok(h) => state.cache.peek::<SessionRecord>(&Key::session(&h)).await?,
+            Err(_) => None,
+        };
+        match session {
+            Some(rec) if !rec.is_finished() => return Ok(Flight::Joined(Box::new(rec))),
+            None if start.elapsed() < CLAIM_WAIT && SessionId::parse(&holder).is_ok() => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            // Finished (a ready one's video is checked again first) or abandoned: take it over.
+            _ => {
+                state.cache.release(flight, &holder).await?;
+            }
+        }
+    }
 }
 
 /// Past generation speed (ms per audio second) times this audio, plus the jobs ahead.

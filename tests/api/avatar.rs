@@ -84,6 +84,83 @@ async fn image_without_a_face_fails_with_the_typed_error() {
     assert_error(&app.generate(&id, read(&wav), &[]).await, 422, "no_face_found");
 }
 
+/// Poll until the shared counter reaches `want` (a job's outcome lands a moment after its record).
+async fn wait_counter(app: &TestApp, name: &str, want: i64) {
+    let start = std::time::Instant::now();
+    while app.counter(name).await < want {
+        assert!(start.elapsed() < std::time::Duration::from_secs(60), "{name} never reached {want}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_precompute_is_remembered_until_its_ttl_unless_the_server_failed() {
+    use vipavatar::records::AvatarRecord;
+    use vipavatar::startup::CACHE_SCHEMA_VERSION;
+    use vipavatar_cache::codec::{self, Decoded};
+    let dir = scratch("noface-memo");
+    let png = dir.join("grey.png");
+    ffmpeg(&["-f", "lavfi", "-i", "color=c=gray:s=320x320", "-frames:v", "1"], &png);
+    let wav = dir.join("a.wav");
+    ffmpeg(&["-f", "lavfi", "-i", "sine=frequency=220:duration=1"], &wav);
+    let app = spawn_app().await;
+    let (s, body) = app.upload(read(&png), None).await;
+    assert_eq!(s, 202, "{body}");
+    let id = body["image_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_avatar(&id).await["error"]["code"], "no_face_found");
+    wait_counter(&app, "jobs:failed", 1).await;
+
+    // The same bytes again: the stored typed error at once, nothing queued or run.
+    assert_error(&app.upload(read(&png), None).await, 422, "no_face_found");
+    assert_error(&app.generate(&id, read(&wav), &[]).await, 422, "no_face_found");
+    let (_, stats) = app.get_json("/api/cache/stats").await;
+    assert_eq!(stats["queue_status"]["standard"], 0, "{stats}");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(app.counter("jobs:failed").await, 1, "the precompute ran again");
+
+    // An explicit retry runs it again (and fails the same way).
+    let form = Form::new().part("image_file", png_part(read(&png))).text("retry", "true");
+    let (s, body) = app.post_form("/api/avatar/upload", form).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(app.wait_avatar(&id).await["error"]["code"], "no_face_found");
+    wait_counter(&app, "jobs:failed", 2).await;
+
+    // A server-side failure is not remembered: the next upload (and generate) precompute again.
+    let key = format!("{}:avatar:{id}:crop", app.config.namespace.as_str());
+    let mut conn = redis::Client::open(redis_url()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let raw: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let Decoded::Value(mut rec) = codec::decode::<AvatarRecord>(&raw, CACHE_SCHEMA_VERSION) else {
+        panic!("avatar record")
+    };
+    let error = rec.error.as_mut().unwrap();
+    (error.code, error.kind) = ("io_error".into(), "internal".into());
+    let bytes = codec::encode(&rec, CACHE_SCHEMA_VERSION).unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg(bytes).arg("KEEPTTL").query_async(&mut conn).await.unwrap();
+    let (s, body) = app.upload(read(&png), None).await;
+    assert_eq!(s, 202, "{body}");
+    assert_eq!(app.wait_avatar(&id).await["error"]["code"], "no_face_found");
+    wait_counter(&app, "jobs:failed", 3).await;
+    let raw: Vec<u8> = redis::cmd("GET").arg(&key).query_async(&mut conn).await.unwrap();
+    let Decoded::Value(mut rec) = codec::decode::<AvatarRecord>(&raw, CACHE_SCHEMA_VERSION) else {
+        panic!("avatar record")
+    };
+    rec.error.as_mut().unwrap().kind = "system".into();
+    let bytes = codec::encode(&rec, CACHE_SCHEMA_VERSION).unwrap();
+    let _: () = redis::cmd("SET").arg(&key).arg(bytes).arg("KEEPTTL").query_async(&mut conn).await.unwrap();
+    let (s, body) = app.generate(&id, read(&wav), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let done = app.wait_session(body["session_id"].as_str().unwrap(), std::time::Duration::from_secs(120)).await;
+    assert_eq!(done["error"]["code"], "no_face_found", "{done}");
+
+    // The memory lasts as long as the record (tier 1): once it expires the image runs again.
+    let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
+    assert!(ttl > 29 * 24 * 3600 * 1000, "the failure is kept for the tier-1 TTL, not {ttl} ms");
+    let _: () = redis::cmd("PEXPIRE").arg(&key).arg(1).query_async(&mut conn).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (s, body) = app.upload(read(&png), None).await;
+    assert_eq!(s, 202, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_uploads_get_the_right_status_and_code() {
     let Some(data) = testdata() else { return };

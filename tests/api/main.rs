@@ -15,6 +15,7 @@ mod metrics;
 mod openapi;
 mod outage;
 mod private_redis;
+mod single_flight;
 mod stale;
 mod stream;
 mod vip;

@@ -62,6 +62,65 @@ fn spec_lists_the_contract() {
     assert_eq!(doc["components"]["securitySchemes"]["api_key"]["name"], "X-API-Key");
 }
 
+/// Every operation lists the statuses it can answer, with the error schema, and id parameters
+/// carry their pattern; the key is optional (servers without API_KEYS) and the probes are open.
+#[test]
+fn spec_lists_every_status_and_id_pattern() {
+    let doc: serde_json::Value = serde_json::from_str(&vipavatar::api::openapi_json()).unwrap();
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        let r = doc["paths"][path][method]["responses"].as_object().unwrap_or_else(|| panic!("{method} {path}"));
+        for (status, resp) in r {
+            // `/readyz` answers its 503 with the readiness report itself.
+            if (status.starts_with('4') || status.starts_with('5')) && path != "/readyz" {
+                let schema = &resp["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(schema, "#/components/schemas/ErrorBody", "{method} {path} {status}: {resp}");
+            }
+        }
+        r.keys().cloned().collect()
+    };
+    let want: &[(&str, &str, &[&str])] = &[
+        ("/api/avatar/upload", "post", &["200", "202", "400", "401", "408", "413", "415", "422", "503"]),
+        ("/api/avatar/status/{image_id}", "get", &["200", "400", "401", "404", "503"]),
+        ("/api/avatar/idle/{image_id}", "get", &["200", "206", "400", "401", "404", "409", "416", "503"]),
+        ("/api/avatar/thumbnail/{image_id}", "get", &["200", "400", "401", "404", "409", "503"]),
+        ("/api/vip/generate", "post", &["200", "202", "400", "401", "404", "408", "413", "415", "422", "503"]),
+        ("/api/vip/status/{session_id}", "get", &["200", "400", "401", "404", "503"]),
+        ("/api/vip/download/{session_id}", "get", &["200", "206", "400", "401", "404", "409", "416", "503"]),
+        ("/api/vip/stream/{session_id}", "get", &["200", "400", "401", "404", "409", "503"]),
+        ("/api/cache/stats", "get", &["200", "401", "503"]),
+        ("/", "get", &["200", "401"]),
+        ("/metrics", "get", &["200", "401"]),
+        ("/healthz", "get", &["200"]),
+        ("/readyz", "get", &["200", "503"]),
+    ];
+    let mut listed = 0;
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        listed += ops.as_object().unwrap().len();
+        for (method, op) in ops.as_object().unwrap() {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let pattern = match p["name"].as_str() {
+                    Some("image_id") => "^[0-9a-f]{64}$",
+                    Some("session_id") => "^[0-9a-f]{32}$",
+                    _ => continue,
+                };
+                assert_eq!(p["schema"]["pattern"], pattern, "{method} {path}: {p}");
+            }
+        }
+    }
+    assert_eq!(listed, want.len(), "a new operation needs its row here");
+    for (path, method, codes) in want {
+        assert_eq!(statuses(path, method), *codes, "{method} {path}");
+    }
+    assert_eq!(doc["components"]["schemas"]["GenerateForm"]["properties"]["image_id"]["pattern"], "^[0-9a-f]{64}$");
+    for form in ["GenerateForm", "UploadForm"] {
+        assert_eq!(doc["components"]["schemas"][form]["additionalProperties"], false, "{form} lists every field");
+    }
+    assert_eq!(doc["security"], serde_json::json!([{"api_key": []}, {}]), "the key is optional without API_KEYS");
+    for open in ["/healthz", "/readyz"] {
+        assert_eq!(doc["paths"][open]["get"]["security"], serde_json::json!([{}]), "{open} is open");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_spec_is_the_committed_one() {
     let app = spawn_app_with(0, |_| {}).await;
