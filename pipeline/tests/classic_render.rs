@@ -364,3 +364,27 @@ fn split_parts_join_into_the_whole_video_without_a_jump() {
     assert_eq!(streamed.len(), clip.num_frames());
     assert!(streamed == file, "the live stream's frames differ from the file's");
 }
+
+#[test]
+fn an_idle_render_stops_between_chunks_when_asked() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use vipavatar_pipeline::video::{render_idle, STOPPED};
+    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
+    let dir = sup::scratch("idle-stop");
+    let (out, thumb) = (dir.join("idle.mp4"), dir.join("idle.jpg"));
+    let engine = ClassicEngine::new();
+    let checks = AtomicUsize::new(0);
+    // Asked to stop at its third chunk.
+    let stop = || checks.fetch_add(1, Ordering::Relaxed) >= 2;
+    let r = render_idle(&engine, av.input(), &av.prepared, &GenerateOptions::default(), &out, &thumb, &stop);
+    match r {
+        Err(vipavatar_pipeline::PipelineError::Internal(m)) => assert_eq!(m, STOPPED),
+        other => panic!("expected a stop, got {other:?}"),
+    }
+    assert_eq!(checks.load(Ordering::Relaxed), 3, "checked once per chunk until it stopped");
+    // Never asked: the whole loop.
+    let stats = render_idle(&engine, av.input(), &av.prepared, &GenerateOptions::default(), &out, &thumb, &|| false)
+        .expect("render")
+        .expect("the classic engine has an idle loop");
+    assert!(stats.frames > 100 && out.is_file() && thumb.is_file());
+}

@@ -8,6 +8,7 @@ use crate::blobs::BlobStore;
 use crate::errors::{ApiError, Code};
 use crate::records::{now_ms, AvatarRecord, AvatarStatus, IdleEntry, IdleRef};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 use vipavatar_cache::{ImageHash, Key, Kind};
@@ -17,7 +18,8 @@ use vipavatar_pipeline::engine::{
 use vipavatar_pipeline::face::FaceDetection;
 use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::precompute::AvatarAnalysis;
-use vipavatar_pipeline::video::render_idle;
+use vipavatar_pipeline::video::{render_idle, STOPPED};
+use vipavatar_pipeline::PipelineError;
 
 /// `face_detection:{image}`: the chosen face and how many were found.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -260,13 +262,27 @@ pub async fn run_idle(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode)
     let (tmp_video, tmp_thumb) = (ctx.blobs.temp_path("mp4"), ctx.blobs.temp_path("jpg"));
     let options = GenerateOptions { preprocess: mode, size, quality: Quality::High, ..GenerateOptions::default() };
     let (e, a, v, th) = (engine.clone(), avatar.clone(), tmp_video.clone(), tmp_thumb.clone());
+    // The idle loop is background work: it stops between chunks when a VIP job (a generate, a
+    // part) is waiting, and goes back to the end of its queue, so a request that arrives just
+    // after an upload does not wait for this render.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = spawn_vip_watch(ctx, stop.clone());
+    let flag = stop.clone();
     let rendered = ctx
         .model
         .run(move || {
             let input = AvatarInput { image: &a.image, analysis: &a.analysis };
-            render_idle(e.as_ref(), input, &prepared, &options, &v, &th)
+            render_idle(e.as_ref(), input, &prepared, &options, &v, &th, &|| flag.load(Ordering::Relaxed))
         })
         .await;
+    watcher.abort();
+    if matches!(&rendered, Err(PipelineError::Internal(m)) if m == STOPPED) && stop.load(Ordering::Relaxed) {
+        let _ = ctx.blobs.remove(&tmp_video).await;
+        let _ = ctx.blobs.remove(&tmp_thumb).await;
+        tracing::info!(%image, "idle loop yields to waiting VIP work; queued again");
+        ctx.queue.enqueue(Queue::Standard, &Job::Idle { image: image.clone(), mode }).await?;
+        return Ok(());
+    }
     let stats = match rendered {
         Ok(Some(stats)) => stats,
         other => {
@@ -284,6 +300,20 @@ pub async fn run_idle(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode)
     ctx.cache.put(&key, &IdleEntry::Rendered(entry)).await?;
     tracing::info!(%image, frames = stats.frames, ms = stats.total_ms, "idle loop rendered");
     Ok(())
+}
+
+/// Set `stop` as soon as VIP work waits in the queue (checked every 50 ms).
+fn spawn_vip_watch(ctx: &JobContext, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let queue = ctx.queue.clone();
+    crate::spawn_named("idle-vip-watch", async move {
+        loop {
+            if matches!(queue.depth().await, Ok(d) if d.vip > 0) {
+                stop.store(true, Ordering::Relaxed);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
 }
 
 /// The output size prepared right after upload (the generate default).

@@ -122,8 +122,21 @@ pub fn generate_streamed(
     stream: Option<FragmentSink>,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<GenerateOutput> {
-    run_chunks(req, Output::Mp4 { stream }, progress)
+    run_chunks(req, Output::Mp4 { stream }, progress, &|| false)
 }
+
+/// [`generate_video`] that gives up between chunks once `stop()` turns true (with
+/// [`STOPPED`] as an internal error), so background work can yield to a waiting request.
+pub fn generate_video_until(
+    req: &GenerateRequest<'_>,
+    progress: &mut dyn FnMut(Progress),
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<GenerateOutput> {
+    run_chunks(req, Output::Mp4 { stream: None }, progress, stop)
+}
+
+/// The message of the error [`generate_video_until`] stops with.
+pub const STOPPED: &str = "stopped between chunks: other work goes first";
 
 /// One part of a split session: frames `frames` of the clip (their motion equal to the whole
 /// clip's), encoded as a bare H.264 stream into `sink` (no soundtrack: [`super::join`] adds the
@@ -141,7 +154,7 @@ pub fn generate_part(
             req.engine.kind().as_str()
         )));
     }
-    run_chunks(req, Output::Part { frames, sink }, progress)
+    run_chunks(req, Output::Part { frames, sink }, progress, &|| false)
 }
 
 /// Where [`run_chunks`] sends the encoded video.
@@ -152,7 +165,12 @@ enum Output {
     Part { frames: Range<usize>, sink: ByteSink },
 }
 
-fn run_chunks(req: &GenerateRequest<'_>, output: Output, progress: &mut dyn FnMut(Progress)) -> Result<GenerateOutput> {
+fn run_chunks(
+    req: &GenerateRequest<'_>,
+    output: Output,
+    progress: &mut dyn FnMut(Progress),
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<GenerateOutput> {
     let t0 = Instant::now();
     req.engine.check_options(req.options)?;
     let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
@@ -238,6 +256,10 @@ fn run_chunks(req: &GenerateRequest<'_>, output: Output, progress: &mut dyn FnMu
             .map_err(|e| PipelineError::io("spawn the motion thread", e))?;
         let mut rendered: Result<()> = Ok(());
         for chunk in rx.iter() {
+            if stop() {
+                rendered = Err(PipelineError::Internal(STOPPED.into()));
+                break;
+            }
             rendered = chunk.and_then(|c| renderer.render_chunk(&c, &mut sink).map(|_| ()));
             if rendered.is_err() {
                 break;
