@@ -230,6 +230,12 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     rec.video = Some(video);
     rec.error = None;
     rec.first_frame_ms = live.first_frame_ms;
+    let since_request = now_ms().saturating_sub(rec.created_ms).max(1) as f64 / 1e3;
+    crate::telemetry::record_generate(
+        rec.engine.as_str(),
+        live.first_frame_ms.map(Duration::from_millis),
+        output.stats.audio_seconds / since_request,
+    );
     rec.frames_done = output.stats.frames as u64;
     rec.frames_total = output.stats.frames as u64;
     save(ctx, &rec).await

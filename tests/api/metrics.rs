@@ -45,6 +45,18 @@ async fn metrics_cover_requests_jobs_queues_and_the_cache() {
     assert_eq!(sample(&text, r#"vipavatar_computed_total{step="precompute"}"#), Some(1.0), "{text}");
     assert!(text.contains(r#"vipavatar_cache_lookups_total{kind="#), "{text}");
     assert_eq!(sample(&text, r#"vipavatar_jobs_total{outcome="done"}"#), Some(1.0), "{text}");
+
+    // A rendered session adds its time to first frame and x-realtime, per engine.
+    let (s, body) = app.generate(&image, read(data.join("audio/chinese_poem1.wav")), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let done = app.wait_session(body["session_id"].as_str().unwrap(), std::time::Duration::from_secs(120)).await;
+    assert_eq!(done["status"], "ready", "{done}");
+    let text = app.get("/metrics").await.text().await.unwrap();
+    for name in ["vipavatar_first_frame_seconds_count", "vipavatar_realtime_factor_count"] {
+        let n = sample(&text, &format!(r#"{name}{{engine="classic"}}"#));
+        assert!(n.is_some_and(|n| n >= 1.0), "{name}:\n{text}");
+    }
+    assert!(text.contains("# TYPE vipavatar_first_frame_seconds histogram"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
