@@ -22,7 +22,7 @@ port=$((20000 + RANDOM % 20000))
 rport=$((port + 1))
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}" $(cat "$work/workers.pids" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -44,7 +44,7 @@ start_workers() {
   local n="$1" split="$2" cpu
   for cpu in $(seq 0 $((n - 1))); do
     VIPAVATAR_SPLIT_SECONDS="$split" taskset -c "$cpu" "$bin" worker --workers 1 >>"$work/worker-$cpu.log" 2>&1 &
-    echo $!
+    echo $! | tee -a "$work/workers.pids"
   done
 }
 
@@ -100,6 +100,8 @@ while True:
         subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", f"{work}/base.wav", "-af", f"volume={1 - n * 0.003:.3f}", wav], check=True)
         t0 = time.time()
         r = post("/api/vip/generate", {"image_id": image_id}, {"audio_file": ("a.wav", open(wav, "rb").read())})
+        if "session_id" not in r:
+            sys.exit(f"generate answered {r}")
         sid = r["session_id"]
         while True:
             s = get(f"/api/vip/status/{sid}")
@@ -131,7 +133,11 @@ client=$!
 run_case() {
   local name="$1" n="$2" split="$3" w
   mapfile -t w < <(start_workers "$n" "$split")
-  sleep 2
+  # Until every worker advertises itself (models loaded).
+  for _ in $(seq 300); do
+    [ "$(redis-cli -p "$rport" --scan --pattern 'splitbench:worker:*' | wc -l)" -ge "$n" ] && break
+    sleep 0.1
+  done
   rm -f "$work/ack"
   echo "$name" >"$work/go"
   while [ ! -f "$work/ack" ]; do
@@ -140,6 +146,9 @@ run_case() {
   done
   kill "${w[@]}"
   wait "${w[@]}" 2>/dev/null || true
+  # A killed worker's advertisement outlives it by its TTL: drop it, so the next case counts
+  # only its own workers.
+  redis-cli -p "$rport" --scan --pattern 'splitbench:worker:*' | xargs -r redis-cli -p "$rport" del >/dev/null
 }
 run_case "1 worker, split off" 1 0
 run_case "1 worker, split on" 1 30

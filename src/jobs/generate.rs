@@ -121,9 +121,15 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     let (frag_tx, frag_rx) = mpsc::unbounded_channel::<Fragment>();
     let publisher = spawn_publisher(ctx, &rec, attempt, frag_rx, live_tx.clone());
     let (had_features, had_motion) = (features.is_some(), motion.is_some());
+    // Split only when another worker can take a part: one worker alone renders a long clip
+    // faster in one piece (no second pass through the muxer, no analysis repeated per part).
     let split = match engine.renders_parts() {
         true => split_parts(&clip, ctx.config.jobs.split_seconds),
         false => None,
+    };
+    let split = match split {
+        Some(parts) if live_consumers(ctx).await >= 2 => Some(parts),
+        _ => None,
     };
     let s = Instant::now();
     let result = match split {
@@ -239,6 +245,11 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     rec.frames_done = output.stats.frames as u64;
     rec.frames_total = output.stats.frames as u64;
     save(ctx, &rec).await
+}
+
+/// Job consumers in every live worker process of the namespace.
+async fn live_consumers(ctx: &JobContext) -> usize {
+    super::registry::live_workers(&ctx.cache).await.iter().map(|w| w.workers).sum()
 }
 
 /// The session's decoded audio: the samples the API left under `audio_pcm:`, or (when they

@@ -41,7 +41,7 @@ pub type ByteSink = Box<dyn FnMut(Vec<u8>) + Send>;
 pub struct EncoderConfig {
     pub output: PathBuf,
     pub quality: Quality,
-    /// x264 preset (default `veryfast`).
+    /// x264 preset (default `veryfast`, or `VIPAVATAR_X264_PRESET`).
     pub preset: String,
     /// The live fragmented stream, if wanted.
     pub stream: Option<FragmentSink>,
@@ -63,7 +63,7 @@ impl EncoderConfig {
         Self {
             output: output.to_path_buf(),
             quality,
-            preset: "veryfast".into(),
+            preset: std::env::var("VIPAVATAR_X264_PRESET").unwrap_or_else(|_| "veryfast".into()),
             stream: None,
             keyframes: Vec::new(),
             zero_latency: false,
@@ -224,9 +224,17 @@ pub(crate) fn write_soundtrack(output: &Path, audio: &AudioClip) -> Result<PathB
 
 /// The x264 settings every encode shares (parts of one video must match, so they live here).
 pub(crate) fn x264_args(cmd: &mut Command, config: &EncoderConfig) {
-    cmd.args(["-c:v", "libx264", "-preset", &config.preset])
-        .args([if config.constant_quantizer { "-qp" } else { "-crf" }, &crf(config.quality).to_string()])
-        .args(["-pix_fmt", "yuv420p", "-r", &FPS.to_string()]);
+    // One x264 thread per encode by default: a session's frames are coded one at a time as they
+    // are rendered, and extra (slice) threads only compete with the renderer for the cores
+    // (8 s in process on 2 cores: 547 -> 485 ms). `VIPAVATAR_X264_THREADS=0` lets x264 decide.
+    let threads = std::env::var("VIPAVATAR_X264_THREADS").unwrap_or_else(|_| "1".into());
+    cmd.args(["-c:v", "libx264", "-preset", &config.preset, "-threads", &threads]);
+    cmd.args([if config.constant_quantizer { "-qp" } else { "-crf" }, &crf(config.quality).to_string()]).args([
+        "-pix_fmt",
+        "yuv420p",
+        "-r",
+        &FPS.to_string(),
+    ]);
     if !config.keyframes.is_empty() {
         let times: Vec<String> = config.keyframes.iter().map(|&f| format!("{:.3}", f as f64 / FPS as f64)).collect();
         cmd.args(["-force_key_frames", &times.join(",")]).args(["-g", "100000", "-sc_threshold", "0"]);
