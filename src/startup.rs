@@ -47,14 +47,15 @@ impl Services {
             }
             None => anyhow::bail!("REDIS_URL must be set: workers share the Redis of the API nodes"),
         };
-        let client = redis::Client::open(url.as_str()).with_context(|| format!("invalid REDIS_URL {url:?}"))?;
+        let shown = redact_url(&url);
+        let client = redis::Client::open(url.as_str()).with_context(|| format!("invalid REDIS_URL {shown:?}"))?;
         let conn = tokio::time::timeout(
             Duration::from_secs(20),
             redis_watch::connect(&client, config.edge.redis_timeout(), Duration::from_secs(15)),
         )
         .await
         .context("timed out connecting to Redis")?
-        .with_context(|| format!("cannot connect to Redis at {url}"))?;
+        .with_context(|| format!("cannot connect to Redis at {shown}"))?;
         let cache = Cache::new(
             conn.clone(),
             CacheConfig {
@@ -349,5 +350,33 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// A Redis URL fit for logs and errors: any password in it replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| format!("{u}:***")).unwrap_or_else(|| "***".into());
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod redact_tests {
+    use super::redact_url;
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("redis://default:s3cret@db.example:6379/2"), "redis://default:***@db.example:6379/2");
+        assert_eq!(redact_url("rediss://:s3cret@db.example"), "rediss://:***@db.example");
+        assert_eq!(redact_url("redis://s3cret@db.example"), "redis://***@db.example");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis+unix:///tmp/r.sock"), "redis+unix:///tmp/r.sock");
+        assert!(!redact_url("redis://u:p@ss@h/0").contains("p@ss"));
     }
 }
