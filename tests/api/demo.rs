@@ -65,12 +65,7 @@ async fn the_demo_page_plays_the_stream_before_the_session_is_ready() {
     };
     let Some(data) = testdata() else { return };
     let dir = scratch("demo");
-    let audio = dir.join("speech.wav");
-    let src = data.join("audio/RD_Radio31_000.wav");
-    ffmpeg(
-        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
-        &audio,
-    );
+    let audio = speech_16s(&data, &dir);
     let portrait = data.join("images/people_0.png").canonicalize().unwrap();
 
     let app = spawn_app_with(1, |c| c.api_keys = ApiKeys::parse("demo-key").unwrap()).await;

@@ -291,6 +291,17 @@ pub fn audio_seconds(path: &Path) -> f64 {
 }
 
 /// Make a file with ffmpeg (`args` between the input options and the output path).
+/// 16 s of speech (400 frames): the shared 8 s clip twice, as `{dir}/speech.wav`.
+pub fn speech_16s(data: &Path, dir: &Path) -> PathBuf {
+    let audio = dir.join("speech.wav");
+    let src = data.join("audio/RD_Radio31_000.wav");
+    ffmpeg(
+        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
+        &audio,
+    );
+    audio
+}
+
 pub fn ffmpeg(args: &[&str], out: &Path) {
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])

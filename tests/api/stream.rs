@@ -12,12 +12,7 @@ async fn the_live_stream_plays_early_and_matches_the_download() {
     let app = spawn_app().await;
     let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
     // 16 s of speech (400 frames): long enough that the stream visibly starts before the end.
-    let audio = dir.join("speech.wav");
-    let src = data.join("audio/RD_Radio31_000.wav");
-    ffmpeg(
-        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
-        &audio,
-    );
+    let audio = speech_16s(&data, &dir);
     let (s, body) = app.generate(&id, read(&audio), &[]).await;
     assert_eq!(s, 202, "{body}");
     let sid = body["session_id"].as_str().unwrap().to_string();

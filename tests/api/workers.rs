@@ -274,12 +274,7 @@ async fn a_long_clip_renders_in_parts_on_two_worker_processes() {
     let _b = WorkerProcess::start(&app.config, &dir.join("worker-b.log"));
     let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
     // 16 s of speech: four parts of about 4 s.
-    let audio = dir.join("speech.wav");
-    let src = data.join("audio/RD_Radio31_000.wav");
-    ffmpeg(
-        &["-i", src.to_str().unwrap(), "-i", src.to_str().unwrap(), "-filter_complex", "concat=n=2:v=0:a=1"],
-        &audio,
-    );
+    let audio = speech_16s(&data, &dir);
     let (s, body) = app.generate(&id, read(&audio), &[]).await;
     assert_eq!(s, 202, "{body}");
     let sid = body["session_id"].as_str().unwrap().to_string();
