@@ -139,3 +139,54 @@ fn thumbnail_and_contact_sheet() {
     assert_eq!((img.width, img.height), (4 * 130 + 2, 2 * 98 + 2));
     assert!(ContactSheet::new(5, 128, 4).write_png(&dir.join("none.png")).is_err());
 }
+
+#[test]
+fn a_kept_ffmpeg_encodes_the_next_video_with_the_same_command_line() {
+    use vipavatar_pipeline::video::warm;
+    let dir = sup::scratch("warm");
+    warm::keep(true);
+    let encode = |name: &str, seconds: f64, shift: usize| {
+        let out = dir.join(name);
+        let clip = tone(seconds);
+        let config = EncoderConfig {
+            keyframes: vipavatar_pipeline::video::chunk_starts(clip.num_frames()),
+            ..EncoderConfig::new(&out, Quality::Medium)
+        };
+        let mut enc = Mp4Encoder::new(config, &clip).expect("encoder");
+        let frames: Vec<RgbImage> = (0..clip.num_frames()).map(|t| frame(256, 256, t + shift)).collect();
+        for f in &frames {
+            enc.push(f).expect("push");
+        }
+        assert_eq!(enc.finish().expect("finish"), frames.len());
+        (out, frames)
+    };
+    assert_eq!(warm::kept_in(dir.path()), 0);
+    // The first encode starts its own ffmpeg and leaves one started for the next.
+    let (first, _) = encode("first.mp4", 1.0, 0);
+    assert_eq!(warm::kept_in(dir.path()), 1);
+    // A clip of another length has the same command line (keyframes are an expression).
+    let (second, frames) = encode("second.mp4", 2.4, 5);
+    assert_eq!(warm::kept_in(dir.path()), 1, "the kept ffmpeg was used and replaced");
+    for out in [&first, &second] {
+        assert!(sup::is_faststart(out));
+    }
+    let p = sup::ffprobe(&second);
+    assert_eq!((p.video_frames, p.audio_codec.as_str()), (frames.len(), "aac"));
+    assert!((p.audio_seconds - 2.4).abs() <= 0.04, "the whole soundtrack went through the pipe: {p:?}");
+    let back = sup::decode_frames(&second);
+    for (t, (a, b)) in frames.iter().zip(&back).enumerate() {
+        assert!(psnr(a, b) > 30.0, "frame {t} of the second video");
+    }
+    // Keyframes at the chunk starts only (0, 6, 31, 56), as the listed times gave them.
+    let keys = sup::keyframes(&second);
+    assert_eq!(keys, vipavatar_pipeline::video::chunk_starts(frames.len()), "keyframes");
+    // Nothing is left behind but the two videos; turning keeping off stops the kept process.
+    warm::keep(false);
+    assert_eq!(warm::kept_in(dir.path()), 0);
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["first.mp4", "second.mp4"]);
+}

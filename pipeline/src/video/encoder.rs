@@ -7,11 +7,16 @@
 //! which [`super::join`] muxes with the whole soundtrack.
 
 use super::fmp4::{Fragment, FragmentSplitter};
+use super::generate::{CHUNK_FRAMES, FIRST_CHUNK_FRAMES};
+use super::warm;
 use crate::audio::AudioClip;
 use crate::engine::{FrameSink, Quality};
 use crate::error::{PipelineError, Result};
 use crate::image::RgbImage;
-use std::io::{Read, Write};
+use std::ffi::OsString;
+use std::io::{PipeWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -74,7 +79,7 @@ impl EncoderConfig {
 }
 
 /// Escape a path for a tee muxer slave (its separators are `|`, `[`, `]` and `\`).
-fn tee_escape(path: &Path) -> String {
+pub(crate) fn tee_escape(path: &Path) -> String {
     let mut out = String::new();
     for c in path.to_string_lossy().chars() {
         if matches!(c, '|' | '[' | ']' | '\\' | '\'') {
@@ -97,17 +102,92 @@ pub(crate) struct Ffmpeg {
     writer: Option<JoinHandle<std::io::Result<()>>>,
     stderr: Option<JoinHandle<Vec<u8>>>,
     reader: Option<JoinHandle<Result<usize>>>,
+    audio: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// An ffmpeg child as started, before any thread serves its pipes (what [`super::warm`] keeps
+/// ready). Killed if dropped before [`Ffmpeg::attach`] takes it.
+pub(crate) struct Started {
+    child: Option<Child>,
+    /// The write end of the soundtrack pipe, ffmpeg's `pipe:3`, when one was asked for.
+    audio: Option<PipeWriter>,
+}
+
+/// The file descriptor that carries the soundtrack into ffmpeg, and its input name.
+const AUDIO_FD: i32 = 3;
+pub(crate) const AUDIO_INPUT: &str = "pipe:3";
+
+impl Started {
+    /// Start `cmd` with stdin and stderr piped, stdout piped when `stdout`, and a soundtrack
+    /// pipe on fd 3 when `audio`.
+    pub(crate) fn spawn(mut cmd: Command, stdout: bool, audio: bool) -> Result<Self> {
+        cmd.stdin(Stdio::piped()).stdout(if stdout { Stdio::piped() } else { Stdio::null() }).stderr(Stdio::piped());
+        let pipe = if audio {
+            let (read, write) = std::io::pipe().map_err(|e| PipelineError::io("create the soundtrack pipe", e))?;
+            let fd = read.as_raw_fd();
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec. The pipe is
+            // close-on-exec; its copy on fd 3 is not (when it already is fd 3, the flag is cleared).
+            unsafe {
+                cmd.pre_exec(move || {
+                    let ok = if fd == AUDIO_FD {
+                        libc::fcntl(fd, libc::F_SETFD, 0) == 0
+                    } else {
+                        libc::dup2(fd, AUDIO_FD) == AUDIO_FD
+                    };
+                    if ok {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+            Some((read, write))
+        } else {
+            None
+        };
+        let child = cmd.spawn().map_err(|e| PipelineError::io("start ffmpeg (is it installed?)", e))?;
+        // The child has its copy of the read end; ours would keep the pipe open after ffmpeg died.
+        let audio = pipe.map(|(read, write)| {
+            drop(read);
+            write
+        });
+        Ok(Self { child: Some(child), audio })
+    }
+
+    /// Whether the process is still running (a kept one that died is not used).
+    pub(crate) fn alive(&mut self) -> bool {
+        self.child.as_mut().map(|c| matches!(c.try_wait(), Ok(None))).unwrap_or(false)
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Ffmpeg {
-    /// Start `cmd` (stdin, stderr and, with a reader, stdout piped).
-    pub(crate) fn spawn(mut cmd: Command, reader: Option<StdoutReader>) -> Result<Self> {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(if reader.is_some() { Stdio::piped() } else { Stdio::null() })
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| PipelineError::io("start ffmpeg (is it installed?)", e))?;
+    /// Serve a started ffmpeg: a writer thread for stdin, a thread for stderr, `reader` on its
+    /// stdout, and a thread writing `soundtrack` (bytes for its `pipe:3`) when given.
+    pub(crate) fn attach(
+        mut started: Started,
+        reader: Option<StdoutReader>,
+        soundtrack: Option<Vec<u8>>,
+    ) -> Result<Self> {
+        let mut child = started.child.take().ok_or_else(|| PipelineError::Internal("ffmpeg was taken".into()))?;
+        let audio = match (soundtrack, started.audio.take()) {
+            (Some(bytes), Some(mut pipe)) => Some(
+                std::thread::Builder::new()
+                    .name("ffmpeg-audio".into())
+                    .spawn(move || pipe.write_all(&bytes))
+                    .map_err(|e| PipelineError::io("spawn the ffmpeg soundtrack writer", e))?,
+            ),
+            (None, None) => None,
+            _ => return Err(PipelineError::Internal("the soundtrack and its pipe do not match".into())),
+        };
         let reader = match (reader, child.stdout.take()) {
             (Some(read), Some(out)) => Some(
                 std::thread::Builder::new()
@@ -135,7 +215,7 @@ impl Ffmpeg {
             .name("ffmpeg-writer".into())
             .spawn(move || write_frames(stdin, rx, back_tx))
             .map_err(|e| PipelineError::io("spawn ffmpeg writer", e))?;
-        Ok(Self { child, tx: Some(tx), recycled, writer: Some(writer), stderr: Some(stderr), reader })
+        Ok(Self { child, tx: Some(tx), recycled, writer: Some(writer), stderr: Some(stderr), reader, audio })
     }
 
     /// An empty buffer, reused from an earlier write when one came back.
@@ -169,6 +249,13 @@ impl Ffmpeg {
             Some(Ok(Err(e))) => return Err(PipelineError::Encode(format!("writing to ffmpeg failed: {e}; {log}"))),
             Some(Err(_)) => return Err(PipelineError::Encode("the ffmpeg writer thread panicked".into())),
         }
+        match self.audio.take().map(|a| a.join()) {
+            Some(Ok(Ok(()))) | None => {}
+            Some(Ok(Err(e))) => {
+                return Err(PipelineError::Encode(format!("writing the soundtrack failed: {e}; {log}")))
+            }
+            Some(Err(_)) => return Err(PipelineError::Encode("the ffmpeg soundtrack thread panicked".into())),
+        }
         match self.reader.take().map(|r| r.join()) {
             None | Some(Ok(Ok(_))) => Ok(()),
             Some(Ok(Err(e))) => Err(e),
@@ -192,6 +279,7 @@ impl Ffmpeg {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = self.writer.take().map(|w| w.join());
+        let _ = self.audio.take().map(|a| a.join());
         let _ = self.reader.take().map(|r| r.join());
     }
 }
@@ -204,22 +292,30 @@ impl Drop for Ffmpeg {
     }
 }
 
-/// MP4 encoder; starts ffmpeg on the first frame (when the frame size is known).
+/// MP4 encoder; starts ffmpeg on the first frame (when the frame size is known), or takes an
+/// already started one with the same command line from [`super::warm`].
 pub struct Mp4Encoder {
     config: EncoderConfig,
-    audio_path: Option<PathBuf>,
-    running: Option<(Ffmpeg, u32, u32)>,
+    /// The soundtrack as ffmpeg reads it (raw little-endian f32), none for a bare H.264 part.
+    soundtrack: Option<Vec<u8>>,
+    running: Option<Running>,
     frames: usize,
 }
 
-/// Write `audio` as raw little-endian f32 next to `output` (ffmpeg's soundtrack input).
-pub(crate) fn write_soundtrack(output: &Path, audio: &AudioClip) -> Result<PathBuf> {
-    let mut path = output.as_os_str().to_owned();
-    path.push(".audio.f32");
-    let path = PathBuf::from(path);
-    let bytes: Vec<u8> = audio.samples.iter().flat_map(|s| s.to_le_bytes()).collect();
-    std::fs::write(&path, bytes).map_err(|e| PipelineError::io("write the soundtrack for ffmpeg", e))?;
-    Ok(path)
+/// The ffmpeg of a started encode and what [`Mp4Encoder::finish`] needs afterwards.
+struct Running {
+    ffmpeg: Ffmpeg,
+    width: u32,
+    height: u32,
+    /// The command line with the output path left out (the key of [`super::warm`]).
+    line: warm::Line,
+    /// Where a kept ffmpeg writes the MP4 (renamed to the output at the end).
+    warm_output: Option<PathBuf>,
+}
+
+/// `audio` as ffmpeg reads the soundtrack (`-f f32le`): raw little-endian f32.
+pub(crate) fn soundtrack_bytes(audio: &AudioClip) -> Vec<u8> {
+    audio.samples.iter().flat_map(|s| s.to_le_bytes()).collect()
 }
 
 /// The x264 settings every encode shares (parts of one video must match, so they live here).
@@ -236,12 +332,29 @@ pub(crate) fn x264_args(cmd: &mut Command, config: &EncoderConfig) {
         &FPS.to_string(),
     ]);
     if !config.keyframes.is_empty() {
-        let times: Vec<String> = config.keyframes.iter().map(|&f| format!("{:.3}", f as f64 / FPS as f64)).collect();
-        cmd.args(["-force_key_frames", &times.join(",")]).args(["-g", "100000", "-sc_threshold", "0"]);
+        // Chunk starts as an expression, so the command line is the same whatever the clip's
+        // length (and a kept ffmpeg fits every clip); any other list as times.
+        let chunked = config.keyframes.iter().enumerate().all(|(i, &f)| f == chunk_start(i));
+        let spec = if chunked {
+            format!("expr:eq(n,0)+gte(n,{FIRST_CHUNK_FRAMES})*not(mod(n-{FIRST_CHUNK_FRAMES},{CHUNK_FRAMES}))")
+        } else {
+            let times: Vec<String> =
+                config.keyframes.iter().map(|&f| format!("{:.3}", f as f64 / FPS as f64)).collect();
+            times.join(",")
+        };
+        cmd.args(["-force_key_frames", &spec]).args(["-g", "100000", "-sc_threshold", "0"]);
     }
     if config.stream.is_some() || config.elementary.is_some() || config.zero_latency {
         // Live: a fragment is complete as soon as the next chunk's keyframe is encoded.
         cmd.args(["-tune", "zerolatency"]);
+    }
+}
+
+/// First frame of chunk `i` (the pattern of [`super::generate::chunk_starts`]).
+fn chunk_start(i: usize) -> usize {
+    match i {
+        0 => 0,
+        i => FIRST_CHUNK_FRAMES + (i - 1) * CHUNK_FRAMES,
     }
 }
 
@@ -261,11 +374,11 @@ pub(crate) fn tee_output(output: &Path) -> String {
 impl Mp4Encoder {
     /// Prepare an encoder writing `config.output` with `audio` as its soundtrack.
     pub fn new(config: EncoderConfig, audio: &AudioClip) -> Result<Self> {
-        let audio_path = match config.elementary {
+        let soundtrack = match config.elementary {
             Some(_) => None,
-            None => Some(write_soundtrack(&config.output, audio)?),
+            None => Some(soundtrack_bytes(audio)),
         };
-        Ok(Self { config, audio_path, running: None, frames: 0 })
+        Ok(Self { config, soundtrack, running: None, frames: 0 })
     }
 
     /// Frames accepted so far.
@@ -273,49 +386,81 @@ impl Mp4Encoder {
         self.frames
     }
 
-    fn start(&mut self, width: u32, height: u32) -> Result<()> {
-        if width & 1 != 0 || height & 1 != 0 || width == 0 || height == 0 {
-            return Err(PipelineError::Encode(format!("frame size {width}x{height} must be even and non-zero")));
-        }
+    /// ffmpeg's arguments for `width` x `height` frames, with `output` as the MP4's path.
+    fn args(&self, width: u32, height: u32, output: &Path) -> Vec<OsString> {
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
             .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}")])
             .args(["-framerate", &FPS.to_string(), "-i", "pipe:0"]);
-        let reader: Option<StdoutReader> = if self.config.elementary.is_some() {
+        if self.config.elementary.is_some() {
             // Bare H.264 carries no timestamps: the frames must be coded in display order,
             // which zero latency (no B-frames) guarantees.
             x264_args(&mut cmd, &self.config);
             cmd.args(["-bf", "0", "-an", "-flush_packets", "1", "-f", "h264", "pipe:1"]);
-            let sink = self.config.elementary.take().ok_or_else(|| PipelineError::Internal("no sink".into()))?;
-            Some(Box::new(move |out| read_bytes(out, sink)))
         } else {
-            let audio = self.audio_path.as_ref().ok_or_else(|| PipelineError::Internal("no soundtrack".into()))?;
             cmd.args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
-                .arg(audio)
+                .arg(AUDIO_INPUT)
                 .args(["-map", "0:v:0", "-map", "1:a:0"]);
             x264_args(&mut cmd, &self.config);
             cmd.args(AAC);
-            match self.config.stream.take() {
-                Some(sink) => {
-                    cmd.args(["-flags", "+global_header", "-f", "tee"]).arg(tee_output(&self.config.output));
-                    Some(Box::new(move |out| read_fragments(out, sink)))
-                }
-                None => {
-                    cmd.args(["-movflags", "+faststart", "-f", "mp4"]).arg(&self.config.output);
-                    None
-                }
+            if self.config.stream.is_some() {
+                cmd.args(["-flags", "+global_header", "-f", "tee"]).arg(tee_output(output));
+            } else {
+                cmd.args(["-movflags", "+faststart", "-f", "mp4"]).arg(output);
+            }
+        }
+        cmd.get_args().map(|a| a.to_os_string()).collect()
+    }
+
+    fn start(&mut self, width: u32, height: u32) -> Result<()> {
+        if width & 1 != 0 || height & 1 != 0 || width == 0 || height == 0 {
+            return Err(PipelineError::Encode(format!("frame size {width}x{height} must be even and non-zero")));
+        }
+        let line = warm::Line {
+            args: self.args(width, height, Path::new(warm::OUTPUT)),
+            stdout: self.config.stream.is_some() || self.config.elementary.is_some(),
+            audio: self.soundtrack.is_some(),
+            dir: self.config.output.parent().map(Path::to_path_buf).unwrap_or_default(),
+        };
+        let (started, warm_output) = match warm::take(&line) {
+            Some((started, path)) => (started, Some(path)),
+            None => {
+                let mut cmd = Command::new("ffmpeg");
+                cmd.args(self.args(width, height, &self.config.output));
+                (Started::spawn(cmd, line.stdout, line.audio)?, None)
             }
         };
-        self.running = Some((Ffmpeg::spawn(cmd, reader)?, width, height));
+        let reader: Option<StdoutReader> = match (self.config.elementary.take(), self.config.stream.take()) {
+            (Some(sink), _) => Some(Box::new(move |out| read_bytes(out, sink))),
+            (None, Some(sink)) => Some(Box::new(move |out| read_fragments(out, sink))),
+            (None, None) => None,
+        };
+        let ffmpeg = Ffmpeg::attach(started, reader, self.soundtrack.take())?;
+        self.running = Some(Running { ffmpeg, width, height, line, warm_output });
         Ok(())
     }
 
     /// Close the video stream, wait for ffmpeg and check that it succeeded.
     pub fn finish(mut self) -> Result<usize> {
-        let Some((ffmpeg, _, _)) = self.running.take() else {
+        let Some(run) = self.running.take() else {
             return Err(PipelineError::Encode("no frames were rendered".into()));
         };
-        ffmpeg.finish()?;
+        let finished = run.ffmpeg.finish();
+        if let Some(path) = &run.warm_output {
+            if finished.is_ok() {
+                std::fs::rename(path, &self.config.output)
+                    .map_err(|e| PipelineError::io(format!("move the video to {}", self.config.output.display()), e))?;
+            } else {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+        // The next encode with this command line finds an ffmpeg already started.
+        warm::refill(&run.line, |output| {
+            let mut cmd = Command::new("ffmpeg");
+            cmd.args(run.line.args.iter().map(|a| warm::with_output(a, output)));
+            cmd
+        });
+        finished?;
         Ok(self.frames)
     }
 }
@@ -325,7 +470,7 @@ impl FrameSink for Mp4Encoder {
         if self.running.is_none() {
             self.start(frame.width, frame.height)?;
         }
-        let Some((ffmpeg, width, height)) = self.running.as_ref() else {
+        let Some(Running { ffmpeg, width, height, .. }) = self.running.as_ref() else {
             return Err(PipelineError::Encode("encoder is not running".into()));
         };
         if (frame.width, frame.height) != (*width, *height) {
@@ -337,8 +482,11 @@ impl FrameSink for Mp4Encoder {
         let mut buf = ffmpeg.buffer();
         buf.extend_from_slice(&frame.data);
         if !ffmpeg.send(buf) {
-            let (ffmpeg, _, _) = self.running.take().expect("running was just checked");
-            return Err(ffmpeg.fail());
+            let run = self.running.take().expect("running was just checked");
+            if let Some(path) = &run.warm_output {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(run.ffmpeg.fail());
         }
         self.frames += 1;
         Ok(())
@@ -347,9 +495,11 @@ impl FrameSink for Mp4Encoder {
 
 impl Drop for Mp4Encoder {
     fn drop(&mut self) {
-        drop(self.running.take());
-        if let Some(p) = &self.audio_path {
-            let _ = std::fs::remove_file(p);
+        if let Some(run) = self.running.take() {
+            drop(run.ffmpeg);
+            if let Some(path) = &run.warm_output {
+                let _ = std::fs::remove_file(path);
+            }
         }
     }
 }

@@ -4,17 +4,18 @@
 //! parameter sets, and bare H.264 carries no timestamps, so the joined video's frames follow
 //! each other at 25 fps across part borders with no gap and no second video encode.
 
-use super::encoder::{read_fragments, tee_output, write_soundtrack, Ffmpeg, FragmentSink, StdoutReader, AAC, FPS};
+use super::encoder::{
+    read_fragments, soundtrack_bytes, tee_output, Ffmpeg, FragmentSink, Started, StdoutReader, AAC, AUDIO_INPUT, FPS,
+};
 use crate::audio::AudioClip;
 use crate::error::{PipelineError, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::mpsc::SyncSender;
 
 /// The muxer of one split session.
 pub struct PartMuxer {
     ffmpeg: Option<Ffmpeg>,
-    audio_path: PathBuf,
 }
 
 /// A handle that feeds the muxer's H.264 input from any thread.
@@ -32,7 +33,6 @@ impl PartMuxer {
     /// Start the muxer writing `output` (and, with `stream`, the live fragments) with the whole
     /// `audio` as the soundtrack.
     pub fn new(output: &Path, audio: &AudioClip, stream: Option<FragmentSink>) -> Result<Self> {
-        let audio_path = write_soundtrack(output, audio)?;
         let mut cmd = Command::new("ffmpeg");
         // The input is probed from its first bytes only, so the first fragment is not held back
         // waiting for seconds of video to arrive.
@@ -40,7 +40,7 @@ impl PartMuxer {
             .args(["-probesize", "32", "-analyzeduration", "0", "-fflags", "+genpts", "-thread_queue_size", "256"])
             .args(["-f", "h264", "-framerate", &FPS.to_string(), "-i", "pipe:0"])
             .args(["-f", "f32le", "-ar", &crate::audio::SAMPLE_RATE.to_string(), "-ac", "1", "-i"])
-            .arg(&audio_path)
+            .arg(AUDIO_INPUT)
             .args(["-map", "0:v:0", "-map", "1:a:0", "-c:v", "copy"])
             .args(AAC);
         let reader: Option<StdoutReader> = match stream {
@@ -53,8 +53,9 @@ impl PartMuxer {
                 None
             }
         };
-        let ffmpeg = Ffmpeg::spawn(cmd, reader)?;
-        Ok(Self { ffmpeg: Some(ffmpeg), audio_path })
+        let started = Started::spawn(cmd, reader.is_some(), true)?;
+        let ffmpeg = Ffmpeg::attach(started, reader, Some(soundtrack_bytes(audio)))?;
+        Ok(Self { ffmpeg: Some(ffmpeg) })
     }
 
     /// A feeder for the joined H.264 stream.
@@ -76,7 +77,6 @@ impl PartMuxer {
 impl Drop for PartMuxer {
     fn drop(&mut self) {
         drop(self.ffmpeg.take());
-        let _ = std::fs::remove_file(&self.audio_path);
     }
 }
 

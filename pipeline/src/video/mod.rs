@@ -1,7 +1,8 @@
 //! Video output: the ffmpeg H.264/AAC MP4 encoder ([`encoder`]), fragmented-MP4 splitting
 //! ([`fmp4`]), thumbnail and contact sheet
 //! ([`sheet`]), the generate orchestration used by the CLI and the service ([`generate`]), and
-//! the joining of a split session's parts ([`join`]).
+//! the joining of a split session's parts ([`join`]), and ffmpeg processes started ahead of need
+//! ([`warm`]).
 
 pub mod encoder;
 pub mod fmp4;
@@ -9,6 +10,7 @@ pub mod generate;
 pub mod idle;
 pub mod join;
 pub mod sheet;
+pub mod warm;
 
 pub use encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
 pub use fmp4::{Fragment, FragmentSplitter};

@@ -171,6 +171,19 @@ pub fn is_faststart(path: &Path) -> bool {
     matches!((find(b"moov"), find(b"mdat")), (Some(m), Some(d)) if m < d)
 }
 
+/// Indices of the video's keyframes, read with ffprobe.
+pub fn keyframes(path: &Path) -> Vec<usize> {
+    let out = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "frame=key_frame", "-of", "csv=p=0"])
+        .arg(path)
+        .output()
+        .expect("run ffprobe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // One `key_frame,` line per frame; side data adds blank lines, which are not frames.
+    let flags = text.lines().filter_map(|l| l.split(',').next().filter(|f| !f.trim().is_empty()));
+    flags.enumerate().filter(|(_, f)| f.trim() == "1").map(|(i, _)| i).collect()
+}
+
 /// Decode every frame of a video to RGB.
 pub fn decode_frames(path: &Path) -> Vec<RgbImage> {
     let p = ffprobe(path);
