@@ -64,6 +64,7 @@ pub enum Code {
     VideoNotReady,
     VideoFailed,
     IdleNotFound,
+    StreamUnavailable,
     AvatarFailed,
     EngineUnavailable,
     // auth
@@ -118,6 +119,7 @@ impl Code {
             Code::VideoNotReady => (S::CONFLICT, "video_not_ready", InvalidRequest),
             Code::VideoFailed => (S::CONFLICT, "video_failed", InvalidRequest),
             Code::IdleNotFound => (S::NOT_FOUND, "idle_not_found", InvalidRequest),
+            Code::StreamUnavailable => (S::NOT_FOUND, "stream_unavailable", InvalidRequest),
             Code::AvatarFailed => (S::UNPROCESSABLE_ENTITY, "avatar_failed", InvalidRequest),
             Code::EngineUnavailable => (S::UNPROCESSABLE_ENTITY, "engine_unavailable", InvalidRequest),
             Code::MissingApiKey => (S::UNAUTHORIZED, "missing_api_key", Auth),
@@ -302,6 +304,7 @@ const ALL_CODES: &[Code] = &[
     Code::VideoNotReady,
     Code::VideoFailed,
     Code::IdleNotFound,
+    Code::StreamUnavailable,
     Code::AvatarFailed,
     Code::EngineUnavailable,
     Code::MissingApiKey,

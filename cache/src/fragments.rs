@@ -42,6 +42,43 @@ impl Piece {
     }
 }
 
+/// XADD a piece to `KEYS[1]` and RPUSH `"{entry id} {kind} {attempt} {seconds}"` to its index
+/// `KEYS[2]`, both with the stream's TTL (`ARGV[5]`, 0: none), in one step.
+const APPEND_INDEXED: &str = r"
+local id = redis.call('XADD', KEYS[1], '*', 'kind', ARGV[1], 'attempt', ARGV[2], 'data', ARGV[3])
+redis.call('RPUSH', KEYS[2], id .. ' ' .. ARGV[1] .. ' ' .. ARGV[2] .. ' ' .. ARGV[4])
+local ttl = tonumber(ARGV[5])
+if ttl > 0 then
+  redis.call('EXPIRE', KEYS[1], ttl)
+  redis.call('EXPIRE', KEYS[2], ttl)
+end
+return id
+";
+
+/// One line of a stream's index: an entry's id, kind, attempt and media duration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexEntry {
+    /// The Redis stream entry id (for [`FragmentStreams::entry`]).
+    pub entry: String,
+    /// `init`, `media`, `end` or `error`.
+    pub kind: String,
+    pub attempt: u32,
+    pub seconds: f64,
+}
+
+impl IndexEntry {
+    fn parse(line: &str) -> Option<Self> {
+        let mut f = line.split(' ');
+        let (entry, kind, attempt, seconds) = (f.next()?, f.next()?, f.next()?, f.next()?);
+        Some(Self {
+            entry: entry.into(),
+            kind: kind.into(),
+            attempt: attempt.parse().ok()?,
+            seconds: seconds.parse().ok()?,
+        })
+    }
+}
+
 /// A piece as read back, with the job attempt that wrote it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
@@ -71,16 +108,57 @@ impl FragmentStreams {
         self.namespace.key(&Key::part_stream(id, attempt, part))
     }
 
+    /// The index of a session's stream: one line per entry (`stream:{session_id}:index`).
+    fn index_key(&self, id: &SessionId) -> String {
+        format!("{}:index", self.key(id))
+    }
+
     /// Drop whatever an earlier attempt wrote.
     pub async fn reset(&self, id: &SessionId) -> Result<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("DEL").arg(self.key(id)).query_async::<()>(&mut conn).await?;
+        redis::cmd("DEL").arg(self.key(id)).arg(self.index_key(id)).query_async::<()>(&mut conn).await?;
         Ok(())
     }
 
-    /// Append one piece (and refresh the stream's TTL).
-    pub async fn append(&self, id: &SessionId, attempt: u32, piece: &Piece) -> Result<()> {
-        self.append_key(self.key(id), attempt, piece).await
+    /// Append one piece (and refresh the stream's TTL). `seconds`: the media's duration, kept
+    /// in the stream's index for playlists (0 for every other piece).
+    pub async fn append(&self, id: &SessionId, attempt: u32, piece: &Piece, seconds: f64) -> Result<()> {
+        let ttl = self.ttl.map(|t| t.as_secs().max(1)).unwrap_or(0);
+        let mut conn = self.conn.clone();
+        redis::Script::new(APPEND_INDEXED)
+            .key(self.key(id))
+            .key(self.index_key(id))
+            .arg(piece.kind())
+            .arg(attempt)
+            .arg(piece.payload())
+            .arg(format!("{seconds:.3}"))
+            .arg(ttl)
+            .invoke_async::<String>(&mut conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The stream's entries so far, without their bytes, in order.
+    pub async fn index(&self, id: &SessionId) -> Result<Vec<IndexEntry>> {
+        let mut conn = self.conn.clone();
+        let lines: Vec<String> =
+            redis::cmd("LRANGE").arg(self.index_key(id)).arg(0).arg(-1).query_async(&mut conn).await?;
+        Ok(lines.iter().filter_map(|l| IndexEntry::parse(l)).collect())
+    }
+
+    /// One entry of the stream by its id (from [`Self::index`]); `None` once it expired.
+    pub async fn entry(&self, id: &SessionId, entry: &str) -> Result<Option<StreamEntry>> {
+        let mut conn = self.conn.clone();
+        let reply: Value = redis::cmd("XRANGE")
+            .arg(self.key(id))
+            .arg(entry)
+            .arg(entry)
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut conn)
+            .await?;
+        let Value::Array(entries) = reply else { return Ok(None) };
+        Ok(entries.into_iter().filter_map(parse_entry).next().and_then(|(_, fields)| entry_from(&fields)))
     }
 
     /// Append one piece to part `part` of attempt `attempt` of a split session.
@@ -200,13 +278,6 @@ impl FragmentReader {
 
 /// `XREAD` reply -> `(id, [(field, value)])` of the one stream asked for.
 fn parse_xread(reply: Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
-    let bytes = |v: &Value| -> Option<Vec<u8>> {
-        match v {
-            Value::BulkString(b) => Some(b.clone()),
-            Value::SimpleString(s) => Some(s.clone().into_bytes()),
-            _ => None,
-        }
-    };
     let streams = match reply {
         Value::Array(s) => s,
         Value::Map(m) => m.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
@@ -220,19 +291,29 @@ fn parse_xread(reply: Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
         let Some(Value::Array(entries)) = parts.into_iter().nth(1) else {
             continue;
         };
-        for entry in entries {
-            let Value::Array(e) = entry else { continue };
-            let (Some(id), Some(Value::Array(kv))) = (e.first().and_then(bytes), e.get(1)) else {
-                continue;
-            };
-            let fields = kv
-                .chunks(2)
-                .filter_map(|p| Some((String::from_utf8(bytes(p.first()?)?).ok()?, bytes(p.get(1)?)?)))
-                .collect();
-            out.push((String::from_utf8_lossy(&id).into_owned(), fields));
-        }
+        out.extend(entries.into_iter().filter_map(parse_entry));
     }
     out
+}
+
+/// The bytes of a string reply.
+fn bytes(v: &Value) -> Option<Vec<u8>> {
+    match v {
+        Value::BulkString(b) => Some(b.clone()),
+        Value::SimpleString(s) => Some(s.clone().into_bytes()),
+        _ => None,
+    }
+}
+
+/// One stream entry of an `XREAD` / `XRANGE` reply -> `(id, [(field, value)])`.
+fn parse_entry(entry: Value) -> Option<(String, Vec<(String, Vec<u8>)>)> {
+    let Value::Array(e) = entry else { return None };
+    let (Some(id), Some(Value::Array(kv))) = (e.first().and_then(bytes), e.get(1)) else {
+        return None;
+    };
+    let fields =
+        kv.chunks(2).filter_map(|p| Some((String::from_utf8(bytes(p.first()?)?).ok()?, bytes(p.get(1)?)?))).collect();
+    Some((String::from_utf8_lossy(&id).into_owned(), fields))
 }
 
 fn entry_from(fields: &[(String, Vec<u8>)]) -> Option<StreamEntry> {

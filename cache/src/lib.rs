@@ -9,7 +9,7 @@ pub mod keys;
 pub mod store;
 pub mod ttl;
 
-pub use fragments::{FragmentReader, FragmentStreams, Piece, StreamEntry};
+pub use fragments::{FragmentReader, FragmentStreams, IndexEntry, Piece, StreamEntry};
 pub use ids::{AudioHash, IdError, ImageHash, OptionsHash, SessionId};
 pub use keys::{Key, Kind, Namespace, Tier};
 pub use store::{Cache, CacheConfig, CacheError, CacheStats};

@@ -180,6 +180,21 @@ fn a_kept_ffmpeg_encodes_the_next_video_with_the_same_command_line() {
     // Keyframes at the chunk starts only (0, 6, 31, 56), as the listed times gave them.
     let keys = sup::keyframes(&second);
     assert_eq!(keys, vipavatar_pipeline::video::chunk_starts(frames.len()), "keyframes");
+    // Bare H.264 parts (stdout only, no file) go through a kept ffmpeg too.
+    for round in 0..2 {
+        let bytes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+        let into = bytes.clone();
+        let sink: vipavatar_pipeline::video::ByteSink = Box::new(move |b| into.lock().unwrap().extend(b));
+        let config =
+            EncoderConfig { elementary: Some(sink), ..EncoderConfig::new(&dir.join("part.mp4"), Quality::Medium) };
+        let mut enc = Mp4Encoder::new(config, &tone(0.4)).expect("part encoder");
+        for t in 0..10 {
+            enc.push(&frame(256, 256, t)).expect("push");
+        }
+        assert_eq!(enc.finish().expect("finish part"), 10, "round {round}");
+        let h264 = bytes.lock().unwrap().clone();
+        assert!(h264.starts_with(&[0, 0, 0, 1]), "round {round}: an Annex B stream");
+    }
     // Nothing is left behind but the two videos; turning keeping off stops the kept process.
     warm::keep(false);
     assert_eq!(warm::kept_in(dir.path()), 0);

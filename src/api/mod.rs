@@ -7,6 +7,7 @@ pub mod cache;
 pub mod demo;
 pub mod edge;
 pub mod health;
+pub mod hls;
 pub mod idle;
 pub mod media;
 pub mod metrics;

@@ -23,7 +23,15 @@ use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, Preproce
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(generate, status, download, super::stream::stream),
+    paths(
+        generate,
+        status,
+        download,
+        super::stream::stream,
+        super::hls::playlist,
+        super::hls::init,
+        super::hls::segment
+    ),
     components(schemas(GenerateForm, GenerateResponse, SessionStatusResponse, Performance, SessionStatus, ErrorBody))
 )]
 pub struct VipApi;
@@ -32,7 +40,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/generate", web::post().to(generate))
         .route("/status/{session_id}", web::get().to(status))
         .route("/download/{session_id}", web::get().to(download))
-        .route("/stream/{session_id}", web::get().to(super::stream::stream));
+        .route("/stream/{session_id}", web::get().to(super::stream::stream))
+        .route("/stream/{session_id}/index.m3u8", web::get().to(super::hls::playlist))
+        .route("/stream/{session_id}/init.mp4", web::get().to(super::hls::init))
+        .route("/stream/{session_id}/seg/{segment}", web::get().to(super::hls::segment));
 }
 
 /// Multipart form of a generate request. Only `image_id` and `audio_file` are required; a field
@@ -117,6 +128,8 @@ pub struct GenerateResponse {
     /// Watch the video while it renders: a fragmented MP4 that a `<video>` element plays at
     /// once (the finished file once the session is ready and its stream has expired).
     pub stream_url: String,
+    /// The same live stream as an HLS playlist (fMP4 segments, about 1 s each).
+    pub hls_url: String,
     /// True when an identical request (same image, audio and options) was already rendering:
     /// this is its session, and nothing new was queued.
     #[serde(default)]
@@ -126,6 +139,11 @@ pub struct GenerateResponse {
 /// Where a session's live stream is served.
 pub fn stream_url(id: &SessionId) -> String {
     format!("/api/vip/stream/{id}")
+}
+
+/// Where a session's live stream is served as HLS.
+pub fn hls_url(id: &SessionId) -> String {
+    format!("/api/vip/stream/{id}/index.m3u8")
 }
 
 fn parse_engine(s: &str) -> Option<Option<EngineKind>> {
@@ -265,6 +283,7 @@ pub async fn generate(
             state.cache.put(&Key::session(&id), &rec).await?;
             return Ok(HttpResponse::Ok().json(GenerateResponse {
                 stream_url: stream_url(&id),
+                hls_url: hls_url(&id),
                 session_id: id.to_string(),
                 status: SessionStatus::Ready,
                 estimated_time: 0.0,
@@ -277,6 +296,7 @@ pub async fn generate(
             let estimated_time = estimate_generate(&state, rec.audio_seconds, Queue::Vip).await;
             return Ok(HttpResponse::Accepted().json(GenerateResponse {
                 stream_url: stream_url(&rec.id),
+                hls_url: hls_url(&rec.id),
                 session_id: rec.id.to_string(),
                 status: rec.status,
                 estimated_time,
@@ -321,6 +341,7 @@ pub async fn generate(
     let estimated_time = estimate_generate(&state, rec.audio_seconds, queue).await;
     Ok(HttpResponse::Accepted().json(GenerateResponse {
         stream_url: stream_url(&id),
+        hls_url: hls_url(&id),
         session_id: id.to_string(),
         status: SessionStatus::Queued,
         estimated_time,
@@ -438,6 +459,8 @@ pub struct SessionStatusResponse {
     pub download_url: Option<String>,
     /// The live stream (fragmented MP4), watchable from the first rendered chunk.
     pub stream_url: String,
+    /// The same live stream as an HLS playlist.
+    pub hls_url: String,
     /// Milliseconds from the request until the first video fragment could be watched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_frame_ms: Option<u64>,
@@ -485,6 +508,7 @@ pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Resu
         video_ready: ready,
         download_url: ready.then(|| format!("/api/vip/download/{id}")),
         stream_url: stream_url(&id),
+        hls_url: hls_url(&id),
         first_frame_ms: rec.first_frame_ms,
         frames_done: rec.frames_done,
         frames_total: rec.frames_total,

@@ -16,7 +16,9 @@ use tokio::sync::{mpsc, watch};
 use vipavatar_cache::{AudioHash, ImageHash, Key, Kind, Piece, SessionId};
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits, SAMPLE_RATE};
 use vipavatar_pipeline::engine::{AvatarInput, EngineKind, PreprocessMode};
-use vipavatar_pipeline::video::{generate_streamed, split_parts, Fragment, FragmentSink, GenerateRequest};
+use vipavatar_pipeline::video::{
+    generate_streamed, split_parts, track_samples, Fragment, FragmentSink, GenerateRequest, FPS,
+};
 
 /// `audio_features:{audio}`: each engine's features for this audio (engines differ in what they
 /// extract, and the key does not name the engine).
@@ -194,11 +196,11 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
         Ok(o) => o,
         Err(e) => {
             let _ = ctx.blobs.remove(&tmp).await;
-            let _ = ctx.streams.append(&rec.id, attempt, &Piece::Error(error_json(&e))).await;
+            let _ = ctx.streams.append(&rec.id, attempt, &Piece::Error(error_json(&e)), 0.0).await;
             return Err(e);
         }
     };
-    ctx.streams.append(&rec.id, attempt, &Piece::End).await?;
+    ctx.streams.append(&rec.id, attempt, &Piece::End, 0.0).await?;
     let live = *live_tx.borrow();
     t.stage("generate", s);
     t.stages_ms.extend(output.stats.stage_ms.iter().cloned());
@@ -291,12 +293,16 @@ fn spawn_publisher(
     crate::spawn_named(&name, async move {
         let mut count = 0;
         while let Some(fragment) = rx.recv().await {
-            let piece = match fragment {
-                Fragment::Init(b) => Piece::Init(b),
-                Fragment::Media(b) => Piece::Media(b),
+            // The video is the first track (`-map 0:v:0`); its samples are frames.
+            let (piece, seconds) = match fragment {
+                Fragment::Init(b) => (Piece::Init(b), 0.0),
+                Fragment::Media(b) => {
+                    let frames = track_samples(&b, 1).unwrap_or(0);
+                    (Piece::Media(b), frames as f64 / FPS as f64)
+                }
             };
             let media = matches!(piece, Piece::Media(_));
-            streams.append(&id, attempt, &piece).await?;
+            streams.append(&id, attempt, &piece, seconds).await?;
             count += 1;
             if media && live.borrow().first_frame_ms.is_none() {
                 let ms = now_ms().saturating_sub(created);
@@ -344,7 +350,7 @@ pub async fn fail_generate(ctx: &JobContext, id: &SessionId, err: &JobError) -> 
     rec.finished_ms = Some(now_ms());
     save(ctx, &rec).await?;
     // Anyone watching the live stream learns it ended badly.
-    ctx.streams.append(id, rec.attempts, &Piece::Error(error_json(err))).await?;
+    ctx.streams.append(id, rec.attempts, &Piece::Error(error_json(err)), 0.0).await?;
     Ok(())
 }
 

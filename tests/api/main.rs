@@ -10,6 +10,7 @@ mod docs;
 mod hardening;
 mod health;
 mod helpers;
+mod hls;
 mod idle;
 mod metrics;
 mod openapi;

@@ -423,7 +423,7 @@ impl Mp4Encoder {
             dir: self.config.output.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
         let (started, warm_output) = match warm::take(&line) {
-            Some((started, path)) => (started, Some(path)),
+            Some((started, path)) => (started, path),
             None => {
                 let mut cmd = Command::new("ffmpeg");
                 cmd.args(self.args(width, height, &self.config.output));

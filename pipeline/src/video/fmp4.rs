@@ -90,6 +90,40 @@ impl FragmentSplitter {
     }
 }
 
+/// The boxes directly inside `b`, as `(type, payload)`; stops at the first malformed one.
+fn children(mut b: &[u8]) -> impl Iterator<Item = ([u8; 4], &[u8])> {
+    std::iter::from_fn(move || {
+        let (kind, size, header) = box_header(b)?;
+        let size = usize::try_from(size.unwrap_or(b.len() as u64)).ok()?;
+        if size < header || size > b.len() {
+            return None;
+        }
+        let (this, rest) = b.split_at(size);
+        b = rest;
+        Some((kind, &this[header..]))
+    })
+}
+
+/// The number of samples of track `track` in a media piece (`moof` + `mdat`): the sum of the
+/// `trun` sample counts of its `traf` boxes. `None` when the piece has no `moof`.
+pub fn track_samples(media: &[u8], track: u32) -> Option<u32> {
+    let (_, moof) = children(media).find(|(k, _)| k == b"moof")?;
+    let be32 = |b: &[u8], at: usize| b.get(at..at + 4).map(|v| u32::from_be_bytes([v[0], v[1], v[2], v[3]]));
+    let mut samples = 0u32;
+    for (_, traf) in children(moof).filter(|(k, _)| k == b"traf") {
+        // tfhd: version+flags (4 bytes), then the track id.
+        let tfhd = children(traf).find(|(k, _)| k == b"tfhd").and_then(|(_, b)| be32(b, 4));
+        if tfhd != Some(track) {
+            continue;
+        }
+        // trun: version+flags (4 bytes), then the sample count.
+        for (_, trun) in children(traf).filter(|(k, _)| k == b"trun") {
+            samples = samples.saturating_add(be32(trun, 4)?);
+        }
+    }
+    Some(samples)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +155,40 @@ mod tests {
         }
         let mut s = FragmentSplitter::new();
         assert!(s.push(&[0, 0, 0, 3, b'b', b'a', b'd', b'!']).is_err());
+    }
+
+    fn full_box(kind: &[u8; 4], fields: &[u32]) -> Vec<u8> {
+        let payload: Vec<u8> = fields.iter().flat_map(|f| f.to_be_bytes()).collect();
+        let mut b = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend(payload);
+        b
+    }
+
+    fn container(kind: &[u8; 4], inner: &[Vec<u8>]) -> Vec<u8> {
+        let payload = inner.concat();
+        let mut b = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(kind);
+        b.extend(payload);
+        b
+    }
+
+    #[test]
+    fn counts_the_samples_of_one_track() {
+        let traf = |track: u32, runs: &[u32]| {
+            let mut inner = vec![full_box(b"tfhd", &[0, track]), full_box(b"tfdt", &[0, 0])];
+            inner.extend(runs.iter().map(|&n| full_box(b"trun", &[0, n, 0])));
+            container(b"traf", &inner)
+        };
+        let moof = container(b"moof", &[full_box(b"mfhd", &[0, 1]), traf(1, &[20, 5]), traf(2, &[47])]);
+        let piece = [moof, mk(b"mdat", 100)].concat();
+        assert_eq!(track_samples(&piece, 1), Some(25));
+        assert_eq!(track_samples(&piece, 2), Some(47));
+        assert_eq!(track_samples(&piece, 3), Some(0));
+        assert_eq!(track_samples(&mk(b"mdat", 10), 1), None);
+        // A truncated piece is not a panic.
+        for cut in 0..piece.len() {
+            let _ = track_samples(&piece[..cut], 1);
+        }
     }
 }

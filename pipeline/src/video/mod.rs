@@ -13,7 +13,7 @@ pub mod sheet;
 pub mod warm;
 
 pub use encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
-pub use fmp4::{Fragment, FragmentSplitter};
+pub use fmp4::{track_samples, Fragment, FragmentSplitter};
 pub use generate::{
     chunk_starts, generate_local, generate_part, generate_streamed, generate_video, generate_video_until,
     GenerateOutput, GenerateRequest, GenerateStats, LocalGenerate, Progress, STOPPED,

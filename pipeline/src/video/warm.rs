@@ -32,6 +32,13 @@ pub(crate) struct Line {
     pub dir: PathBuf,
 }
 
+impl Line {
+    /// Whether ffmpeg writes a file (an MP4 at the output path) rather than only to stdout.
+    pub fn writes_file(&self) -> bool {
+        self.args.iter().any(|a| a.to_str().is_some_and(|s| s.contains(OUTPUT)))
+    }
+}
+
 struct Kept {
     line: Line,
     started: Started,
@@ -56,13 +63,14 @@ pub fn kept_in(dir: &Path) -> usize {
     KEEP.lock().map(|k| k.1.iter().filter(|k| k.line.dir == dir).count()).unwrap_or(0)
 }
 
-/// A kept process for `line` that is still running, and the path it will write.
-pub(crate) fn take(line: &Line) -> Option<(Started, PathBuf)> {
+/// A kept process for `line` that is still running, and the file it will write (none when it
+/// writes only to stdout).
+pub(crate) fn take(line: &Line) -> Option<(Started, Option<PathBuf>)> {
     let mut kept = KEEP.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(i) = kept.1.iter().position(|k| &k.line == line) {
         let mut k = kept.1.remove(i);
         if k.started.alive() {
-            return Some((k.started, k.output));
+            return Some((k.started, line.writes_file().then_some(k.output)));
         }
     }
     None
