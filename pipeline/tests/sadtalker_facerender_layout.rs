@@ -5,8 +5,7 @@
 //! ways); the YAML reader yields those configs; loading mismatched weights is a typed error; the
 //! mapping net loads from `torch.save` pickles.
 
-mod common;
-mod sadtalker_common;
+use crate::common;
 
 use tch::nn::VarStore;
 use tch::{Device, Kind};
@@ -64,7 +63,7 @@ model_params:
       num_bins: 66
 ";
 
-use sadtalker_common::{official_layout as official, Layout};
+use crate::sadtalker_common::{self, official_layout as official, Layout};
 
 fn requested(vs: &VarStore, prefix: &str) -> Layout {
     vs.variables()

@@ -2,10 +2,7 @@
 //! normalisation, per-frame mel windows, blink ratio, reference rows) with the golden fixture
 //! `audio_mel.io.safetensors` (../shared/fixtures/sadtalker/README.md section 1).
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::{check, check_values, f32s, f64s, get, io};
+use crate::sadtalker_common::{check, check_values, f32s, f64s, get, io};
 use std::time::Instant;
 use tch::{Device, Tensor};
 use vipavatar_pipeline::sadtalker::batch::{BatchOptions, CoeffBatch};
