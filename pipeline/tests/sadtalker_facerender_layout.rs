@@ -96,7 +96,8 @@ fn sadtalker_facerender_yaml_values_give_the_official_config() {
     let flow = FACERENDER_YAML.replace("scales: [1]", "scales: {a: 1}");
     assert_eq!(FaceRenderConfig::from_yaml_str(&flow).unwrap(), FaceRenderConfig::official(70));
     let broken = FACERENDER_YAML.replace("scales: [1]", "scales: {a: 1");
-    assert!(matches!(FaceRenderConfig::from_yaml_str(&broken), Err(PipelineError::InvalidOption { .. })));
+    // An unreadable renderer YAML is a server configuration mistake, not a request error.
+    assert!(matches!(FaceRenderConfig::from_yaml_str(&broken), Err(PipelineError::Config { .. })));
     // Inconsistent widths and unsupported options are typed errors.
     let bad = FACERENDER_YAML.replace("reshape_channel: 32", "reshape_channel: 31");
     assert!(FaceRenderConfig::from_yaml_str(&bad).is_err());
