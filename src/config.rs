@@ -7,6 +7,11 @@ use std::time::Duration;
 use vipavatar_cache::{Namespace, Ttls};
 use vipavatar_pipeline::engine::EngineKind;
 
+/// The environment variables (and default) that several commands read, declared once.
+pub const CHECKPOINTS_ENV: &str = "VIPAVATAR_CHECKPOINTS";
+pub const DEFAULT_CHECKPOINTS: &str = "./checkpoints";
+pub const ENGINE_ENV: &str = "VIPAVATAR_ENGINE";
+
 /// Which engine serves requests that do not name one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,11 +75,11 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Model files (see checkpoints/manifest.json).
-    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    #[arg(long, env = CHECKPOINTS_ENV, default_value = DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
 
     /// Default engine for requests that do not choose one.
-    #[arg(long, env = "VIPAVATAR_ENGINE", value_enum, default_value = "auto")]
+    #[arg(long, env = ENGINE_ENV, value_enum, default_value = "auto")]
     pub engine: EngineChoice,
 
     /// Compute devices, one model owner each; workers are spread over them round-robin:

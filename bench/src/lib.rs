@@ -73,7 +73,7 @@ pub struct BenchArgs {
     /// Portrait to animate (PNG or JPEG); default `{testdata}/images/people_0.png`.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    #[arg(long, env = vipavatar::config::CHECKPOINTS_ENV, default_value = vipavatar::config::DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
     /// Scratch folder for the private redis-server, originals and videos; default a fresh
     /// temporary folder, removed afterwards.
