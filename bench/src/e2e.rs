@@ -30,7 +30,11 @@ pub struct Server {
 impl Server {
     /// Build the service (port 0, one worker) and wait until `/readyz` answers 200.
     pub async fn start(config: Config, poll: Duration) -> anyhow::Result<Self> {
-        let redis_url = config.redis_url.clone().ok_or_else(|| anyhow!("the end-to-end bench needs a Redis URL"))?;
+        let redis_url = config
+            .redis_url
+            .as_deref()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the end-to-end bench needs a Redis URL"))?;
         let app = Application::build(config.clone(), 1).await.context("start the service")?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port()));
         let task = vipavatar::spawn_named("bench-server", app.run_until_stopped());

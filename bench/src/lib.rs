@@ -148,7 +148,7 @@ fn base_config(
     max_audio: f64,
 ) -> anyhow::Result<Config> {
     let mut c = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
-    c.redis_url = Some(redis_url.to_string());
+    c.redis_url = Some(redis_url.into());
     c.bind = "127.0.0.1:0".into();
     c.data_dir = data_dir.to_path_buf();
     c.checkpoints = args.checkpoints.clone();

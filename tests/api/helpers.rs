@@ -73,7 +73,7 @@ pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
 pub fn test_config() -> Config {
     let ns = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut c = Config::from_env().expect("config defaults");
-    c.redis_url = Some(redis_url());
+    c.redis_url = Some(redis_url().into());
     c.bind = "127.0.0.1:0".into();
     c.data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("api").join(&ns);
     c.checkpoints = repo().join("checkpoints");

@@ -100,7 +100,7 @@ async fn redis_outages_fail_fast_and_recover() {
     let mut redis = OwnRedis::start(&dir);
     let url = redis.url();
     let app = spawn_app_with(0, |c| {
-        c.redis_url = Some(url);
+        c.redis_url = Some(url.into());
         c.edge.redis_timeout_ms = 500;
     })
     .await;
