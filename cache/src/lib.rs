@@ -6,6 +6,7 @@ pub mod codec;
 pub mod fragments;
 pub mod ids;
 pub mod keys;
+pub mod server;
 pub mod store;
 pub mod ttl;
 
