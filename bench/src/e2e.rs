@@ -135,23 +135,8 @@ impl Server {
         let mut conn = client.get_multiplexed_async_connection().await?;
         for hash in [image.as_str(), audio.as_str()] {
             let pattern = format!("{}:*{hash}*", self.namespace);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+            for keys in vipavatar_cache::scan(&mut conn, &pattern).await?.chunks(1000) {
+                redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await?;
             }
         }
         let _ = std::fs::remove_file(self.data_dir.join("images").join(image.as_str()));

@@ -13,5 +13,5 @@ pub mod ttl;
 pub use fragments::{FragmentReader, FragmentStreams, Piece, StreamEntry};
 pub use ids::{AudioHash, IdError, ImageHash, OptionsHash, SessionId};
 pub use keys::{Key, Kind, Namespace, Tier};
-pub use store::{Cache, CacheConfig, CacheError, CacheStats};
+pub use store::{scan, Cache, CacheConfig, CacheError, CacheStats};
 pub use ttl::Ttls;

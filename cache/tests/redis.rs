@@ -100,3 +100,31 @@ async fn ttl_tiers_are_applied_per_kind() {
     let keys: Vec<String> = conn.keys(format!("{ns}:*")).await.unwrap();
     assert_eq!(keys.len(), 4, "{keys:?}");
 }
+
+#[tokio::test]
+async fn one_scan_counts_every_kind_and_ignores_other_names() {
+    let ns = unique("scan");
+    let c = cache(&ns, Ttls::default(), 1).await;
+    // More keys than one SCAN batch (COUNT 1000), so the cursor loop runs several times.
+    let mut pipe = redis::pipe();
+    for i in 0..2500u32 {
+        pipe.set(c.namespace().key(&Key::landmarks(&ImageHash::of(&i.to_le_bytes()))), 1u8).ignore();
+    }
+    for i in 0..3u32 {
+        pipe.set(c.namespace().key(&Key::gestures(&ImageHash::of(&i.to_le_bytes()))), 1u8).ignore();
+    }
+    // Names of the namespace that are no cache kind (counters, queues) are not entries.
+    pipe.set(c.namespace().name("landmarks"), 1u8).ignore();
+    pipe.set(c.namespace().name("jobs:vip"), 1u8).ignore();
+    let mut conn = c.connection();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let found = scan(&mut conn, &c.namespace().pattern(Kind::Landmarks)).await.unwrap();
+    assert_eq!(found.len(), 2500);
+    assert_eq!(c.count(Kind::Landmarks).await.unwrap(), 2500);
+    let stats = c.stats().await.unwrap();
+    assert_eq!(stats.entries["landmarks"], 2500);
+    assert_eq!(stats.entries["gestures"], 3);
+    assert_eq!(stats.entries["face_detection"], 0);
+    assert_eq!(stats.entries.len(), Kind::ALL.len());
+}
