@@ -1,6 +1,6 @@
 //! The command line: `serve | worker | precompute | generate | openapi | bench`.
 
-use crate::config::Config;
+use crate::config::{Config, EngineChoice, CHECKPOINTS_ENV, DEFAULT_CHECKPOINTS, ENGINE_ENV};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -69,15 +69,8 @@ pub struct PrecomputeArgs {
     /// Print the full analysis as JSON.
     #[arg(long)]
     pub json: bool,
-    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    #[arg(long, env = CHECKPOINTS_ENV, default_value = DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EngineArg {
-    Auto,
-    Classic,
-    Sadtalker,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -101,8 +94,8 @@ pub struct GenerateArgs {
     pub audio: PathBuf,
     #[arg(short, long)]
     pub output: PathBuf,
-    #[arg(long, value_enum, env = "VIPAVATAR_ENGINE", default_value = "auto")]
-    pub engine: EngineArg,
+    #[arg(long, value_enum, env = ENGINE_ENV, default_value = "auto")]
+    pub engine: EngineChoice,
     /// Output face size: 256 or 512.
     #[arg(long, default_value_t = 256)]
     pub size: u32,
@@ -126,7 +119,7 @@ pub struct GenerateArgs {
     /// Also write a contact sheet PNG (every 5th frame).
     #[arg(long)]
     pub contact_sheet: Option<PathBuf>,
-    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    #[arg(long, env = CHECKPOINTS_ENV, default_value = DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
     /// Print the stats as JSON.
     #[arg(long)]
@@ -234,11 +227,7 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     options.validate()?;
     let mut config = Config::from_env()?;
     config.checkpoints = args.checkpoints.clone();
-    config.engine = match args.engine {
-        EngineArg::Auto => crate::config::EngineChoice::Auto,
-        EngineArg::Classic => crate::config::EngineChoice::Classic,
-        EngineArg::Sadtalker => crate::config::EngineChoice::Sadtalker,
-    };
+    config.engine = args.engine;
     vipavatar_pipeline::device::select_devices(&config.device)?;
     let engine = crate::engines::engine_for(config.engine, &config)?;
     let mut job = LocalGenerate::new(&args.image, &args.audio, &args.output);

@@ -7,6 +7,11 @@ use std::time::Duration;
 use vipavatar_cache::{Namespace, Ttls};
 use vipavatar_pipeline::engine::EngineKind;
 
+/// The environment variables (and default) that several commands read, declared once.
+pub const CHECKPOINTS_ENV: &str = "VIPAVATAR_CHECKPOINTS";
+pub const DEFAULT_CHECKPOINTS: &str = "./checkpoints";
+pub const ENGINE_ENV: &str = "VIPAVATAR_ENGINE";
+
 /// Which engine serves requests that do not name one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -50,6 +55,64 @@ impl std::fmt::Debug for ApiKeys {
     }
 }
 
+/// `REDIS_URL`: it may carry a password, so `Debug` (and every message built with
+/// [`RedisUrl::redacted`]) shows `***` in its place.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(String);
+
+impl RedisUrl {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL with the password (or a lone user-info secret) replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+
+    fn parse(s: &str) -> Result<Self, String> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+impl std::ops::Deref for RedisUrl {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for RedisUrl {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
+impl From<&str> for RedisUrl {
+    fn from(s: &str) -> Self {
+        Self(s.to_string())
+    }
+}
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RedisUrl({:?})", self.redacted())
+    }
+}
+
+/// `url` with the user-info secret replaced by `***` (a URL without one is returned as is).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map(|(u, _)| format!("{u}:***")).unwrap_or_else(|| "***".into());
+            format!("{scheme}://{user}@{host}{path}")
+        }
+        None => url.to_string(),
+    }
+}
+
 fn parse_namespace(s: &str) -> Result<Namespace, String> {
     Namespace::parse(s).map_err(|e| e.to_string())
 }
@@ -58,8 +121,8 @@ fn parse_namespace(s: &str) -> Result<Namespace, String> {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Redis to use; unset = start a private redis-server child with its data in the data dir.
-    #[arg(long, env = "REDIS_URL")]
-    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_URL", value_parser = RedisUrl::parse)]
+    pub redis_url: Option<RedisUrl>,
 
     /// Address the HTTP API listens on (port 0 picks a free port).
     #[arg(long, env = "VIPAVATAR_BIND", default_value = "127.0.0.1:8000")]
@@ -70,11 +133,11 @@ pub struct Config {
     pub data_dir: PathBuf,
 
     /// Model files (see checkpoints/manifest.json).
-    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    #[arg(long, env = CHECKPOINTS_ENV, default_value = DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
 
     /// Default engine for requests that do not choose one.
-    #[arg(long, env = "VIPAVATAR_ENGINE", value_enum, default_value = "auto")]
+    #[arg(long, env = ENGINE_ENV, value_enum, default_value = "auto")]
     pub engine: EngineChoice,
 
     /// Compute devices, one model owner each; workers are spread over them round-robin:
@@ -230,5 +293,25 @@ mod tests {
         let dbg = format!("{keys:?}");
         assert!(!dbg.contains("a1") && !dbg.contains("b2"), "{dbg}");
         assert!(!ApiKeys::parse("").unwrap().is_enabled());
+    }
+
+    #[test]
+    fn passwords_never_reach_messages() {
+        assert_eq!(redact_url("redis://default:s3cret@db.example:6379/2"), "redis://default:***@db.example:6379/2");
+        assert_eq!(redact_url("rediss://:s3cret@db.example"), "rediss://:***@db.example");
+        assert_eq!(redact_url("redis://s3cret@db.example"), "redis://***@db.example");
+        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact_url("redis+unix:///tmp/r.sock"), "redis+unix:///tmp/r.sock");
+        assert!(!redact_url("redis://u:p@ss@h/0").contains("p@ss"));
+    }
+
+    #[test]
+    fn config_debug_redacts_the_redis_password() {
+        let mut config = Config::from_env().expect("defaults parse");
+        config.redis_url = Some("redis://default:s3cret@db.example:6379/2".into());
+        let dbg = format!("{config:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("redis://default:***@db.example:6379/2"), "{dbg}");
+        assert_eq!(config.redis_url.as_deref(), Some("redis://default:s3cret@db.example:6379/2"));
     }
 }

@@ -6,7 +6,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 use utoipa::ToSchema;
-use vipavatar_pipeline::PipelineError;
+use vipavatar_pipeline::{codes, PipelineError};
 
 /// The error body of every non-2xx response.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -41,113 +41,110 @@ impl ErrorType {
     }
 }
 
-/// Every error code the API returns. `info()` is the code table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Code {
+/// The code table: `variant => (HTTP status, machine code, error type)`, one row per code. It
+/// generates [`Code`], its string, status and type, and [`Code::ALL`]. Pipeline rows take their
+/// string from `vipavatar_pipeline::codes`, where the pipeline spells it once.
+macro_rules! make_error_codes {
+    ($($(#[$doc:meta])* $variant:ident => ($status:ident, $code:expr, $kind:ident);)*) => {
+        /// Every error code the API returns (rows of `make_error_codes!`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Code {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Code {
+            /// Every code, in table order.
+            pub const ALL: &'static [Code] = &[$(Code::$variant,)*];
+
+            /// The stable machine code (the body's `code`).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Code::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status of the code.
+            pub fn status(self) -> StatusCode {
+                match self {
+                    $(Code::$variant => StatusCode::$status,)*
+                }
+            }
+
+            /// The error family (the body's `type`).
+            pub fn kind(self) -> ErrorType {
+                match self {
+                    $(Code::$variant => ErrorType::$kind,)*
+                }
+            }
+        }
+    };
+}
+
+make_error_codes! {
     // request shape
-    BadRequest,
-    MissingField,
-    InvalidField,
-    DuplicateField,
-    ExpectedMultipart,
-    MalformedMultipart,
-    PayloadTooLarge,
-    UnsupportedMediaType,
-    InvalidImageId,
-    InvalidSessionId,
-    RouteNotFound,
-    MethodNotAllowed,
-    BodyTimeout,
+    BadRequest => (BAD_REQUEST, "bad_request", InvalidRequest);
+    MissingField => (BAD_REQUEST, "missing_field", InvalidRequest);
+    InvalidField => (BAD_REQUEST, "invalid_field", InvalidRequest);
+    DuplicateField => (BAD_REQUEST, "duplicate_field", InvalidRequest);
+    ExpectedMultipart => (UNSUPPORTED_MEDIA_TYPE, "expected_multipart", InvalidRequest);
+    MalformedMultipart => (BAD_REQUEST, "malformed_multipart", InvalidRequest);
+    PayloadTooLarge => (PAYLOAD_TOO_LARGE, "payload_too_large", InvalidRequest);
+    UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", InvalidRequest);
+    InvalidImageId => (BAD_REQUEST, "invalid_image_id", InvalidRequest);
+    InvalidSessionId => (BAD_REQUEST, "invalid_session_id", InvalidRequest);
+    RouteNotFound => (NOT_FOUND, "route_not_found", InvalidRequest);
+    MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed", InvalidRequest);
+    BodyTimeout => (REQUEST_TIMEOUT, "body_timeout", InvalidRequest);
     // resources
-    ImageNotFound,
-    SessionNotFound,
-    VideoNotReady,
-    VideoFailed,
-    IdleNotFound,
-    StreamUnavailable,
-    AvatarFailed,
-    EngineUnavailable,
+    ImageNotFound => (NOT_FOUND, "image_not_found", InvalidRequest);
+    SessionNotFound => (NOT_FOUND, "session_not_found", InvalidRequest);
+    VideoNotReady => (CONFLICT, "video_not_ready", InvalidRequest);
+    VideoFailed => (CONFLICT, "video_failed", InvalidRequest);
+    IdleNotFound => (NOT_FOUND, "idle_not_found", InvalidRequest);
+    StreamUnavailable => (NOT_FOUND, "stream_unavailable", InvalidRequest);
+    AvatarFailed => (UNPROCESSABLE_ENTITY, "avatar_failed", InvalidRequest);
+    EngineUnavailable => (UNPROCESSABLE_ENTITY, "engine_unavailable", InvalidRequest);
     // auth
-    MissingApiKey,
-    InvalidApiKey,
+    MissingApiKey => (UNAUTHORIZED, "missing_api_key", Auth);
+    InvalidApiKey => (UNAUTHORIZED, "invalid_api_key", Auth);
     // system
-    NotReady,
-    RedisUnavailable,
-    WorkerLost,
-    Internal,
+    NotReady => (SERVICE_UNAVAILABLE, "not_ready", System);
+    RedisUnavailable => (SERVICE_UNAVAILABLE, "redis_unavailable", System);
+    WorkerLost => (INTERNAL_SERVER_ERROR, "worker_lost", System);
+    Internal => (INTERNAL_SERVER_ERROR, codes::INTERNAL, Internal);
+    NoWorker => (SERVICE_UNAVAILABLE, "no_worker", System);
     // from the pipeline
-    NotAnImage,
-    ImageTooSmall,
-    ImageTooLarge,
-    NoFace,
-    NotAudio,
-    AudioTooShort,
-    AudioTooLong,
-    InvalidOption,
-    UnsupportedOption,
-    CheckpointError,
-    EncodeFailed,
-    IoError,
-    TensorError,
-    OpenCvError,
-    ModelPanicked,
-    StaleCacheEntry,
-    NoWorker,
+    NotAnImage => (UNPROCESSABLE_ENTITY, codes::NOT_AN_IMAGE, InvalidRequest);
+    ImageTooSmall => (UNPROCESSABLE_ENTITY, codes::IMAGE_TOO_SMALL, InvalidRequest);
+    ImageTooLarge => (UNPROCESSABLE_ENTITY, codes::IMAGE_TOO_LARGE, InvalidRequest);
+    NoFace => (UNPROCESSABLE_ENTITY, codes::NO_FACE, InvalidRequest);
+    NotAudio => (UNPROCESSABLE_ENTITY, codes::NOT_AUDIO, InvalidRequest);
+    AudioTooShort => (UNPROCESSABLE_ENTITY, codes::AUDIO_TOO_SHORT, InvalidRequest);
+    AudioTooLong => (PAYLOAD_TOO_LARGE, codes::AUDIO_TOO_LONG, InvalidRequest);
+    InvalidOption => (BAD_REQUEST, codes::INVALID_OPTION, InvalidRequest);
+    UnsupportedOption => (UNPROCESSABLE_ENTITY, codes::UNSUPPORTED_OPTION, InvalidRequest);
+    CheckpointError => (SERVICE_UNAVAILABLE, codes::CHECKPOINT_ERROR, System);
+    ConfigError => (INTERNAL_SERVER_ERROR, codes::CONFIG_ERROR, Internal);
+    EncodeFailed => (INTERNAL_SERVER_ERROR, codes::ENCODE_FAILED, Internal);
+    IoError => (INTERNAL_SERVER_ERROR, codes::IO_ERROR, Internal);
+    TensorError => (INTERNAL_SERVER_ERROR, codes::TENSOR_ERROR, Internal);
+    OpenCvError => (INTERNAL_SERVER_ERROR, codes::OPENCV_ERROR, Internal);
+    ModelPanicked => (INTERNAL_SERVER_ERROR, codes::MODEL_PANICKED, Internal);
+    StaleCacheEntry => (INTERNAL_SERVER_ERROR, codes::STALE_CACHE_ENTRY, Internal);
 }
 
 impl Code {
     /// (HTTP status, machine code, error type).
     pub fn info(self) -> (StatusCode, &'static str, ErrorType) {
-        use ErrorType::*;
-        use StatusCode as S;
-        match self {
-            Code::BadRequest => (S::BAD_REQUEST, "bad_request", InvalidRequest),
-            Code::MissingField => (S::BAD_REQUEST, "missing_field", InvalidRequest),
-            Code::InvalidField => (S::BAD_REQUEST, "invalid_field", InvalidRequest),
-            Code::DuplicateField => (S::BAD_REQUEST, "duplicate_field", InvalidRequest),
-            Code::ExpectedMultipart => (S::UNSUPPORTED_MEDIA_TYPE, "expected_multipart", InvalidRequest),
-            Code::MalformedMultipart => (S::BAD_REQUEST, "malformed_multipart", InvalidRequest),
-            Code::PayloadTooLarge => (S::PAYLOAD_TOO_LARGE, "payload_too_large", InvalidRequest),
-            Code::UnsupportedMediaType => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", InvalidRequest),
-            Code::InvalidImageId => (S::BAD_REQUEST, "invalid_image_id", InvalidRequest),
-            Code::InvalidSessionId => (S::BAD_REQUEST, "invalid_session_id", InvalidRequest),
-            Code::RouteNotFound => (S::NOT_FOUND, "route_not_found", InvalidRequest),
-            Code::MethodNotAllowed => (S::METHOD_NOT_ALLOWED, "method_not_allowed", InvalidRequest),
-            Code::BodyTimeout => (S::REQUEST_TIMEOUT, "body_timeout", InvalidRequest),
-            Code::ImageNotFound => (S::NOT_FOUND, "image_not_found", InvalidRequest),
-            Code::SessionNotFound => (S::NOT_FOUND, "session_not_found", InvalidRequest),
-            Code::VideoNotReady => (S::CONFLICT, "video_not_ready", InvalidRequest),
-            Code::VideoFailed => (S::CONFLICT, "video_failed", InvalidRequest),
-            Code::IdleNotFound => (S::NOT_FOUND, "idle_not_found", InvalidRequest),
-            Code::StreamUnavailable => (S::NOT_FOUND, "stream_unavailable", InvalidRequest),
-            Code::AvatarFailed => (S::UNPROCESSABLE_ENTITY, "avatar_failed", InvalidRequest),
-            Code::EngineUnavailable => (S::UNPROCESSABLE_ENTITY, "engine_unavailable", InvalidRequest),
-            Code::MissingApiKey => (S::UNAUTHORIZED, "missing_api_key", Auth),
-            Code::InvalidApiKey => (S::UNAUTHORIZED, "invalid_api_key", Auth),
-            Code::NotReady => (S::SERVICE_UNAVAILABLE, "not_ready", System),
-            Code::RedisUnavailable => (S::SERVICE_UNAVAILABLE, "redis_unavailable", System),
-            Code::WorkerLost => (S::INTERNAL_SERVER_ERROR, "worker_lost", System),
-            Code::Internal => (S::INTERNAL_SERVER_ERROR, "internal", Internal),
-            Code::NotAnImage => (S::UNPROCESSABLE_ENTITY, "not_an_image", InvalidRequest),
-            Code::ImageTooSmall => (S::UNPROCESSABLE_ENTITY, "image_too_small", InvalidRequest),
-            Code::ImageTooLarge => (S::UNPROCESSABLE_ENTITY, "image_too_large", InvalidRequest),
-            Code::NoFace => (S::UNPROCESSABLE_ENTITY, "no_face_found", InvalidRequest),
-            Code::NotAudio => (S::UNPROCESSABLE_ENTITY, "not_audio", InvalidRequest),
-            Code::AudioTooShort => (S::UNPROCESSABLE_ENTITY, "audio_too_short", InvalidRequest),
-            Code::AudioTooLong => (S::PAYLOAD_TOO_LARGE, "audio_too_long", InvalidRequest),
-            Code::InvalidOption => (S::BAD_REQUEST, "invalid_option", InvalidRequest),
-            Code::UnsupportedOption => (S::UNPROCESSABLE_ENTITY, "unsupported_option", InvalidRequest),
-            Code::CheckpointError => (S::SERVICE_UNAVAILABLE, "checkpoint_error", System),
-            Code::EncodeFailed => (S::INTERNAL_SERVER_ERROR, "encode_failed", Internal),
-            Code::IoError => (S::INTERNAL_SERVER_ERROR, "io_error", Internal),
-            Code::TensorError => (S::INTERNAL_SERVER_ERROR, "tensor_error", Internal),
-            Code::OpenCvError => (S::INTERNAL_SERVER_ERROR, "opencv_error", Internal),
-            Code::ModelPanicked => (S::INTERNAL_SERVER_ERROR, "model_panicked", Internal),
-            Code::StaleCacheEntry => (S::INTERNAL_SERVER_ERROR, "stale_cache_entry", Internal),
-            Code::NoWorker => (S::SERVICE_UNAVAILABLE, "no_worker", System),
-        }
+        (self.status(), self.as_str(), self.kind())
     }
 
+    /// Reverse lookup of a machine code.
+    pub fn from_str(code: &str) -> Option<Code> {
+        Code::ALL.iter().copied().find(|c| c.as_str() == code)
+    }
+
+    /// Exhaustive: a new pipeline variant does not compile until it has a row here.
     fn of_pipeline(e: &PipelineError) -> Self {
         match e {
             PipelineError::NotAnImage(_) => Code::NotAnImage,
@@ -166,7 +163,8 @@ impl Code {
             PipelineError::OpenCv { .. } => Code::OpenCvError,
             PipelineError::ModelPanic(_) => Code::ModelPanicked,
             PipelineError::StaleBlob { .. } => Code::StaleCacheEntry,
-            _ => Code::Internal,
+            PipelineError::Config { .. } => Code::ConfigError,
+            PipelineError::Internal(_) => Code::Internal,
         }
     }
 }
@@ -278,60 +276,6 @@ impl From<ErrorBody> for ApiError {
     }
 }
 
-impl Code {
-    /// Reverse lookup of a machine code.
-    pub fn from_str(code: &str) -> Option<Code> {
-        ALL_CODES.iter().copied().find(|c| c.info().1 == code)
-    }
-}
-
-const ALL_CODES: &[Code] = &[
-    Code::BadRequest,
-    Code::MissingField,
-    Code::InvalidField,
-    Code::DuplicateField,
-    Code::ExpectedMultipart,
-    Code::MalformedMultipart,
-    Code::PayloadTooLarge,
-    Code::UnsupportedMediaType,
-    Code::InvalidImageId,
-    Code::InvalidSessionId,
-    Code::RouteNotFound,
-    Code::MethodNotAllowed,
-    Code::BodyTimeout,
-    Code::ImageNotFound,
-    Code::SessionNotFound,
-    Code::VideoNotReady,
-    Code::VideoFailed,
-    Code::IdleNotFound,
-    Code::StreamUnavailable,
-    Code::AvatarFailed,
-    Code::EngineUnavailable,
-    Code::MissingApiKey,
-    Code::InvalidApiKey,
-    Code::NotReady,
-    Code::RedisUnavailable,
-    Code::WorkerLost,
-    Code::Internal,
-    Code::NotAnImage,
-    Code::ImageTooSmall,
-    Code::ImageTooLarge,
-    Code::NoFace,
-    Code::NotAudio,
-    Code::AudioTooShort,
-    Code::AudioTooLong,
-    Code::InvalidOption,
-    Code::UnsupportedOption,
-    Code::CheckpointError,
-    Code::EncodeFailed,
-    Code::IoError,
-    Code::TensorError,
-    Code::OpenCvError,
-    Code::ModelPanicked,
-    Code::StaleCacheEntry,
-    Code::NoWorker,
-];
-
 /// JSON error bodies for actix's own extractor failures (path, query, JSON).
 pub fn extractor_error(err: impl std::fmt::Display, code: Code) -> actix_web::Error {
     ApiError::new(code, err.to_string()).into()
@@ -344,10 +288,24 @@ mod tests {
     #[test]
     fn codes_are_unique_and_reverse_lookup_works() {
         let mut seen = std::collections::HashSet::new();
-        for c in ALL_CODES {
-            assert!(seen.insert(c.info().1), "duplicate code {}", c.info().1);
-            assert_eq!(Code::from_str(c.info().1), Some(*c));
+        for c in Code::ALL {
+            assert!(seen.insert(c.as_str()), "duplicate code {}", c.as_str());
+            assert_eq!(Code::from_str(c.as_str()), Some(*c));
+            assert_eq!(c.info(), (c.status(), c.as_str(), c.kind()));
         }
+        // Wire strings the API tests and clients rely on.
+        assert_eq!(Code::NoFace.as_str(), "no_face_found");
+        assert_eq!(Code::InvalidOption.info(), (StatusCode::BAD_REQUEST, "invalid_option", ErrorType::InvalidRequest));
+        assert_eq!(Code::NoWorker.info(), (StatusCode::SERVICE_UNAVAILABLE, "no_worker", ErrorType::System));
+    }
+
+    #[test]
+    fn configuration_mistakes_are_server_errors() {
+        let e = PipelineError::Config { what: "device", reason: "`tpu` is not one of auto, cpu, cuda".into() };
+        assert!(!e.is_user_error());
+        let api = ApiError::from(&e);
+        assert_eq!((api.body().code.as_str(), api.body().kind.as_str()), ("config_error", "internal"));
+        assert!(api.status_code().is_server_error());
     }
 
     #[test]
@@ -360,6 +318,8 @@ mod tests {
             PipelineError::Encode("x".into()),
             PipelineError::Internal("x".into()),
             PipelineError::ModelPanic("x".into()),
+            PipelineError::Config { what: "device", reason: "tpu".into() },
+            PipelineError::Checkpoint { file: "x".into(), reason: "y".into() },
         ];
         for e in cases {
             let api = ApiError::from(&e);

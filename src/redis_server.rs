@@ -11,10 +11,10 @@ use anyhow::{bail, Context};
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use vipavatar_cache::server::{Listen, ServerOptions};
 
 /// Longest unix socket path the kernel accepts is 107 bytes; leave room.
 const MAX_SOCKET_PATH: usize = 100;
@@ -67,15 +67,6 @@ impl DataDirLock {
     }
 }
 
-/// How to start the child again: the same command every time.
-#[derive(Debug, Clone)]
-struct Spec {
-    dir: PathBuf,
-    socket: Option<PathBuf>,
-    port: u16,
-    url: String,
-}
-
 pub struct RedisChild {
     url: String,
     dir: PathBuf,
@@ -93,17 +84,17 @@ impl RedisChild {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         stop_stale(&dir).await;
         let socket = dir.join("redis.sock");
-        let spec = if socket.as_os_str().len() <= MAX_SOCKET_PATH {
-            let url = format!("redis+unix://{}", socket.display());
-            Spec { dir: dir.clone(), socket: Some(socket), port: 0, url }
+        let listen = if socket.as_os_str().len() <= MAX_SOCKET_PATH {
+            Listen::Socket(socket)
         } else {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            Spec { dir: dir.clone(), socket: None, port, url: format!("redis://127.0.0.1:{port}") }
+            Listen::Port(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
         };
+        // The same command every time the supervisor restarts it.
+        let spec = ServerOptions { dir: dir.clone(), listen, persistent: true };
         let child = spawn(&spec).await?;
-        tracing::info!(url = %spec.url, dir = %dir.display(), pid = child.id(), "started private redis-server (AOF on)");
+        tracing::info!(url = %spec.url(), dir = %dir.display(), pid = child.id(), "started private redis-server (AOF on)");
         let (stop_tx, stop_rx) = oneshot::channel();
-        let url = spec.url.clone();
+        let url = spec.url();
         let supervisor = crate::spawn_named("redis-supervisor", supervise(spec, child, stop_rx));
         Ok(Self { url, dir, stop: Some(stop_tx), supervisor: Some(supervisor), _lock: lock })
     }
@@ -128,21 +119,12 @@ impl RedisChild {
 }
 
 /// Start the child and wait until it answers.
-async fn spawn(spec: &Spec) -> anyhow::Result<tokio::process::Child> {
-    let mut cmd = tokio::process::Command::new("redis-server");
-    cmd.arg("--dir").arg(&spec.dir);
-    cmd.args(["--appendonly", "yes", "--save", "", "--daemonize", "no", "--protected-mode", "yes"]);
-    cmd.arg("--logfile").arg(spec.dir.join("redis.log"));
-    match &spec.socket {
-        Some(socket) => {
-            let _ = std::fs::remove_file(socket);
-            cmd.args(["--port", "0", "--unixsocketperm", "700"]).arg("--unixsocket").arg(socket);
-        }
-        None => {
-            cmd.args(["--bind", "127.0.0.1", "--port", &spec.port.to_string()]);
-        }
+async fn spawn(spec: &ServerOptions) -> anyhow::Result<tokio::process::Child> {
+    if let Listen::Socket(socket) = &spec.listen {
+        let _ = std::fs::remove_file(socket);
     }
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).kill_on_drop(true);
+    let mut cmd = tokio::process::Command::from(spec.command());
+    cmd.kill_on_drop(true);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid, _exit) between fork and exec.
     // PR_SET_PDEATHSIG fires when the thread that forked exits; tokio's worker threads (where this
@@ -166,12 +148,12 @@ async fn spawn(spec: &Spec) -> anyhow::Result<tokio::process::Child> {
     Ok(child)
 }
 
-async fn wait_ready(spec: &Spec, child: &mut tokio::process::Child) -> anyhow::Result<()> {
+async fn wait_ready(spec: &ServerOptions, child: &mut tokio::process::Child) -> anyhow::Result<()> {
     let start = Instant::now();
-    let client = redis::Client::open(spec.url.as_str())?;
+    let client = redis::Client::open(spec.url())?;
     loop {
         if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(spec.dir.join("redis.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(spec.log_file()).unwrap_or_default();
             let tail: Vec<&str> = log.lines().rev().take(5).collect();
             bail!("redis-server exited with {status}: {}", tail.into_iter().rev().collect::<Vec<_>>().join(" | "));
         }
@@ -185,14 +167,14 @@ async fn wait_ready(spec: &Spec, child: &mut tokio::process::Child) -> anyhow::R
             }
         }
         if start.elapsed() > Duration::from_secs(15) {
-            bail!("redis-server did not answer within 15 s (log: {})", spec.dir.join("redis.log").display());
+            bail!("redis-server did not answer within 15 s (log: {})", spec.log_file().display());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
 /// Wait for the child; restart it when it exits unless asked to stop; stop it on request.
-async fn supervise(spec: Spec, mut child: tokio::process::Child, mut stop: oneshot::Receiver<()>) {
+async fn supervise(spec: ServerOptions, mut child: tokio::process::Child, mut stop: oneshot::Receiver<()>) {
     let mut backoff = FIRST_BACKOFF;
     let mut started = Instant::now();
     loop {
@@ -233,9 +215,9 @@ async fn supervise(spec: Spec, mut child: tokio::process::Child, mut stop: onesh
 }
 
 /// `SHUTDOWN` (flushes the AOF) with a short deadline, then SIGKILL if it is still there.
-async fn shutdown(spec: &Spec, child: &mut tokio::process::Child) {
+async fn shutdown(spec: &ServerOptions, child: &mut tokio::process::Child) {
     let mut asked = false;
-    if let Ok(client) = redis::Client::open(spec.url.as_str()) {
+    if let Ok(client) = redis::Client::open(spec.url()) {
         let ask = async {
             if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
                 // The connection drops as the server exits, so an error reply is expected.

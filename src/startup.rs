@@ -4,7 +4,7 @@
 
 use crate::api;
 use crate::blobs::BlobStore;
-use crate::config::Config;
+use crate::config::{redact_url, Config};
 use crate::devices::{assign, plan, DeviceOwner, LocalDevice, LocalDevices};
 use crate::engines::EngineState;
 use crate::jobs::worker::run_worker;
@@ -40,7 +40,7 @@ impl Services {
     /// Connect (starting a private redis-server when allowed and `REDIS_URL` is unset).
     pub async fn connect(config: &Config, allow_private_redis: bool) -> anyhow::Result<Self> {
         let (url, redis_child) = match &config.redis_url {
-            Some(u) => (u.clone(), None),
+            Some(u) => (u.as_str().to_string(), None),
             None if allow_private_redis => {
                 let child = RedisChild::start(&config.data_dir).await?;
                 (child.url().to_string(), Some(child))
@@ -352,33 +352,5 @@ pub async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-/// A Redis URL fit for logs and errors: any password in it replaced by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_string() };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map(|(u, _)| format!("{u}:***")).unwrap_or_else(|| "***".into());
-            format!("{scheme}://{user}@{host}{path}")
-        }
-        None => url.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod redact_tests {
-    use super::redact_url;
-
-    #[test]
-    fn passwords_never_reach_messages() {
-        assert_eq!(redact_url("redis://default:s3cret@db.example:6379/2"), "redis://default:***@db.example:6379/2");
-        assert_eq!(redact_url("rediss://:s3cret@db.example"), "rediss://:***@db.example");
-        assert_eq!(redact_url("redis://s3cret@db.example"), "redis://***@db.example");
-        assert_eq!(redact_url("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-        assert_eq!(redact_url("redis+unix:///tmp/r.sock"), "redis+unix:///tmp/r.sock");
-        assert!(!redact_url("redis://u:p@ss@h/0").contains("p@ss"));
     }
 }

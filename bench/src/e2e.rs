@@ -30,7 +30,11 @@ pub struct Server {
 impl Server {
     /// Build the service (port 0, one worker) and wait until `/readyz` answers 200.
     pub async fn start(config: Config, poll: Duration) -> anyhow::Result<Self> {
-        let redis_url = config.redis_url.clone().ok_or_else(|| anyhow!("the end-to-end bench needs a Redis URL"))?;
+        let redis_url = config
+            .redis_url
+            .as_deref()
+            .map(str::to_string)
+            .ok_or_else(|| anyhow!("the end-to-end bench needs a Redis URL"))?;
         let app = Application::build(config.clone(), 1).await.context("start the service")?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port()));
         let task = vipavatar::spawn_named("bench-server", app.run_until_stopped());
@@ -131,23 +135,8 @@ impl Server {
         let mut conn = client.get_multiplexed_async_connection().await?;
         for hash in [image.as_str(), audio.as_str()] {
             let pattern = format!("{}:*{hash}*", self.namespace);
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
-                if !keys.is_empty() {
-                    redis::cmd("DEL").arg(&keys).query_async::<()>(&mut conn).await?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+            for keys in vipavatar_cache::scan(&mut conn, &pattern).await?.chunks(1000) {
+                redis::cmd("DEL").arg(keys).query_async::<()>(&mut conn).await?;
             }
         }
         let _ = std::fs::remove_file(self.data_dir.join("images").join(image.as_str()));

@@ -73,7 +73,7 @@ pub struct BenchArgs {
     /// Portrait to animate (PNG or JPEG); default `{testdata}/images/people_0.png`.
     #[arg(long)]
     pub image: Option<PathBuf>,
-    #[arg(long, env = "VIPAVATAR_CHECKPOINTS", default_value = "./checkpoints")]
+    #[arg(long, env = vipavatar::config::CHECKPOINTS_ENV, default_value = vipavatar::config::DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
     /// Scratch folder for the private redis-server, originals and videos; default a fresh
     /// temporary folder, removed afterwards.
@@ -148,7 +148,7 @@ fn base_config(
     max_audio: f64,
 ) -> anyhow::Result<Config> {
     let mut c = Config::from_env().map_err(|e| anyhow!("configuration: {e}"))?;
-    c.redis_url = Some(redis_url.to_string());
+    c.redis_url = Some(redis_url.into());
     c.bind = "127.0.0.1:0".into();
     c.data_dir = data_dir.to_path_buf();
     c.checkpoints = args.checkpoints.clone();

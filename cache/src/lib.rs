@@ -6,11 +6,12 @@ pub mod codec;
 pub mod fragments;
 pub mod ids;
 pub mod keys;
+pub mod server;
 pub mod store;
 pub mod ttl;
 
 pub use fragments::{FragmentReader, FragmentStreams, IndexEntry, Piece, StreamEntry};
 pub use ids::{AudioHash, IdError, ImageHash, OptionsHash, SessionId};
 pub use keys::{Key, Kind, Namespace, Tier};
-pub use store::{Cache, CacheConfig, CacheError, CacheStats};
+pub use store::{scan, Cache, CacheConfig, CacheError, CacheStats};
 pub use ttl::Ttls;

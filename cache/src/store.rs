@@ -201,34 +201,28 @@ return 0",
     /// How many keys of `kind` exist (SCAN, so it does not block Redis).
     pub async fn count(&self, kind: Kind) -> Result<u64> {
         let mut conn = self.conn.clone();
-        let pattern = self.config.namespace.pattern(kind);
-        let mut cursor: u64 = 0;
-        let mut total = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1000)
-                .query_async(&mut conn)
-                .await?;
-            total += keys.len() as u64;
-            if next == 0 {
-                return Ok(total);
-            }
-            cursor = next;
-        }
+        Ok(scan(&mut conn, &self.config.namespace.pattern(kind)).await?.len() as u64)
     }
 
-    /// Entry counts per kind plus hit/miss statistics.
+    /// Entry counts per kind plus hit/miss statistics: one SCAN of the namespace, each key
+    /// counted under the kind its prefix names (not one SCAN per kind).
     pub async fn stats(&self) -> Result<CacheStats> {
         let counters = self.counters().await?;
         let get = |field: String| counters.get(&field).copied().unwrap_or(0).max(0) as u64;
         let mut stats = CacheStats::default();
+        for kind in Kind::ALL {
+            stats.entries.insert(kind.name(), 0);
+        }
+        let mut conn = self.conn.clone();
+        let prefix = self.config.namespace.name("");
+        for key in scan(&mut conn, &format!("{prefix}*")).await? {
+            let kind = key.strip_prefix(&prefix).and_then(|rest| rest.split_once(':')).map(|(kind, _)| kind);
+            if let Some(n) = kind.and_then(|k| stats.entries.get_mut(k)) {
+                *n += 1;
+            }
+        }
         let (mut hits, mut misses) = (0u64, 0u64);
         for kind in Kind::ALL {
-            stats.entries.insert(kind.name(), self.count(kind).await?);
             if matches!(kind, Kind::Session | Kind::Avatar | Kind::Inflight) {
                 continue;
             }
@@ -241,5 +235,24 @@ return 0",
         }
         stats.hit_rate = if hits + misses == 0 { 0.0 } else { hits as f64 / (hits + misses) as f64 };
         Ok(stats)
+    }
+}
+
+/// Every key matching `pattern`, by SCAN cursor (so Redis is never blocked the way KEYS blocks
+/// it). The one cursor loop of the workspace: cache counts, the worker registry, the bench.
+pub async fn scan<C: redis::aio::ConnectionLike + Send>(
+    conn: &mut C,
+    pattern: &str,
+) -> redis::RedisResult<Vec<String>> {
+    let mut cursor: u64 = 0;
+    let mut keys = Vec::new();
+    loop {
+        let (next, batch): (u64, Vec<String>) =
+            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(conn).await?;
+        keys.extend(batch);
+        if next == 0 {
+            return Ok(keys);
+        }
+        cursor = next;
     }
 }

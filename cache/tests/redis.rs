@@ -3,46 +3,18 @@
 
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
-use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use vipavatar_cache::server::TestRedis;
 use vipavatar_cache::*;
 
-/// A redis-server child that dies with this process: a shell holds the server and kills it when
-/// our end of its stdin closes (which happens however the test binary exits).
-struct TestRedis {
-    url: String,
-    _guard: Child,
-}
-
+/// The binary's one redis-server (`vipavatar_cache::server::TestRedis`).
 fn redis() -> &'static TestRedis {
     static REDIS: OnceLock<TestRedis> = OnceLock::new();
-    REDIS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("vipavatar-cache-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let sock = dir.join("redis.sock");
-        let script = format!(
-            "redis-server --port 0 --unixsocket {} --save '' --appendonly no --dir {} >/dev/null & pid=$!; read _; kill $pid; wait $pid; rm -rf {}",
-            sock.display(),
-            dir.display(),
-            dir.display()
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        TestRedis { url: format!("redis+unix://{}", sock.display()), _guard: child }
-    })
+    REDIS.get_or_init(|| TestRedis::start("cache-test"))
 }
 
 async fn cache(ns: &str, ttls: Ttls, schema_version: u16) -> Cache {
-    let client = redis::Client::open(redis().url.as_str()).unwrap();
+    let client = redis::Client::open(redis().url()).unwrap();
     let conn = client.get_connection_manager().await.unwrap();
     Cache::new(conn, CacheConfig { namespace: Namespace::parse(ns).unwrap(), ttls, schema_version })
 }
@@ -127,4 +99,32 @@ async fn ttl_tiers_are_applied_per_kind() {
     // Keys carry the namespace.
     let keys: Vec<String> = conn.keys(format!("{ns}:*")).await.unwrap();
     assert_eq!(keys.len(), 4, "{keys:?}");
+}
+
+#[tokio::test]
+async fn one_scan_counts_every_kind_and_ignores_other_names() {
+    let ns = unique("scan");
+    let c = cache(&ns, Ttls::default(), 1).await;
+    // More keys than one SCAN batch (COUNT 1000), so the cursor loop runs several times.
+    let mut pipe = redis::pipe();
+    for i in 0..2500u32 {
+        pipe.set(c.namespace().key(&Key::landmarks(&ImageHash::of(&i.to_le_bytes()))), 1u8).ignore();
+    }
+    for i in 0..3u32 {
+        pipe.set(c.namespace().key(&Key::gestures(&ImageHash::of(&i.to_le_bytes()))), 1u8).ignore();
+    }
+    // Names of the namespace that are no cache kind (counters, queues) are not entries.
+    pipe.set(c.namespace().name("landmarks"), 1u8).ignore();
+    pipe.set(c.namespace().name("jobs:vip"), 1u8).ignore();
+    let mut conn = c.connection();
+    pipe.query_async::<()>(&mut conn).await.unwrap();
+
+    let found = scan(&mut conn, &c.namespace().pattern(Kind::Landmarks)).await.unwrap();
+    assert_eq!(found.len(), 2500);
+    assert_eq!(c.count(Kind::Landmarks).await.unwrap(), 2500);
+    let stats = c.stats().await.unwrap();
+    assert_eq!(stats.entries["landmarks"], 2500);
+    assert_eq!(stats.entries["gestures"], 3);
+    assert_eq!(stats.entries["face_detection"], 0);
+    assert_eq!(stats.entries.len(), Kind::ALL.len());
 }

@@ -11,7 +11,7 @@ pub const DEVICE_ENV: &str = "VIPAVATAR_DEVICE";
 /// else the CPU; `cpu` forces the CPU; `cuda` / `cuda:N` require that GPU and fail otherwise.
 pub fn select_device(pref: &str) -> Result<Device> {
     let pref = pref.trim().to_ascii_lowercase();
-    let bad = |reason: String| PipelineError::InvalidOption { field: "device", reason };
+    let bad = |reason: String| PipelineError::Config { what: "device", reason };
     match pref.as_str() {
         "" | "auto" => Ok(if tch::Cuda::is_available() { Device::Cuda(0) } else { Device::Cpu }),
         "cpu" => Ok(Device::Cpu),
@@ -34,8 +34,8 @@ pub fn select_devices(pref: &str) -> Result<Vec<Device>> {
         "" | "auto" if count > 0 => Ok((0..count).map(Device::Cuda).collect()),
         "" | "auto" => Ok(vec![Device::Cpu]),
         "cuda:all" | "gpu:all" if count > 0 => Ok((0..count).map(Device::Cuda).collect()),
-        "cuda:all" | "gpu:all" => Err(PipelineError::InvalidOption {
-            field: "device",
+        "cuda:all" | "gpu:all" => Err(PipelineError::Config {
+            what: "device",
             reason: "cuda:all was requested but libtorch sees no CUDA device".into(),
         }),
         list => list.split(',').map(select_device).collect(),
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn unknown_and_unavailable_devices_are_errors() {
         let err = select_device("tpu").unwrap_err();
-        assert_eq!(err.code(), "invalid_option");
+        assert_eq!(err.code(), "config_error");
         assert!(err.to_string().contains("tpu"));
         assert!(select_device("cuda:x").is_err());
         if !tch::Cuda::is_available() {

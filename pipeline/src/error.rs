@@ -53,31 +53,59 @@ pub enum PipelineError {
     StaleBlob { blob: crate::engine::BlobKind, reason: String },
     #[error("a model call panicked: {0}")]
     ModelPanic(String),
+    /// A server configuration mistake (bad device string, unreadable renderer YAML): not the
+    /// request's fault, so start-up stops with this message.
+    #[error("server configuration error in {what}: {reason}")]
+    Config { what: &'static str, reason: String },
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+/// The machine code of every pipeline error, spelled once: [`PipelineError::code`] and the
+/// service's code table (`src/errors.rs`) both read them from here.
+pub mod codes {
+    pub const NOT_AN_IMAGE: &str = "not_an_image";
+    pub const IMAGE_TOO_SMALL: &str = "image_too_small";
+    pub const IMAGE_TOO_LARGE: &str = "image_too_large";
+    pub const NO_FACE: &str = "no_face_found";
+    pub const NOT_AUDIO: &str = "not_audio";
+    pub const AUDIO_TOO_SHORT: &str = "audio_too_short";
+    pub const AUDIO_TOO_LONG: &str = "audio_too_long";
+    pub const INVALID_OPTION: &str = "invalid_option";
+    pub const UNSUPPORTED_OPTION: &str = "unsupported_option";
+    pub const CHECKPOINT_ERROR: &str = "checkpoint_error";
+    pub const CONFIG_ERROR: &str = "config_error";
+    pub const ENCODE_FAILED: &str = "encode_failed";
+    pub const IO_ERROR: &str = "io_error";
+    pub const TENSOR_ERROR: &str = "tensor_error";
+    pub const OPENCV_ERROR: &str = "opencv_error";
+    pub const MODEL_PANICKED: &str = "model_panicked";
+    pub const STALE_CACHE_ENTRY: &str = "stale_cache_entry";
+    pub const INTERNAL: &str = "internal";
 }
 
 impl PipelineError {
     /// Stable machine code for the API's `{message, code, type}` body.
     pub fn code(&self) -> &'static str {
         match self {
-            Self::NotAnImage(_) => "not_an_image",
-            Self::ImageTooSmall { .. } => "image_too_small",
-            Self::ImageTooLarge { .. } => "image_too_large",
-            Self::NoFace => "no_face_found",
-            Self::NotAudio(_) => "not_audio",
-            Self::AudioTooShort { .. } => "audio_too_short",
-            Self::AudioTooLong { .. } => "audio_too_long",
-            Self::InvalidOption { .. } => "invalid_option",
-            Self::Unsupported { .. } => "unsupported_option",
-            Self::Checkpoint { .. } => "checkpoint_error",
-            Self::Encode(_) => "encode_failed",
-            Self::Io { .. } => "io_error",
-            Self::Torch { .. } => "tensor_error",
-            Self::OpenCv { .. } => "opencv_error",
-            Self::ModelPanic(_) => "model_panicked",
-            Self::StaleBlob { .. } => "stale_cache_entry",
-            Self::Internal(_) => "internal",
+            Self::NotAnImage(_) => codes::NOT_AN_IMAGE,
+            Self::ImageTooSmall { .. } => codes::IMAGE_TOO_SMALL,
+            Self::ImageTooLarge { .. } => codes::IMAGE_TOO_LARGE,
+            Self::NoFace => codes::NO_FACE,
+            Self::NotAudio(_) => codes::NOT_AUDIO,
+            Self::AudioTooShort { .. } => codes::AUDIO_TOO_SHORT,
+            Self::AudioTooLong { .. } => codes::AUDIO_TOO_LONG,
+            Self::InvalidOption { .. } => codes::INVALID_OPTION,
+            Self::Unsupported { .. } => codes::UNSUPPORTED_OPTION,
+            Self::Checkpoint { .. } => codes::CHECKPOINT_ERROR,
+            Self::Config { .. } => codes::CONFIG_ERROR,
+            Self::Encode(_) => codes::ENCODE_FAILED,
+            Self::Io { .. } => codes::IO_ERROR,
+            Self::Torch { .. } => codes::TENSOR_ERROR,
+            Self::OpenCv { .. } => codes::OPENCV_ERROR,
+            Self::ModelPanic(_) => codes::MODEL_PANICKED,
+            Self::StaleBlob { .. } => codes::STALE_CACHE_ENTRY,
+            Self::Internal(_) => codes::INTERNAL,
         }
     }
 

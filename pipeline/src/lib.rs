@@ -15,4 +15,4 @@ pub mod sadtalker;
 pub mod torch_pickle;
 pub mod video;
 
-pub use error::{PipelineError, Result};
+pub use error::{codes, PipelineError, Result};

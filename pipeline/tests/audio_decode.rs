@@ -2,7 +2,7 @@
 //! MP3 / OGG Vorbis / FLAC / M4A AAC made by ffmpeg's encoders, any rate and channel count to
 //! 16 kHz mono, and typed errors for empty, non-audio, too short, too long and lying inputs.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits};

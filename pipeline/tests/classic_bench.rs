@@ -1,10 +1,9 @@
 //! Wall-time measurements of the classic engine (no assertions on time; run explicitly):
-//! `cargo test -p vipavatar-pipeline --test classic_bench -- --ignored --nocapture --test-threads 1`
+//! `cargo test -p vipavatar-pipeline --test main classic_bench -- --ignored --nocapture --test-threads 1`
 
-mod classic_support;
-mod common;
+use crate::common;
 
-use classic_support as sup;
+use crate::classic_support as sup;
 use std::time::Instant;
 use vipavatar_pipeline::classic::ClassicEngine;
 use vipavatar_pipeline::engine::{GenerateOptions, PreprocessMode};

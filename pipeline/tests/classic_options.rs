@@ -2,10 +2,7 @@
 //! determinism per seed, pose_style variation, still mode, expression scale, silent and very
 //! short audio, option validation and corrupt cached blobs.
 
-mod classic_support;
-mod common;
-
-use classic_support as sup;
+use crate::classic_support as sup;
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits};
 use vipavatar_pipeline::classic::{build_canvas, ClassicEngine};
 use vipavatar_pipeline::engine::{Engine, Enhancer, FrameSink, GenerateOptions, PreprocessMode};

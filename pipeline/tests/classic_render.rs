@@ -2,10 +2,7 @@
 //! lip sync against the speech envelope, closed mouth in silence, stillness outside the animated
 //! region, stream layout and A/V durations; contact sheets for a human look.
 
-mod classic_support;
-mod common;
-
-use classic_support as sup;
+use crate::classic_support as sup;
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits};
 use vipavatar_pipeline::classic::{build_canvas, ClassicEngine};
 use vipavatar_pipeline::engine::{GenerateOptions, PreprocessMode};

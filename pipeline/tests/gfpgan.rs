@@ -4,9 +4,7 @@
 //! checks, and the deterministic noise choices. Sizes, widths and seeds come from
 //! `fixtures/gfpgan/config.json`; tolerances are those of `fixtures/gfpgan/README.md`.
 
-mod gfpgan_support;
-
-use gfpgan_support as fx;
+use crate::gfpgan_support as fx;
 use tch::nn::VarStore;
 use tch::Kind;
 use vipavatar_pipeline::gfpgan::stylegan::{StyleConv, ToRgb};

@@ -3,12 +3,12 @@
 //! tensor-side warps, one network call per batch) against the reference's semantics implemented
 //! naively in this file (per frame: face detection, OpenCV alignment, one face per network call
 //! with fresh noise, OpenCV paste-back). Ignored by default (slow on CPU):
-//!   cargo test --release -p vipavatar-pipeline --test gfpgan_bench -- --ignored --nocapture
+//!   cargo test --release -p vipavatar-pipeline --test main gfpgan_bench -- --ignored --nocapture
 //! `GFPGAN_BENCH_FRAMES` (default 4) and `GFPGAN_BENCH_BATCH` (default 4) size the run;
 //! detection uses MTCNN from `$VIPAVATAR_CHECKPOINTS/mtcnn` when present (its cost is counted
 //! even when it finds no face in the synthetic frames; the given points are used then).
 
-mod gfpgan_support;
+use crate::gfpgan_support;
 
 use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT, CV_32F, CV_8UC3};
 use opencv::prelude::*;

@@ -4,9 +4,7 @@
 //! restored faces, and the whole batched `enhance` (align -> reduced-width network -> paste).
 //! Tolerances: `fixtures/gfpgan/README.md`.
 
-mod gfpgan_support;
-
-use gfpgan_support as fx;
+use crate::gfpgan_support as fx;
 use tch::{Device, Kind, Tensor};
 use vipavatar_pipeline::gfpgan::{load_network, FaceEnhancer, FacePoints, Noise};
 

@@ -3,7 +3,7 @@
 //! v1.4 arguments on torch's meta device and its `state_dict()` dumped), is exactly what the
 //! port requests at full width, both ways.
 
-mod gfpgan_support;
+use crate::gfpgan_support;
 
 use std::collections::BTreeMap;
 use vipavatar_pipeline::gfpgan::{expected_layout, GfpganConfig};

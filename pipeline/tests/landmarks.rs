@@ -2,7 +2,7 @@
 //! images (OpenCV Haar box -> predict -> 5-point refit -> predict), anatomical order, stability
 //! under 1-px shifts, RGB/gray agreement, and malformed model bytes.
 
-mod common;
+use crate::common;
 
 use opencv::core::{Mat, Point as CvPoint, Rect, Scalar, Size, Vector};
 use opencv::prelude::*;

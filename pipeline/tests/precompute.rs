@@ -1,7 +1,7 @@
 //! Precompute on real photos with the real models: faces found, landmarks plausible, stable under
 //! a 1-px shift, typed errors for face-free, tiny and broken images.
 
-mod common;
+use crate::common;
 
 use std::sync::OnceLock;
 use vipavatar_pipeline::engine::PreprocessMode;

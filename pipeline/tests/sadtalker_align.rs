@@ -1,7 +1,7 @@
 //! Golden-number parity of the crop geometry and 224x224 alignment with SadTalker's reference
 //! (fixtures `align.io.safetensors`, see ../shared/fixtures/sadtalker/README.md section 5).
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use tch::{Kind, Tensor};

@@ -3,10 +3,7 @@
 //! (fp16 stored, upcast to fp32), and equivalence of the batched pass with the reference's
 //! 10-frame chunking.
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::{check, device, f64s, get, io_and_weights, max_abs_diff};
+use crate::sadtalker_common::{check, device, f64s, get, io_and_weights, max_abs_diff};
 use tch::Tensor;
 use vipavatar_pipeline::sadtalker::audio2exp::Audio2Exp;
 use vipavatar_pipeline::sadtalker::batch::CoeffBatch;

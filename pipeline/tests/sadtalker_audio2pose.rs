@@ -3,10 +3,7 @@
 //! fixture `audio2pose.io.safetensors`, long (55 frames: one full chunk + a remainder chunk) and
 //! short (10 frames: padded remainder chunk, window 9) cases.
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::{check, check_values, device, f32s, f64s, get, io_and_weights};
+use crate::sadtalker_common::{check, check_values, device, f32s, f64s, get, io_and_weights};
 use std::collections::HashMap;
 use tch::{Device, Tensor};
 use vipavatar_pipeline::sadtalker::audio2coeff::{apply_reference_pose, Audio2Coeff, MotionOptions};

@@ -5,10 +5,9 @@
 //! decoder input and the generated frames. Plus: batched rendering equals frame-by-frame
 //! rendering, and a serialised + restored source state renders the same frames.
 
-mod common;
-mod sadtalker_common;
+use crate::common;
 
-use sadtalker_common::{check, f64s, get, max_abs_diff};
+use crate::sadtalker_common::{self, check, f64s, get, max_abs_diff};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};

@@ -4,7 +4,7 @@
 //! naively with the same modules in their reference-like configuration (mapping -> keypoint
 //! transformation -> full generator forward that re-encodes the source image, one frame per call). Prints frames/s; asserts only that both produce the same frames.
 //!
-//! Run: `cargo test -p vipavatar-pipeline --test sadtalker_facerender_bench -- --ignored --nocapture`
+//! Run: `cargo test -p vipavatar-pipeline --test main sadtalker_facerender_bench -- --ignored --nocapture`
 //! (`VIPAVATAR_BENCH_FRAMES`, default 4; `VIPAVATAR_BENCH_THREADS`, default 2;
 //! `VIPAVATAR_BENCH_ROUNDS`, default 2; `VIPAVATAR_DEVICE`).
 

@@ -65,7 +65,7 @@ fn sadtalker_engine_refuses_gfpgan_and_missing_renderers() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-mod common;
+use crate::common;
 
 /// Collects frames.
 struct Frames(Vec<vipavatar_pipeline::image::RgbImage>);

@@ -5,8 +5,7 @@
 //! ways); the YAML reader yields those configs; loading mismatched weights is a typed error; the
 //! mapping net loads from `torch.save` pickles.
 
-mod common;
-mod sadtalker_common;
+use crate::common;
 
 use tch::nn::VarStore;
 use tch::{Device, Kind};
@@ -64,7 +63,7 @@ model_params:
       num_bins: 66
 ";
 
-use sadtalker_common::{official_layout as official, Layout};
+use crate::sadtalker_common::{self, official_layout as official, Layout};
 
 fn requested(vs: &VarStore, prefix: &str) -> Layout {
     vs.variables()
@@ -97,7 +96,8 @@ fn sadtalker_facerender_yaml_values_give_the_official_config() {
     let flow = FACERENDER_YAML.replace("scales: [1]", "scales: {a: 1}");
     assert_eq!(FaceRenderConfig::from_yaml_str(&flow).unwrap(), FaceRenderConfig::official(70));
     let broken = FACERENDER_YAML.replace("scales: [1]", "scales: {a: 1");
-    assert!(matches!(FaceRenderConfig::from_yaml_str(&broken), Err(PipelineError::InvalidOption { .. })));
+    // An unreadable renderer YAML is a server configuration mistake, not a request error.
+    assert!(matches!(FaceRenderConfig::from_yaml_str(&broken), Err(PipelineError::Config { .. })));
     // Inconsistent widths and unsupported options are typed errors.
     let bad = FACERENDER_YAML.replace("reshape_channel: 32", "reshape_channel: 31");
     assert!(FaceRenderConfig::from_yaml_str(&bad).is_err());

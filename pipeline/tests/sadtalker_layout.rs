@@ -4,10 +4,7 @@
 //! unexpected keys with one error naming the file and the key, and the checkpoint-directory
 //! status check used by `engine=auto`.
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::{fixture_dir, official_layout};
+use crate::sadtalker_common::{fixture_dir, official_layout};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};

@@ -2,10 +2,7 @@
 //! normalisation, per-frame mel windows, blink ratio, reference rows) with the golden fixture
 //! `audio_mel.io.safetensors` (../shared/fixtures/sadtalker/README.md section 1).
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::{check, check_values, f32s, f64s, get, io};
+use crate::sadtalker_common::{check, check_values, f32s, f64s, fixture_dir, get, io, readme_seed};
 use std::time::Instant;
 use tch::{Device, Tensor};
 use vipavatar_pipeline::sadtalker::batch::{BatchOptions, CoeffBatch};
@@ -50,12 +47,13 @@ fn sadtalker_mel_front_end_matches_reference() {
 #[test]
 fn sadtalker_mel_batch_matches_reference_blinks_and_ref() {
     let Some(fx) = io("audio_mel.io.safetensors") else { return };
+    // The seed of Python's `random` before `get_data`, as the fixture set records it.
+    let seed = readme_seed(&fixture_dir().expect("fixture dir"), "blink sequence");
     let first = f32s(get(&fx, "in.first_coeff_3dmm"));
     for (case, frames) in CASES {
         let wav = f32s(get(&fx, &format!("in.{case}wav")));
         let features = MelFeatures::from_samples(&wav).expect("mel features");
-        // The fixture seeds Python's `random` with 1111 before `get_data`.
-        let opts = BatchOptions { seed: 1111, ..Default::default() };
+        let opts = BatchOptions { seed, ..Default::default() };
         let batch = CoeffBatch::new(&features, &first, opts, Device::Cpu).expect("batch");
         assert_eq!(batch.num_frames, frames);
         check(&fx, &format!("out.{case}ratio_gt"), &batch.ratio, 0.0);
@@ -66,11 +64,11 @@ fn sadtalker_mel_batch_matches_reference_blinks_and_ref() {
     let wav = f32s(get(&fx, "in.wav"));
     let features = MelFeatures::from_samples(&wav).unwrap();
     let still =
-        CoeffBatch::new(&features, &first, BatchOptions { seed: 1111, still: true, ..Default::default() }, Device::Cpu)
+        CoeffBatch::new(&features, &first, BatchOptions { seed, still: true, ..Default::default() }, Device::Cpu)
             .unwrap();
     assert_eq!(f64::try_from(still.ratio.abs().max()).unwrap(), 0.0);
     let blink_rows: Vec<[f32; 64]> = (0..7).map(|i| [i as f32; 64]).collect();
-    let opts = BatchOptions { seed: 1111, still: false, ref_eyeblink: Some(&blink_rows) };
+    let opts = BatchOptions { seed, still: false, ref_eyeblink: Some(&blink_rows) };
     let with_ref = CoeffBatch::new(&features, &first, opts, Device::Cpu).unwrap();
     assert_eq!(f64::try_from(with_ref.ratio.abs().max()).unwrap(), 0.0);
     let refs = f32s(&with_ref.ref_coeff);

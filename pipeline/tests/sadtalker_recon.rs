@@ -2,10 +2,7 @@
 //! `coeff_3dmm` of `CropAndExtract.generate`) with the golden fixture `face3d_recon.io.safetensors`
 //! and the full-size random weights `face3d_recon.weights.safetensors`.
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::{check, device, f32s, get, io_and_weights};
+use crate::sadtalker_common::{check, device, f32s, get, io_and_weights};
 use tch::{Device, Kind};
 use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::sadtalker::recon::{image_to_input, FaceRecon, SplitCoeffs};

@@ -1,10 +1,7 @@
 //! CPU time of the audio-to-coefficient stage for 8 s of audio (200 frames) with the full-size
 //! random fixture weights. Prints the numbers (run with `--nocapture`); asserts only shapes.
 
-mod common;
-mod sadtalker_common;
-
-use sadtalker_common::fixture_dir;
+use crate::sadtalker_common::fixture_dir;
 use std::time::Instant;
 use tch::Device;
 use vipavatar_pipeline::sadtalker::audio2coeff::{Audio2Coeff, MotionOptions};

@@ -1,10 +1,7 @@
 //! The ffmpeg MP4 encoder, thumbnail and contact sheet on synthetic frames: stream layout checked
 //! with ffprobe, frames decoded back and compared, typed errors for bad frame streams.
 
-mod classic_support;
-mod common;
-
-use classic_support as sup;
+use crate::classic_support as sup;
 use vipavatar_pipeline::audio::AudioClip;
 use vipavatar_pipeline::engine::{FrameSink, Quality};
 use vipavatar_pipeline::image::RgbImage;

@@ -129,7 +129,8 @@ pub async fn upload(
     let existing = state.cache.peek::<AvatarRecord>(&key).await?;
     match existing.as_ref().map(|r| r.status) {
         Some(AvatarStatus::Ready) => {
-            if state.cache.get::<CoeffsEntry>(&Key::coeffs_3dmm(&image, mode.as_str())).await?.is_some() {
+            // `peek`: a status check, not a cache lookup, so it counts no hit or miss.
+            if state.cache.peek::<CoeffsEntry>(&Key::coeffs_3dmm(&image, mode.as_str())).await?.is_some() {
                 return Ok(HttpResponse::Ok().json(UploadResponse {
                     image_id: image.to_string(),
                     status: AvatarStatus::Ready,

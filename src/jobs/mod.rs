@@ -101,6 +101,16 @@ impl From<std::io::Error> for JobError {
     }
 }
 
+/// The message of a caught panic (`panic!` with a literal or a formatted string), for the two
+/// panic boundaries: the model thread and the job runner.
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
 pub fn internal(message: impl std::fmt::Display) -> JobError {
     JobError::Retry(ApiError::new(Code::Internal, message.to_string()).body())
 }
@@ -156,4 +166,19 @@ pub mod counters {
     pub const JOBS_FAILED: &str = "jobs:failed";
     pub const JOBS_RETRIED: &str = "jobs:retried";
     pub const JOBS_RECLAIMED: &str = "jobs:reclaimed";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn panic_messages_are_read_from_both_payload_kinds() {
+        let literal = std::panic::catch_unwind(|| panic!("plain")).unwrap_err();
+        assert_eq!(panic_message(literal.as_ref()), "plain");
+        let formatted = std::panic::catch_unwind(|| panic!("call {}", 3)).unwrap_err();
+        assert_eq!(panic_message(formatted.as_ref()), "call 3");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7u8)).unwrap_err();
+        assert_eq!(panic_message(other.as_ref()), "unknown panic");
+    }
 }

@@ -85,11 +85,7 @@ impl ModelThread {
             let (out, panicked) = match catch_unwind(AssertUnwindSafe(run)) {
                 Ok(out) => (out, false),
                 Err(panic) => {
-                    let what = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "unknown panic".into());
+                    let what = super::panic_message(panic.as_ref());
                     tracing::error!(panic = %what, "a model call panicked");
                     (Err(PipelineError::ModelPanic(what)), true)
                 }

@@ -242,8 +242,8 @@ async fn relay(
                 Piece::Error(json) => {
                     let body: ErrorBody = serde_json::from_str(&json)
                         .unwrap_or_else(|_| ApiError::new(Code::Internal, format!("part {index} failed")).body());
-                    let client = Code::from_str(&body.code).map(|c| c.info().0.is_client_error()).unwrap_or(false);
-                    return Err(if client { JobError::Final(body) } else { JobError::Retry(body) });
+                    // The same client-or-server rule as every other job error.
+                    return Err(ApiError::from(body).into());
                 }
             }
         }

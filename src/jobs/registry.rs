@@ -139,23 +139,7 @@ fn no_worker(what: &str) -> ApiError {
 pub async fn live_workers(cache: &Cache) -> Vec<WorkerAd> {
     let mut conn = cache.connection();
     let pattern = key(cache.namespace(), "*");
-    let (mut names, mut cursor) = (Vec::<String>::new(), 0u64);
-    loop {
-        let scanned: redis::RedisResult<(u64, Vec<String>)> = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(500)
-            .query_async(&mut conn)
-            .await;
-        let Ok((next, batch)) = scanned else { return Vec::new() };
-        names.extend(batch);
-        if next == 0 {
-            break;
-        }
-        cursor = next;
-    }
+    let Ok(names) = vipavatar_cache::scan(&mut conn, &pattern).await else { return Vec::new() };
     let mut ads = Vec::new();
     for n in names {
         if let Ok(Some(body)) = conn.get::<_, Option<String>>(&n).await {

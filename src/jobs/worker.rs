@@ -114,8 +114,7 @@ async fn process(ctx: &JobContext, d: &Delivery) {
                 break;
             }
             let result = AssertUnwindSafe(run(ctx, &job, attempt)).catch_unwind().await.unwrap_or_else(|panic| {
-                let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned());
-                Err(super::internal(format!("job panicked: {}", what.unwrap_or_default())))
+                Err(super::internal(format!("job panicked: {}", super::panic_message(panic.as_ref()))))
             });
             match result {
                 Ok(()) => {

@@ -41,13 +41,16 @@ async fn upload_precomputes_once_and_the_same_bytes_hit_the_cache() {
     assert_eq!(app.counter("computed:precompute").await, 1);
     assert_eq!(app.counter("computed:prepare").await, 1);
     let hits_before = app.counter("hits:3dmm_coeffs").await;
+    let misses_before = app.counter("misses:3dmm_coeffs").await;
 
     // Same bytes again: 200, cached, nothing recomputed.
     let (s, body) = app.upload(image.clone(), Some("crop")).await;
     assert_eq!(s, 200, "{body}");
     assert_eq!((body["status"].as_str(), body["cached"].as_bool()), (Some("ready"), Some(true)));
     assert_eq!(body["image_id"], id);
-    assert_eq!(app.counter("hits:3dmm_coeffs").await, hits_before + 1);
+    // The upload's status check is not a cache lookup: it counts neither a hit nor a miss.
+    assert_eq!(app.counter("hits:3dmm_coeffs").await, hits_before, "the status check counted a hit");
+    assert_eq!(app.counter("misses:3dmm_coeffs").await, misses_before);
     // Give a (wrongly) queued job time to run before checking nothing ran.
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(app.counter("computed:precompute").await, 1, "the second upload recomputed");

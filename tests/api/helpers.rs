@@ -5,46 +5,21 @@ use reqwest::multipart::{Form, Part};
 use reqwest::StatusCode;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 use vipavatar::config::{ApiKeys, EngineChoice};
 use vipavatar::Config;
+use vipavatar_cache::server::TestRedis;
 
-/// A redis-server child that dies with this process: a shell holds the server and kills it when
-/// our end of its stdin closes (however the test binary exits).
-struct TestRedis {
-    url: String,
-    _guard: Child,
-}
-
+/// The binary's one redis-server (`vipavatar_cache::server::TestRedis`).
 fn redis() -> &'static TestRedis {
     static REDIS: OnceLock<TestRedis> = OnceLock::new();
-    REDIS.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("vipavatar-api-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let sock = dir.join("redis.sock");
-        let script = format!(
-            "redis-server --port 0 --unixsocket {s} --save '' --appendonly no --dir {d} >{d}/redis.log 2>&1 & pid=$!; read _; kill $pid; wait $pid; rm -rf {d}",
-            s = sock.display(),
-            d = dir.display()
-        );
-        let child = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(Stdio::piped())
-            .spawn()
-            .expect("redis-server (Debian package redis-server) must be installed");
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        TestRedis { url: format!("redis+unix://{}", sock.display()), _guard: child }
-    })
+    REDIS.get_or_init(|| TestRedis::start("api-test"))
 }
 
 pub fn redis_url() -> String {
-    redis().url.clone()
+    redis().url().to_string()
 }
 
 pub fn repo() -> PathBuf {
@@ -73,7 +48,7 @@ pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
 pub fn test_config() -> Config {
     let ns = format!("t{}", uuid::Uuid::new_v4().simple());
     let mut c = Config::from_env().expect("config defaults");
-    c.redis_url = Some(redis_url());
+    c.redis_url = Some(redis_url().into());
     c.bind = "127.0.0.1:0".into();
     c.data_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("api").join(&ns);
     c.checkpoints = repo().join("checkpoints");

@@ -6,8 +6,9 @@
 use crate::helpers::{assert_error, ffmpeg, json, png_part, read, scratch, spawn_app_with, TestApp};
 use reqwest::multipart::Form;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
+use vipavatar_cache::server::{wait_for_socket, ServerOptions};
 
 /// A redis-server of this test alone, on a unix socket in a scratch dir; killed on drop.
 struct OwnRedis {
@@ -17,23 +18,10 @@ struct OwnRedis {
 
 impl OwnRedis {
     fn start(dir: &Path) -> Self {
-        let sock = dir.join("redis.sock");
-        let _ = std::fs::remove_file(&sock);
-        let child = Command::new("redis-server")
-            .args(["--port", "0", "--save", "", "--appendonly", "no"])
-            .arg("--unixsocket")
-            .arg(&sock)
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server");
-        let start = Instant::now();
-        while !sock.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let options = ServerOptions::ephemeral(dir);
+        let _ = std::fs::remove_file(dir.join("redis.sock"));
+        let child = options.command().spawn().expect("redis-server");
+        wait_for_socket(&dir.join("redis.sock"));
         Self { child, dir: dir.to_path_buf() }
     }
 
@@ -100,7 +88,7 @@ async fn redis_outages_fail_fast_and_recover() {
     let mut redis = OwnRedis::start(&dir);
     let url = redis.url();
     let app = spawn_app_with(0, |c| {
-        c.redis_url = Some(url);
+        c.redis_url = Some(url.into());
         c.edge.redis_timeout_ms = 500;
     })
     .await;

@@ -12,7 +12,7 @@ use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::precompute::{AvatarAnalysis, ImageLimits, Precomputer};
 use vipavatar_pipeline::video::{generate_video, GenerateOutput, GenerateRequest};
 
-use super::common;
+use crate::common;
 
 /// The loaded precompute models, or None (with one skip line) when they are not fetched.
 pub fn models() -> Option<&'static Precomputer> {

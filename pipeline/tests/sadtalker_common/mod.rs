@@ -22,6 +22,22 @@ pub fn io(name: &str) -> Option<HashMap<String, Tensor>> {
     fixture_dir().map(|d| crate::common::read_safetensors(&d.join(name)))
 }
 
+/// A seed of the fixture set, from the "Seeds" table of its `README.md` (`| what | seed |`): the
+/// row whose `what` cell starts with `what`, its first number. The fixture files carry only
+/// some seeds in their safetensors metadata (the waveform's, not the blink draw's), so the
+/// README, which is part of the set and hashed in its `manifest.json`, is where they live.
+pub fn readme_seed(dir: &Path, what: &str) -> u64 {
+    let text = std::fs::read_to_string(dir.join("README.md")).expect("fixture README.md");
+    let row = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('|'))
+        .find(|l| l.trim_start().starts_with(what))
+        .unwrap_or_else(|| panic!("fixture README.md has no seed row starting with `{what}`"));
+    let cell = row.split('|').nth(1).unwrap_or_else(|| panic!("seed row `{row}` has no seed cell"));
+    let digits: String = cell.trim().chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().unwrap_or_else(|_| panic!("seed cell `{cell}` of row `{what}` is not a number"))
+}
+
 /// `(io tensors, weights file path)` for a network fixture.
 pub fn io_and_weights(io_name: &str, weights_name: &str) -> Option<(HashMap<String, Tensor>, PathBuf)> {
     let dir = fixture_dir()?;

@@ -91,7 +91,7 @@ pub struct FaceRenderConfig {
 }
 
 fn bad(reason: impl Into<String>) -> PipelineError {
-    PipelineError::InvalidOption { field: "facerender_config", reason: reason.into() }
+    PipelineError::Config { what: "facerender_config", reason: reason.into() }
 }
 
 /// The parts of a SadTalker renderer YAML file the port reads (other sections are ignored).
