@@ -96,6 +96,8 @@ pub struct GenerateArgs {
     pub output: PathBuf,
     #[arg(long, value_enum, env = ENGINE_ENV, default_value = "auto")]
     pub engine: EngineChoice,
+    #[command(flatten)]
+    pub x264: crate::config::X264Args,
     /// Output face size: 256 or 512.
     #[arg(long, default_value_t = 256)]
     pub size: u32,
@@ -207,6 +209,7 @@ fn precompute(args: PrecomputeArgs) -> anyhow::Result<()> {
 
 fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     use vipavatar_pipeline::video::{generate_local, LocalGenerate};
+    args.x264.apply();
     let options = GenerateOptions {
         size: args.size,
         preprocess: args.preprocess.into(),

@@ -246,6 +246,8 @@ pub struct JobArgs {
     /// this length that several workers render at once; 0 never splits.
     #[arg(long, env = "VIPAVATAR_SPLIT_SECONDS", default_value_t = 30.0)]
     pub split_seconds: f64,
+    #[command(flatten)]
+    pub x264: X264Args,
     /// Keep an ffmpeg started ahead of the next encode (each finished video starts one with the
     /// same command line), so no video waits for ffmpeg to start (60-100 ms here).
     #[arg(long, env = "VIPAVATAR_FFMPEG_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
@@ -306,6 +308,21 @@ mod tests {
     }
 
     #[test]
+    fn x264_settings_parse_and_a_wrong_preset_is_refused() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            x264: X264Args,
+        }
+        use clap::Parser;
+        let d = Cli::try_parse_from(["t"]).expect("defaults").x264;
+        assert_eq!((d.x264_preset.as_str(), d.x264_threads), ("veryfast", 1));
+        let set = Cli::try_parse_from(["t", "--x264-preset", "superfast", "--x264-threads", "0"]).expect("flags").x264;
+        assert_eq!((set.x264_preset.as_str(), set.x264_threads), ("superfast", 0));
+        assert!(Cli::try_parse_from(["t", "--x264-preset", "lightning"]).is_err(), "not an x264 preset");
+    }
+
+    #[test]
     fn config_debug_redacts_the_redis_password() {
         let mut config = Config::from_env().expect("defaults parse");
         config.redis_url = Some("redis://default:s3cret@db.example:6379/2".into());
@@ -313,5 +330,52 @@ mod tests {
         assert!(!dbg.contains("s3cret"), "{dbg}");
         assert!(dbg.contains("redis://default:***@db.example:6379/2"), "{dbg}");
         assert_eq!(config.redis_url.as_deref(), Some("redis://default:s3cret@db.example:6379/2"));
+    }
+}
+
+/// x264 presets, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum X264Preset {
+    Ultrafast,
+    Superfast,
+    Veryfast,
+    Faster,
+    Fast,
+    Medium,
+    Slow,
+}
+
+impl X264Preset {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ultrafast => "ultrafast",
+            Self::Superfast => "superfast",
+            Self::Veryfast => "veryfast",
+            Self::Faster => "faster",
+            Self::Fast => "fast",
+            Self::Medium => "medium",
+            Self::Slow => "slow",
+        }
+    }
+}
+
+/// x264's speed settings for every encode of the process (`serve`, `worker`, `generate`).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct X264Args {
+    /// x264 speed preset (`superfast`: faster, files about a third larger).
+    #[arg(long, env = "VIPAVATAR_X264_PRESET", value_enum, default_value = "veryfast")]
+    pub x264_preset: X264Preset,
+    /// x264 threads per encode (0: x264 decides; 1 leaves the other cores to the renderer).
+    #[arg(long, env = "VIPAVATAR_X264_THREADS", default_value_t = 1)]
+    pub x264_threads: u32,
+}
+
+impl X264Args {
+    /// Make these the settings of every later encode in this process.
+    pub fn apply(&self) {
+        vipavatar_pipeline::video::set_x264(vipavatar_pipeline::video::X264 {
+            preset: self.x264_preset.as_str(),
+            threads: self.x264_threads,
+        });
     }
 }

@@ -42,12 +42,41 @@ pub type FragmentSink = Box<dyn FnMut(Fragment) + Send>;
 /// Receives a bare H.264 (Annex B) stream in arbitrary pieces, in order.
 pub type ByteSink = Box<dyn FnMut(Vec<u8>) + Send>;
 
+/// x264's speed settings: server configuration, the same for every encode of a process (set
+/// once with [`set_x264`]; parts of one split video must match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct X264 {
+    /// An x264 preset name (`veryfast`, `superfast`, ...).
+    pub preset: &'static str,
+    /// Threads per encode; 0 lets x264 decide.
+    pub threads: u32,
+}
+
+impl X264 {
+    /// One thread per encode: a session's frames are coded one at a time as they are rendered,
+    /// and extra (slice) threads only compete with the renderer for the cores (8 s in process on
+    /// 2 cores: 547 -> 485 ms).
+    pub const DEFAULT: Self = Self { preset: "veryfast", threads: 1 };
+}
+
+static X264_SETTINGS: std::sync::RwLock<X264> = std::sync::RwLock::new(X264::DEFAULT);
+
+/// Set the x264 settings of every later encode in this process.
+pub fn set_x264(settings: X264) {
+    *X264_SETTINGS.write().unwrap_or_else(|p| p.into_inner()) = settings;
+}
+
+/// The x264 settings new encoders start with.
+pub fn x264() -> X264 {
+    *X264_SETTINGS.read().unwrap_or_else(|p| p.into_inner())
+}
+
 /// What the encoder needs to know up front.
 pub struct EncoderConfig {
     pub output: PathBuf,
     pub quality: Quality,
-    /// x264 preset (default `veryfast`, or `VIPAVATAR_X264_PRESET`).
-    pub preset: String,
+    /// x264's speed settings (the process's, from [`x264`]).
+    pub x264: X264,
     /// The live fragmented stream, if wanted.
     pub stream: Option<FragmentSink>,
     /// Frame indices that start a keyframe (and, live, a fragment); empty: x264 decides.
@@ -68,7 +97,7 @@ impl EncoderConfig {
         Self {
             output: output.to_path_buf(),
             quality,
-            preset: std::env::var("VIPAVATAR_X264_PRESET").unwrap_or_else(|_| "veryfast".into()),
+            x264: x264(),
             stream: None,
             keyframes: Vec::new(),
             zero_latency: false,
@@ -320,11 +349,8 @@ pub(crate) fn soundtrack_bytes(audio: &AudioClip) -> Vec<u8> {
 
 /// The x264 settings every encode shares (parts of one video must match, so they live here).
 pub(crate) fn x264_args(cmd: &mut Command, config: &EncoderConfig) {
-    // One x264 thread per encode by default: a session's frames are coded one at a time as they
-    // are rendered, and extra (slice) threads only compete with the renderer for the cores
-    // (8 s in process on 2 cores: 547 -> 485 ms). `VIPAVATAR_X264_THREADS=0` lets x264 decide.
-    let threads = std::env::var("VIPAVATAR_X264_THREADS").unwrap_or_else(|_| "1".into());
-    cmd.args(["-c:v", "libx264", "-preset", &config.preset, "-threads", &threads]);
+    let threads = config.x264.threads.to_string();
+    cmd.args(["-c:v", "libx264", "-preset", config.x264.preset, "-threads", &threads]);
     cmd.args([if config.constant_quantizer { "-qp" } else { "-crf" }, &crf(config.quality).to_string()]).args([
         "-pix_fmt",
         "yuv420p",

@@ -12,7 +12,7 @@ pub mod join;
 pub mod sheet;
 pub mod warm;
 
-pub use encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
+pub use encoder::{set_x264, x264, ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS, X264};
 pub use fmp4::{track_samples, Fragment, FragmentSplitter};
 pub use generate::{
     chunk_starts, generate_local, generate_part, generate_streamed, generate_video, generate_video_until,
