@@ -266,6 +266,13 @@ pub struct JobArgs {
 }
 
 impl JobArgs {
+    /// Set this process's encoder behaviour: x264's settings, and whether each encode leaves an
+    /// ffmpeg started for the next (what a worker process, or the bench acting as one, does).
+    pub fn apply_encoding(&self) {
+        vipavatar_pipeline::video::warm::keep(self.ffmpeg_ahead);
+        self.x264.apply();
+    }
+
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.job_lease_secs.max(1))
     }

@@ -118,8 +118,7 @@ pub fn start_workers(
     }
     let plan = plan(config, n).map_err(|e| anyhow::anyhow!("VIPAVATAR_DEVICE: {e}"))?;
     // Workers encode video after video: each encode leaves an ffmpeg started for the next one.
-    vipavatar_pipeline::video::warm::keep(config.jobs.ffmpeg_ahead);
-    config.jobs.x264.apply();
+    config.jobs.apply_encoding();
     let slots = assign(n, plan.len());
     let consumers: Vec<String> = (0..n).map(|i| format!("{}-{}-w{i}", host_name(), std::process::id())).collect();
     let (engines_tx, engines_rx) = watch::channel::<EngineState>(None);

@@ -170,9 +170,8 @@ async fn job_context(config: Config) -> anyhow::Result<(Arc<JobContext>, Arc<Eng
         None => return Err(anyhow!("models did not load")),
     };
     let model = ModelThread::spawn("bench-model")?;
-    // As in a worker process (`start_workers`): each encode leaves an ffmpeg started for the next.
-    vipavatar_pipeline::video::warm::keep(config.jobs.ffmpeg_ahead);
-    config.jobs.x264.apply();
+    // As in a worker process (`start_workers`).
+    config.jobs.apply_encoding();
     let device = vipavatar::engines::first_device(&config)?;
     let ctx = JobContext {
         config,

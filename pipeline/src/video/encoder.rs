@@ -412,8 +412,10 @@ impl Mp4Encoder {
         self.frames
     }
 
-    /// ffmpeg's arguments for `width` x `height` frames, with `output` as the MP4's path.
-    fn args(&self, width: u32, height: u32, output: &Path) -> Vec<OsString> {
+    /// ffmpeg's arguments for `width` x `height` frames, with the [`warm::OUTPUT`] placeholder
+    /// where the MP4's path goes (filled in when the process is started).
+    fn args(&self, width: u32, height: u32) -> Vec<OsString> {
+        let output = Path::new(warm::OUTPUT);
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
             .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}")])
@@ -443,18 +445,14 @@ impl Mp4Encoder {
             return Err(PipelineError::Encode(format!("frame size {width}x{height} must be even and non-zero")));
         }
         let line = warm::Line {
-            args: self.args(width, height, Path::new(warm::OUTPUT)),
+            args: self.args(width, height),
             stdout: self.config.stream.is_some() || self.config.elementary.is_some(),
             audio: self.soundtrack.is_some(),
             dir: self.config.output.parent().map(Path::to_path_buf).unwrap_or_default(),
         };
         let (started, warm_output) = match warm::take(&line) {
             Some((started, path)) => (started, path),
-            None => {
-                let mut cmd = Command::new("ffmpeg");
-                cmd.args(self.args(width, height, &self.config.output));
-                (Started::spawn(cmd, line.stdout, line.audio)?, None)
-            }
+            None => (line.spawn(&self.config.output)?, None),
         };
         let reader: Option<StdoutReader> = match (self.config.elementary.take(), self.config.stream.take()) {
             (Some(sink), _) => Some(Box::new(move |out| read_bytes(out, sink))),
@@ -481,11 +479,7 @@ impl Mp4Encoder {
             }
         }
         // The next encode with this command line finds an ffmpeg already started.
-        warm::refill(&run.line, |output| {
-            let mut cmd = Command::new("ffmpeg");
-            cmd.args(run.line.args.iter().map(|a| warm::with_output(a, output)));
-            cmd
-        });
+        warm::refill(&run.line);
         finished?;
         Ok(self.frames)
     }

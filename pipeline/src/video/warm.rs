@@ -7,6 +7,7 @@
 //! this process does (its stdin closes), and nothing is written before its first frame arrives.
 
 use super::encoder::{tee_escape, Started};
+use crate::error::Result;
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,6 +37,13 @@ impl Line {
     /// Whether ffmpeg writes a file (an MP4 at the output path) rather than only to stdout.
     pub fn writes_file(&self) -> bool {
         self.args.iter().any(|a| a.to_str().is_some_and(|s| s.contains(OUTPUT)))
+    }
+
+    /// Start ffmpeg with this command line writing `output`.
+    pub(crate) fn spawn(&self, output: &Path) -> Result<Started> {
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(self.args.iter().map(|a| with_output(a, output)));
+        Started::spawn(cmd, self.stdout, self.audio)
     }
 }
 
@@ -76,28 +84,31 @@ pub(crate) fn take(line: &Line) -> Option<(Started, Option<PathBuf>)> {
     None
 }
 
-/// Start one more process for `line` (built by `build` for a given output path), when keeping is
-/// on and fewer than [`PER_LINE`] are kept for it. A failed start is only logged: the next encode
-/// starts its own.
-pub(crate) fn refill(line: &Line, build: impl FnOnce(&Path) -> Command) {
-    let mut kept = KEEP.lock().unwrap_or_else(|p| p.into_inner());
-    if !kept.0 || kept.1.iter().filter(|k| &k.line == line).count() >= PER_LINE {
+/// Start one more process for `line`, when keeping is on and fewer than [`PER_LINE`] are kept
+/// for it. A failed start is only logged: the next encode starts its own.
+pub(crate) fn refill(line: &Line) {
+    let wanted = |kept: &(bool, Vec<Kept>)| kept.0 && kept.1.iter().filter(|k| &k.line == line).count() < PER_LINE;
+    if !wanted(&KEEP.lock().unwrap_or_else(|p| p.into_inner())) {
         return;
     }
+    // Started outside the lock, so other encoders can take theirs meanwhile.
     let output = line.dir.join(format!(".warm-{}-{}.mp4", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
-    match Started::spawn(build(&output), line.stdout, line.audio) {
-        Ok(started) => {
-            if kept.1.len() >= MAX_KEPT {
-                kept.1.remove(0);
-            }
-            kept.1.push(Kept { line: line.clone(), started, output });
-        }
-        Err(e) => tracing::warn!(error = %e, "could not start an ffmpeg ahead of need"),
+    let started = match line.spawn(&output) {
+        Ok(started) => started,
+        Err(e) => return tracing::warn!(error = %e, "could not start an ffmpeg ahead of need"),
+    };
+    let mut kept = KEEP.lock().unwrap_or_else(|p| p.into_inner());
+    if !wanted(&kept) {
+        return; // dropping `started` stops it
     }
+    if kept.1.len() >= MAX_KEPT {
+        kept.1.remove(0);
+    }
+    kept.1.push(Kept { line: line.clone(), started, output });
 }
 
 /// `arg` with [`OUTPUT`] replaced by `output` (escaped for the tee muxer inside a tee spec).
-pub(crate) fn with_output(arg: &OsStr, output: &Path) -> OsString {
+fn with_output(arg: &OsStr, output: &Path) -> OsString {
     if arg == OsStr::new(OUTPUT) {
         return output.as_os_str().to_owned();
     }
