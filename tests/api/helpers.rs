@@ -277,6 +277,17 @@ pub fn speech_16s(data: &Path, dir: &Path) -> PathBuf {
     audio
 }
 
+/// A ready avatar of `people_0.png` and a generate of [`speech_16s`] (400 frames) for it, which
+/// must be queued (202): `(image_id, audio path, session_id, the generate answer)`.
+pub async fn start_16s_session(app: &TestApp, data: &Path, dir: &Path) -> (String, PathBuf, String, Value) {
+    let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
+    let audio = speech_16s(data, dir);
+    let (s, body) = app.generate(&id, read(&audio), &[]).await;
+    assert_eq!(s, 202, "{body}");
+    let sid = body["session_id"].as_str().unwrap().to_string();
+    (id, audio, sid, body)
+}
+
 pub fn ffmpeg(args: &[&str], out: &Path) {
     let status = Command::new("ffmpeg")
         .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])

@@ -27,11 +27,7 @@ async fn the_hls_playlist_follows_the_render_and_its_segments_are_the_video() {
     let Some(data) = testdata() else { return };
     let dir = scratch("hls");
     let app = spawn_app().await;
-    let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
-    let audio = speech_16s(&data, &dir);
-    let (s, body) = app.generate(&id, read(&audio), &[]).await;
-    assert_eq!(s, 202, "{body}");
-    let sid = body["session_id"].as_str().unwrap().to_string();
+    let (id, audio, sid, body) = start_16s_session(&app, &data, &dir).await;
     let hls = format!("/api/vip/stream/{sid}/index.m3u8");
     assert_eq!(body["hls_url"], hls);
 

@@ -10,12 +10,8 @@ async fn the_live_stream_plays_early_and_matches_the_download() {
     let Some(data) = testdata() else { return };
     let dir = scratch("stream");
     let app = spawn_app().await;
-    let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
     // 16 s of speech (400 frames): long enough that the stream visibly starts before the end.
-    let audio = speech_16s(&data, &dir);
-    let (s, body) = app.generate(&id, read(&audio), &[]).await;
-    assert_eq!(s, 202, "{body}");
-    let sid = body["session_id"].as_str().unwrap().to_string();
+    let (id, audio, sid, body) = start_16s_session(&app, &data, &dir).await;
     assert_eq!(body["stream_url"], format!("/api/vip/stream/{sid}"));
 
     let (live, marks, end) = read_stream(&app, &sid).await;

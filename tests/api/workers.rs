@@ -272,12 +272,8 @@ async fn a_long_clip_renders_in_parts_on_two_worker_processes() {
     let dir = scratch("parts");
     let _a = WorkerProcess::start(&app.config, &dir.join("worker-a.log"));
     let _b = WorkerProcess::start(&app.config, &dir.join("worker-b.log"));
-    let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
     // 16 s of speech: four parts of about 4 s.
-    let audio = speech_16s(&data, &dir);
-    let (s, body) = app.generate(&id, read(&audio), &[]).await;
-    assert_eq!(s, 202, "{body}");
-    let sid = body["session_id"].as_str().unwrap().to_string();
+    let (_, audio, sid, _) = start_16s_session(&app, &data, &dir).await;
     let (live, _, end) = read_stream(&app, &sid).await;
     assert!(end.is_ok(), "the stream was cut: {end:?}");
     let done = app.wait_session(&sid, Duration::from_secs(300)).await;
