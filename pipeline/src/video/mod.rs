@@ -13,8 +13,8 @@ pub mod sheet;
 pub use encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
 pub use fmp4::{Fragment, FragmentSplitter};
 pub use generate::{
-    chunk_starts, generate_local, generate_part, generate_streamed, generate_video, generate_video_until,
-    GenerateOutput, GenerateRequest, GenerateStats, LocalGenerate, Progress, STOPPED,
+    chunk_starts, generate_local, generate_part, generate_streamed, generate_streamed_until, generate_video,
+    generate_video_until, GenerateOutput, GenerateRequest, GenerateStats, LocalGenerate, Progress, STOPPED,
 };
 pub use idle::render_idle;
 pub use join::{split_parts, MuxFeed, PartMuxer};
