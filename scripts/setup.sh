@@ -3,6 +3,7 @@
 # in a project-local virtualenv, registry-fetched model files, and a build of the workspace.
 #   scripts/setup.sh            # everything
 #   SKIP_BUILD=1 scripts/setup.sh
+#   TEST_TOOLS=1 scripts/setup.sh  # also the S3 server the storage tests start (scripts/test.sh sets it)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -39,7 +40,22 @@ fi
 log "fetching registry model assets"
 VIPAVATAR_PYTHON="$venv/bin/python" checkpoints/fetch.sh
 
-# 4. Build (binaries carry an rpath to .venv's libtorch: no LD_LIBRARY_PATH needed).
+# 4. Test tools: s3s-fs, a real S3 server (SigV4) over a directory, from crates.io. Cached in
+#    ~/.cargo/bin; 0.14.1 is the newest release that builds with rustc 1.95.
+S3S_VERSION="${S3S_VERSION:-0.14.1}"
+if [ -n "${TEST_TOOLS:-}" ]; then
+  s3s="$HOME/.cargo/bin/s3s-fs"
+  if [ -x "$s3s" ] && "$s3s" --version 2>/dev/null | grep -q " $S3S_VERSION\$"; then
+    log "s3s-fs $S3S_VERSION present"
+  else
+    log "installing s3s-fs $S3S_VERSION (about 2 minutes)"
+    # shellcheck source=env.sh
+    source scripts/env.sh
+    cargo install "s3s-fs@$S3S_VERSION" --features binary --locked --quiet
+  fi
+fi
+
+# 5. Build (binaries carry an rpath to .venv's libtorch: no LD_LIBRARY_PATH needed).
 if [ -z "${SKIP_BUILD:-}" ]; then
   # shellcheck source=env.sh
   source scripts/env.sh

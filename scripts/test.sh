@@ -3,7 +3,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-SKIP_BUILD=1 scripts/setup.sh
+SKIP_BUILD=1 TEST_TOOLS=1 scripts/setup.sh
 # shellcheck source=env.sh
 source scripts/env.sh
 # Formatting gate (rustfmt.toml): a diff fails the run before anything is compiled.

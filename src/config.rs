@@ -113,6 +113,29 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// A credential or signing key. `Debug` and `Display` never print it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        Ok(Self(s.to_string()))
+    }
+    /// The value itself, for the one place that needs it (a signer, a client builder).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
 fn parse_namespace(s: &str) -> Result<Namespace, String> {
     Namespace::parse(s).map_err(|e| e.to_string())
 }
@@ -164,6 +187,90 @@ pub struct Config {
 
     #[command(flatten)]
     pub edge: EdgeArgs,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+
+    #[command(flatten)]
+    pub webhooks: WebhookArgs,
+}
+
+/// Signed webhook deliveries (`callback_url`).
+#[derive(Debug, Clone, Args)]
+pub struct WebhookArgs {
+    /// Standard Webhooks signing secret (`whsec_<base64>`, or any string); unset: requests with
+    /// a `callback_url` are refused. Never logged.
+    #[arg(long, env = "VIPAVATAR_WEBHOOK_SECRET", value_parser = Secret::parse, hide_env_values = true)]
+    pub webhook_secret: Option<Secret>,
+    /// Attempts per delivery before it is given up.
+    #[arg(long, env = "VIPAVATAR_WEBHOOK_MAX_ATTEMPTS", default_value_t = 8)]
+    pub webhook_max_attempts: u32,
+    /// Wait before the second attempt in milliseconds; doubles per attempt.
+    #[arg(long, env = "VIPAVATAR_WEBHOOK_BACKOFF_MS", default_value_t = 1000)]
+    pub webhook_backoff_ms: u64,
+    /// Longest wait for a receiver's answer, in seconds.
+    #[arg(long, env = "VIPAVATAR_WEBHOOK_TIMEOUT_SECS", default_value_t = 10)]
+    pub webhook_timeout_secs: u64,
+}
+
+/// Server-side fetches of client-given URLs (`image_url`, `audio_url`, `callback_url`).
+#[derive(Debug, Clone, Args)]
+pub struct FetchArgs {
+    /// Let fetches reach loopback, private, link-local and metadata addresses (never in
+    /// production: any client could make the server read internal services).
+    #[arg(long, env = "VIPAVATAR_FETCH_ALLOW_PRIVATE")]
+    pub fetch_allow_private: bool,
+    /// Comma list of networks (`10.1.0.0/16`, `192.168.1.7`) or host names that fetches may
+    /// reach although they are private.
+    #[arg(long, env = "VIPAVATAR_FETCH_ALLOW", default_value = "")]
+    pub fetch_allow: String,
+    /// Redirects followed per fetch (each target checked again).
+    #[arg(long, env = "VIPAVATAR_FETCH_MAX_REDIRECTS", default_value_t = 3)]
+    pub fetch_max_redirects: usize,
+    /// Connection timeout per fetch, in milliseconds.
+    #[arg(long, env = "VIPAVATAR_FETCH_CONNECT_TIMEOUT_MS", default_value_t = 5000)]
+    pub fetch_connect_timeout_ms: u64,
+    /// Longest silence while reading a fetched body, in seconds.
+    #[arg(long, env = "VIPAVATAR_FETCH_READ_TIMEOUT_SECS", default_value_t = 15)]
+    pub fetch_read_timeout_secs: u64,
+    /// Longest whole fetch, in seconds.
+    #[arg(long, env = "VIPAVATAR_FETCH_TIMEOUT_SECS", default_value_t = 60)]
+    pub fetch_timeout_secs: u64,
+}
+
+/// Where blobs (originals, audio, videos, thumbnails, idle loops) live.
+#[derive(Debug, Clone, Args)]
+pub struct StorageArgs {
+    /// Blob storage: unset = the data directory; a path = that local directory;
+    /// `s3://bucket/prefix` = an S3-compatible object store (AWS S3, MinIO, R2, ...).
+    #[arg(long, env = "VIPAVATAR_STORAGE")]
+    pub storage: Option<String>,
+    /// S3 endpoint URL (unset: AWS, or `AWS_ENDPOINT`); `http://` allows plain HTTP.
+    #[arg(long, env = "VIPAVATAR_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Endpoint written into presigned download URLs, when clients reach the store at another
+    /// address than this service does (unset: the endpoint).
+    #[arg(long, env = "VIPAVATAR_S3_PUBLIC_ENDPOINT")]
+    pub s3_public_endpoint: Option<String>,
+    /// S3 region (unset: `AWS_REGION`, else us-east-1).
+    #[arg(long, env = "VIPAVATAR_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// S3 access key id (unset: `AWS_ACCESS_KEY_ID` or the instance's role).
+    #[arg(long, env = "VIPAVATAR_S3_ACCESS_KEY_ID", value_parser = Secret::parse)]
+    pub s3_access_key_id: Option<Secret>,
+    /// S3 secret access key (unset: `AWS_SECRET_ACCESS_KEY`); never logged.
+    #[arg(long, env = "VIPAVATAR_S3_SECRET_ACCESS_KEY", value_parser = Secret::parse, hide_env_values = true)]
+    pub s3_secret_access_key: Option<Secret>,
+    /// Lifetime of the presigned download URLs handed out with object storage, in seconds.
+    #[arg(long, env = "VIPAVATAR_PRESIGN_TTL_SECS", default_value_t = 3600)]
+    pub presign_ttl_secs: u64,
+    /// This service's public base URL (`https://avatars.example.com`): download URLs in status
+    /// answers become absolute links to it (unset: relative, or the presigned URL with S3).
+    #[arg(long, env = "VIPAVATAR_PUBLIC_URL")]
+    pub public_url: Option<String>,
 }
 
 /// Timeouts at the edges of a request: the client's body, and every Redis call.
@@ -259,6 +366,10 @@ pub struct JobArgs {
     /// How often `{data}/tmp` is swept (also once at start-up).
     #[arg(long, env = "VIPAVATAR_TMP_SWEEP_SECS", default_value_t = 600)]
     pub tmp_sweep_secs: u64,
+    /// Upload and generate answer 429 `overloaded` (with Retry-After) instead of queueing more
+    /// while the queues hold more than this many waiting jobs (0: no limit).
+    #[arg(long, env = "VIPAVATAR_MAX_QUEUED", default_value_t = 1000)]
+    pub max_queued: u64,
     /// Tests only: the N-th call (1-based) on each device's model thread panics, to exercise the
     /// panic boundary and the engine rebuild. Unset in production.
     #[arg(long, env = "VIPAVATAR_TEST_PANIC_MODEL_CALL", hide = true)]
@@ -302,6 +413,19 @@ mod tests {
         let dbg = format!("{keys:?}");
         assert!(!dbg.contains("a1") && !dbg.contains("b2"), "{dbg}");
         assert!(!ApiKeys::parse("").unwrap().is_enabled());
+    }
+
+    #[test]
+    fn storage_credentials_never_reach_debug() {
+        let mut c = Config::from_env().unwrap();
+        c.storage.s3_access_key_id = Some(Secret::parse("AKIDEXAMPLE123").unwrap());
+        c.storage.s3_secret_access_key = Some(Secret::parse("wJalrXUtnFEMIsecret").unwrap());
+        c.webhooks.webhook_secret = Some(Secret::parse("whsec_c2VjcmV0LXNpZ25pbmcta2V5").unwrap());
+        let dbg = format!("{c:?}");
+        for secret in ["AKIDEXAMPLE123", "wJalrXUtnFEMIsecret", "c2VjcmV0LXNpZ25pbmcta2V5"] {
+            assert!(!dbg.contains(secret), "{dbg}");
+        }
+        assert!(dbg.contains("redacted"), "{dbg}");
     }
 
     #[test]

@@ -95,11 +95,17 @@ make_error_codes! {
     RouteNotFound => (NOT_FOUND, "route_not_found", InvalidRequest);
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "method_not_allowed", InvalidRequest);
     BodyTimeout => (REQUEST_TIMEOUT, "body_timeout", InvalidRequest);
+    InvalidBase64 => (BAD_REQUEST, "invalid_base64", InvalidRequest);
+    UrlForbidden => (BAD_REQUEST, "url_forbidden", InvalidRequest);
+    UrlFetchFailed => (UNPROCESSABLE_ENTITY, "url_fetch_failed", InvalidRequest);
     // resources
     ImageNotFound => (NOT_FOUND, "image_not_found", InvalidRequest);
     SessionNotFound => (NOT_FOUND, "session_not_found", InvalidRequest);
     VideoNotReady => (CONFLICT, "video_not_ready", InvalidRequest);
     VideoFailed => (CONFLICT, "video_failed", InvalidRequest);
+    SessionCancelled => (CONFLICT, "session_cancelled", InvalidRequest);
+    SessionFinished => (CONFLICT, "session_finished", InvalidRequest);
+    ThumbnailNotFound => (NOT_FOUND, "thumbnail_not_found", InvalidRequest);
     IdleNotFound => (NOT_FOUND, "idle_not_found", InvalidRequest);
     StreamUnavailable => (NOT_FOUND, "stream_unavailable", InvalidRequest);
     AvatarFailed => (UNPROCESSABLE_ENTITY, "avatar_failed", InvalidRequest);
@@ -109,6 +115,7 @@ make_error_codes! {
     InvalidApiKey => (UNAUTHORIZED, "invalid_api_key", Auth);
     // system
     NotReady => (SERVICE_UNAVAILABLE, "not_ready", System);
+    Overloaded => (TOO_MANY_REQUESTS, "overloaded", System);
     RedisUnavailable => (SERVICE_UNAVAILABLE, "redis_unavailable", System);
     WorkerLost => (INTERNAL_SERVER_ERROR, "worker_lost", System);
     Internal => (INTERNAL_SERVER_ERROR, codes::INTERNAL, Internal);

@@ -7,14 +7,18 @@ pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod engines;
+pub mod erase;
 pub mod errors;
+pub mod fetch;
 pub mod jobs;
+pub mod performance;
 pub mod records;
 pub mod redis_server;
 pub mod redis_watch;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod webhooks;
 
 pub use config::Config;
 pub use startup::Application;

@@ -12,6 +12,17 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// The latest webhook delivery attempt for a session or an avatar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WebhookState {
+    /// True once a delivery was answered 2xx.
+    pub delivered: bool,
+    /// Attempts made for the latest delivery.
+    pub attempts: u32,
+    /// HTTP status of the last attempt (absent when no answer came: timeout, refused connection).
+    pub last_status: Option<u16>,
+}
+
 /// Precompute state of one image in one preprocess mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -35,6 +46,8 @@ pub struct AvatarRecord {
     pub width: u32,
     pub height: u32,
     pub faces_found: u32,
+    /// Webhook deliveries for this avatar's events.
+    pub webhook: Option<WebhookState>,
 }
 
 impl AvatarRecord {
@@ -51,6 +64,7 @@ impl AvatarRecord {
             width: 0,
             height: 0,
             faces_found: 0,
+            webhook: None,
         }
     }
 
@@ -73,15 +87,18 @@ pub enum SessionStatus {
     Processing,
     Ready,
     Failed,
+    /// Cancelled by `DELETE /api/vip/session/{id}` (or its face was erased).
+    Cancelled,
 }
 
-/// Where a finished video is, relative to the data directory.
+/// Where a finished video and its first-frame thumbnail are (blob names).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct VideoRef {
     pub file: String,
     pub bytes: u64,
     pub duration_s: f64,
     pub frames: u64,
+    pub thumbnail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +132,11 @@ pub struct SessionRecord {
     /// Frames rendered so far, of `frames_total` (0 until rendering starts).
     pub frames_done: u64,
     pub frames_total: u64,
+    /// Webhook deliveries for this session's events.
+    pub webhook: Option<WebhookState>,
+    /// Measured seconds of work the cache saved this session (image side; a cached video also
+    /// its whole render), set when it finishes.
+    pub saved_s: Option<f64>,
 }
 
 /// What a generate request asks for: the fields a new session starts from.
@@ -155,11 +177,13 @@ impl SessionRecord {
             first_frame_ms: None,
             frames_done: 0,
             frames_total: 0,
+            webhook: None,
+            saved_s: None,
         }
     }
 
     pub fn is_finished(&self) -> bool {
-        matches!(self.status, SessionStatus::Ready | SessionStatus::Failed)
+        matches!(self.status, SessionStatus::Ready | SessionStatus::Failed | SessionStatus::Cancelled)
     }
 }
 

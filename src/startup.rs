@@ -23,7 +23,7 @@ use vipavatar_cache::{Cache, CacheConfig, FragmentStreams};
 
 /// Layout version of everything the service stores through the cache; bump it when a stored
 /// struct changes so old values read as misses.
-pub const CACHE_SCHEMA_VERSION: u16 = 2;
+pub const CACHE_SCHEMA_VERSION: u16 = 3;
 
 /// Redis, cache, queue and files: what both the API and the workers use.
 pub struct Services {
@@ -67,8 +67,9 @@ impl Services {
         let streams = FragmentStreams::new(client.clone(), conn.clone(), config.namespace.clone(), &config.ttl.ttls());
         let queue = JobQueue::new(conn, config.namespace.clone());
         queue.ensure_groups().await.context("create the job streams")?;
-        let blobs = BlobStore::open(&config.data_dir)
-            .with_context(|| format!("create the data directory {}", config.data_dir.display()))?;
+        let blobs = BlobStore::from_config(config)
+            .with_context(|| format!("open the blob storage (data directory {})", config.data_dir.display()))?;
+        tracing::info!(storage = %blobs.describe(), "blob storage");
         Ok(Self { client, cache, queue, blobs, streams, redis_child })
     }
 }
@@ -164,7 +165,7 @@ pub fn start_workers(
         }
         let _ = owners_tx.send(Some(result));
     });
-    let workers = consumers
+    let mut workers: Vec<JoinHandle<()>> = consumers
         .into_iter()
         .zip(slots)
         .enumerate()
@@ -206,10 +207,15 @@ pub fn start_workers(
             })
         })
         .collect();
+    // Webhook deliveries: one deliverer per worker process.
+    let consumer = format!("{}-{}-webhooks", host_name(), std::process::id());
+    let fetcher = crate::fetch::Fetcher::new(&config.fetch)?;
+    let deliverer = crate::webhooks::deliver::Deliverer::new(config, services.cache.clone(), fetcher, consumer)?;
+    workers.push(crate::spawn_named("webhooks", deliverer.run(shutdown.clone())));
     Ok(Started { engines: engines_rx, devices, workers })
 }
 
-/// Sweep `{data}/tmp` now (see [`BlobStore::sweep_tmp`]), then every `VIPAVATAR_TMP_SWEEP_SECS`
+/// Sweep `{data}/tmp` now (see [`crate::blobs::Scratch::sweep_tmp`]), then every `VIPAVATAR_TMP_SWEEP_SECS`
 /// until `shutdown`.
 pub async fn sweep_tmp_periodically(
     blobs: &BlobStore,
@@ -219,7 +225,7 @@ pub async fn sweep_tmp_periodically(
     let max_age = Duration::from_secs(config.jobs.tmp_max_age_secs);
     let every = Duration::from_secs(config.jobs.tmp_sweep_secs.max(1));
     let sweep = move |blobs: BlobStore| async move {
-        match tokio::task::spawn_blocking(move || blobs.sweep_tmp(max_age)).await {
+        match tokio::task::spawn_blocking(move || blobs.scratch().sweep_tmp(max_age)).await {
             Ok(Ok(s)) if s.files > 0 => {
                 tracing::info!(files = s.files, bytes = s.bytes, "removed orphaned temporary files")
             }
@@ -264,6 +270,7 @@ impl Application {
             queue: services.queue.clone(),
             blobs: services.blobs.clone(),
             streams: services.streams.clone(),
+            fetcher: crate::fetch::Fetcher::new(&config.fetch)?,
             engines: started.engines,
             devices: started.devices,
             started: Instant::now(),

@@ -18,6 +18,8 @@ pub struct AppState {
     pub blobs: BlobStore,
     /// Live video streams (fragments in Redis).
     pub streams: FragmentStreams,
+    /// Server-side fetches of client-given URLs, behind the address guard.
+    pub fetcher: crate::fetch::Fetcher,
     pub engines: watch::Receiver<EngineState>,
     /// This process's device owners and their workers (empty for an API-only node).
     pub devices: crate::devices::LocalDevices,

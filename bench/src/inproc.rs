@@ -9,6 +9,7 @@ use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
 use anyhow::{anyhow, bail};
 use std::sync::Arc;
 use std::time::Instant;
+use vipavatar::blobs::BlobStore;
 use vipavatar::jobs::avatar::{ensure_analysis, ensure_prepared};
 use vipavatar::jobs::generate::{cached_video, run_generate};
 use vipavatar::jobs::{JobContext, JobError, Tracker};
@@ -46,8 +47,8 @@ impl InProcess<'_> {
     async fn store(&self, image: &[u8], audio: &[u8]) -> anyhow::Result<(ImageHash, AudioHash)> {
         let (ih, ah) = (ImageHash::of(image), AudioHash::of(audio));
         let blobs = &self.ctx.blobs;
-        blobs.put_if_absent(&blobs.image_path(&ih), image).await?;
-        blobs.put_if_absent(&blobs.audio_path(&ah), audio).await?;
+        blobs.put_if_absent(&BlobStore::image_name(&ih), image.to_vec().into()).await?;
+        blobs.put_if_absent(&BlobStore::audio_name(&ah), audio.to_vec().into()).await?;
         Ok((ih, ah))
     }
 
@@ -144,14 +145,14 @@ impl InProcess<'_> {
             })
             .await;
         let wall_ms = start.elapsed().as_secs_f64() * 1e3;
-        let _ = self.ctx.blobs.remove(&out).await;
+        let _ = self.ctx.blobs.remove_temp(&out).await;
         Ok(Sample { wall_ms, stages_ms: stages?, peak_rss_mb: 0.0, first_frame_ms: None })
     }
 
     /// `vipavatar generate` from files: loads the precompute models, computes everything, writes
     /// the MP4 and its thumbnail. The inputs are written to scratch files first (untimed).
     async fn oneshot(&self, image: &[u8], audio: &[u8]) -> anyhow::Result<Sample> {
-        let dir = self.ctx.blobs.root().join("tmp").join(uuid::Uuid::new_v4().simple().to_string());
+        let dir = self.ctx.blobs.scratch().dir().join(uuid::Uuid::new_v4().simple().to_string());
         std::fs::create_dir_all(&dir)?;
         let (img, wav_path, out) = (dir.join("image"), dir.join("audio.wav"), dir.join("out.mp4"));
         std::fs::write(&img, image)?;

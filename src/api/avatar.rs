@@ -1,32 +1,40 @@
 //! `/api/avatar`: upload a portrait once (stored, hashed, precomputed in the background) and
 //! poll its precompute status.
 
+use super::body::read_body;
+use super::callbacks;
+use super::inputs::{self, Input};
 use super::media::check_image;
-use super::multipart::{parse_bool, read_form, FileLimit};
+use super::multipart::parse_bool;
 use super::{parse_image_id, seconds_map, Guard};
+use crate::blobs::BlobStore;
+use crate::erase::Erased;
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::avatar::CoeffsEntry;
 use crate::jobs::{counters, Job, Queue};
-use crate::records::{AvatarRecord, AvatarStatus};
+use crate::records::{AvatarRecord, AvatarStatus, WebhookState};
 use crate::state::AppState;
-use actix_multipart::Multipart;
+use crate::webhooks::Target;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, OpenApi, ToSchema};
-use vipavatar_cache::{ImageHash, Key};
+use vipavatar_cache::{Cache, ImageHash, Key};
 use vipavatar_pipeline::engine::PreprocessMode;
 
 #[derive(OpenApi)]
 #[openapi(
-    paths(upload, status, super::idle::idle, super::idle::thumbnail),
+    paths(upload, status, delete, super::idle::idle, super::idle::thumbnail),
     components(schemas(
         UploadForm,
+        UploadJson,
         UploadResponse,
         AvatarStatusResponse,
         ModeStatus,
         PreprocessModeDoc,
         AvatarStatus,
+        WebhookState,
+        Erased,
         ErrorBody
     ))
 )]
@@ -36,7 +44,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/upload", web::post().to(upload))
         .route("/status/{image_id}", web::get().to(status))
         .route("/idle/{image_id}", web::get().to(super::idle::idle))
-        .route("/thumbnail/{image_id}", web::get().to(super::idle::thumbnail));
+        .route("/thumbnail/{image_id}", web::get().to(super::idle::thumbnail))
+        .route("/{image_id}", web::delete().to(delete));
 }
 
 /// SadTalker's framing of the source picture.
@@ -52,13 +61,21 @@ pub enum PreprocessModeDoc {
     Full,
 }
 
-/// Multipart form of an upload.
+/// Multipart form of an upload: the portrait as exactly one of `image_file`, `image_url` and
+/// `image_base64`.
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct UploadForm {
     /// The portrait: PNG, JPEG or WebP.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, required = false)]
     image_file: Vec<u8>,
+    /// An http(s) URL the server fetches the portrait from (same limits and checks as a file).
+    #[schema(required = false)]
+    image_url: String,
+    /// The portrait's bytes in base64 (standard or URL-safe, padding optional, a `data:` URL
+    /// accepted).
+    #[schema(required = false)]
+    image_base64: String,
     /// Framing to precompute (default `crop`).
     #[schema(required = false)]
     preprocess_mode: PreprocessModeDoc,
@@ -66,6 +83,36 @@ pub struct UploadForm {
     /// content (default false: that failure is answered at once, for the avatar's TTL).
     #[schema(required = false)]
     retry: bool,
+    /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
+    #[schema(required = false)]
+    callback_url: String,
+    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    #[schema(required = false, example = json!("{\"order\": 42}"))]
+    metadata: String,
+}
+
+/// JSON body of an upload: the portrait as exactly one of `image_url` and `image_base64`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadJson {
+    /// An http(s) URL the server fetches the portrait from.
+    #[schema(required = false)]
+    image_url: String,
+    /// The portrait's bytes in base64.
+    #[schema(required = false)]
+    image_base64: String,
+    /// Framing to precompute (default `crop`).
+    #[schema(required = false)]
+    preprocess_mode: PreprocessModeDoc,
+    /// Precompute again even though this image already failed for this mode.
+    #[schema(required = false)]
+    retry: bool,
+    /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
+    #[schema(required = false)]
+    callback_url: String,
+    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    #[schema(required = false, value_type = Object)]
+    metadata: serde_json::Value,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -79,6 +126,8 @@ pub struct UploadResponse {
     /// True when this image was already precomputed for this mode (nothing was recomputed).
     pub cached: bool,
     pub preprocess_mode: String,
+    /// What happened, in words.
+    pub message: String,
 }
 
 /// Upload a portrait.
@@ -92,31 +141,35 @@ pub struct UploadResponse {
     post,
     path = "/upload",
     tag = "avatar",
-    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    request_body(content((UploadForm = "multipart/form-data"), (UploadJson = "application/json"))),
     responses(
         (status = 200, description = "Already precomputed", body = UploadResponse),
         (status = 202, description = "Accepted; precompute running", body = UploadResponse),
-        (status = 400, description = "Missing or invalid field", body = ErrorBody),
+        (status = 400, description = "Missing or invalid field, `invalid_base64`, or `url_forbidden` (the URL is not http(s), or reaches a private address)", body = ErrorBody),
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 413, description = "Image larger than the byte limit", body = ErrorBody),
         (status = 415, description = "Not a PNG, JPEG or WebP file, or not multipart", body = ErrorBody),
-        (status = 422, description = "The image does not decode, is too small or too large in pixels, or already failed for this mode (no face, ...)", body = ErrorBody),
+        (status = 422, description = "The image does not decode, is too small or too large in pixels, or already failed for this mode (no face, ...); or `url_fetch_failed`", body = ErrorBody),
+        (status = 429, description = "Too many jobs are waiting (`overloaded`, with Retry-After)", body = ErrorBody),
     )
 )]
 #[tracing::instrument(skip_all, fields(image_id))]
 pub async fn upload(
     req: HttpRequest,
     state: web::Data<AppState>,
-    payload: Multipart,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let limits = [FileLimit { field: "image_file", max_bytes: state.config.limits.max_image_bytes }];
-    let mut form = read_form(&req, payload, &limits).await?;
+    let input = Input::image(state.config.limits.max_image_bytes);
+    let mut form = read_body(&req, payload, &input.limits()).await?;
     let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?.unwrap_or_default();
     let retry = form.parse("retry", "true or false", parse_bool)?.unwrap_or(false);
-    let file = form.take_file("image_file")?;
-    check_image("image_file", &file.bytes)?;
-    check_dimensions(&file.bytes)?;
-    let bytes = std::sync::Arc::new(file.bytes);
+    let callback = callbacks::parse(&state, &form)?;
+    let source = inputs::pick(&mut form, &input, &state.fetcher)?;
+    let field = source.field(&input);
+    let bytes = inputs::load(&state, &input, source).await?;
+    check_image(field, &bytes)?;
+    check_dimensions(field, &bytes)?;
+    let bytes = std::sync::Arc::new(bytes);
     let max_pixels = state.config.limits.max_image_pixels;
     let b = bytes.clone();
     tokio::task::spawn_blocking(move || vipavatar_pipeline::image::decode(&b, max_pixels))
@@ -126,28 +179,33 @@ pub async fn upload(
     tracing::Span::current().record("image_id", image.as_str());
 
     let key = Key::avatar(&image, mode.as_str());
+    let target = Target::Avatar { image: image.clone(), mode };
     let existing = state.cache.peek::<AvatarRecord>(&key).await?;
     match existing.as_ref().map(|r| r.status) {
         Some(AvatarStatus::Ready) => {
             // `peek`: a status check, not a cache lookup, so it counts no hit or miss.
             if state.cache.peek::<CoeffsEntry>(&Key::coeffs_3dmm(&image, mode.as_str())).await?.is_some() {
+                callbacks::attach(&state, target, callback).await?;
                 return Ok(HttpResponse::Ok().json(UploadResponse {
                     image_id: image.to_string(),
                     status: AvatarStatus::Ready,
                     estimated_time: None,
                     cached: true,
                     preprocess_mode: mode.as_str().into(),
+                    message: format!("Avatar already precomputed for {}: nothing was recomputed", mode.as_str()),
                 }));
             }
         }
         Some(AvatarStatus::Processing) => {
+            callbacks::attach(&state, target, callback).await?;
             return Ok(HttpResponse::Accepted().json(UploadResponse {
                 image_id: image.to_string(),
                 status: AvatarStatus::Processing,
                 estimated_time: Some(estimate_precompute(&state).await),
                 cached: false,
                 preprocess_mode: mode.as_str().into(),
-            }))
+                message: format!("Avatar is already being precomputed for {}", mode.as_str()),
+            }));
         }
         Some(AvatarStatus::Failed) => {
             // The same bytes fail the same way: answer the stored error, run nothing.
@@ -158,34 +216,46 @@ pub async fn upload(
         None => {}
     }
 
+    super::check_overload(&state).await?;
     // Store first, then enqueue; the guard undoes both if anything below fails.
-    let path = state.blobs.image_path(&image);
-    let created = state.blobs.put_if_absent(&path, &bytes).await?;
+    crate::erase::revive(&state.cache, &image).await?;
+    let name = BlobStore::image_name(&image);
+    let created = state.blobs.put_if_absent(&name, bytes::Bytes::from(bytes.to_vec())).await?;
     let mut guard = Guard::new(&state);
     if created {
-        guard.remove_file(path);
+        guard.remove_blob(name);
     }
     state.cache.put(&key, &AvatarRecord::processing(image.clone(), mode)).await?;
     guard.remove_key(key);
     state.queue.enqueue(Queue::Standard, &Job::Precompute { image: image.clone(), mode }).await?;
     guard.disarm();
+    let index = crate::erase::avatars_key(state.cache.namespace());
+    let _: () = redis::cmd("ZADD")
+        .arg(index)
+        .arg("NX")
+        .arg(crate::records::now_ms())
+        .arg(image.as_str())
+        .query_async(&mut state.cache.connection())
+        .await?;
+    callbacks::attach(&state, target, callback).await?;
     Ok(HttpResponse::Accepted().json(UploadResponse {
         image_id: image.to_string(),
         status: AvatarStatus::Processing,
         estimated_time: Some(estimate_precompute(&state).await),
         cached: false,
         preprocess_mode: mode.as_str().into(),
+        message: format!("Avatar accepted: precomputing {} in the background", mode.as_str()),
     }))
 }
 
 /// Refuse, from the header alone, an image too small on its short side to hold a face.
-fn check_dimensions(bytes: &[u8]) -> Result<(), ApiError> {
+fn check_dimensions(field: &str, bytes: &[u8]) -> Result<(), ApiError> {
     let (_, width, height) = vipavatar_pipeline::image::header_dimensions(bytes)?;
     let min = vipavatar_pipeline::precompute::ABSOLUTE_MIN_SIDE;
     if width.min(height) < min {
         return Err(ApiError::new(
             Code::ImageTooSmall,
-            format!("`image_file` is {width}x{height} pixels; both sides must be at least {min}"),
+            format!("`{field}` is {width}x{height} pixels; both sides must be at least {min}"),
         ));
     }
     Ok(())
@@ -248,6 +318,13 @@ pub struct AvatarStatusResponse {
     pub modes: Vec<ModeStatus>,
     /// Cache entries present for this image (keys without the namespace and image id).
     pub cached: Vec<String>,
+    /// The latest webhook delivery for this mode's events (absent without a `callback_url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookState>,
+    /// Once ready: the measured seconds of image-side work (this precompute's `total`) that
+    /// every generation for this avatar skips.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub performance_ready: Option<f64>,
 }
 
 /// Precompute status of an uploaded image.
@@ -270,7 +347,17 @@ pub async fn status(
 ) -> Result<HttpResponse, ApiError> {
     let image = parse_image_id(&path)?;
     let want = query.mode()?;
-    let records = avatar_records(&state, &image).await?;
+    Ok(HttpResponse::Ok().json(avatar_body(&state.cache, &image, want).await?))
+}
+
+/// The status body of `image` in mode `want` (default: its most recent upload); also the
+/// `data` of its webhooks.
+pub async fn avatar_body(
+    cache: &Cache,
+    image: &ImageHash,
+    want: Option<PreprocessMode>,
+) -> Result<AvatarStatusResponse, ApiError> {
+    let records = avatar_records(cache, image).await?;
     let chosen = match want {
         Some(m) => records.iter().find(|r| r.mode == m),
         None => records.iter().max_by_key(|r| r.created_ms),
@@ -278,7 +365,7 @@ pub async fn status(
     let Some(rec) = chosen else {
         return Err(ApiError::new(Code::ImageNotFound, format!("no upload of image {image} for that mode")));
     };
-    Ok(HttpResponse::Ok().json(AvatarStatusResponse {
+    Ok(AvatarStatusResponse {
         image_id: image.to_string(),
         status: rec.status,
         preprocess_mode: rec.mode.as_str().into(),
@@ -291,15 +378,47 @@ pub async fn status(
             .iter()
             .map(|r| ModeStatus { preprocess_mode: r.mode.as_str().into(), status: r.status, error: r.error.clone() })
             .collect(),
-        cached: cached_entries(&state, &image).await?,
-    }))
+        cached: cached_entries(cache, image).await?,
+        webhook: rec.webhook,
+        performance_ready: crate::performance::image_seconds(rec),
+    })
+}
+
+/// Erase an avatar and everything derived from it.
+///
+/// A face is biometric data: this removes every cache entry of the image (analysis, crops,
+/// engine state, gestures, visemes, motion, videos, status records, idle loop), every session
+/// made from it (unfinished ones are cancelled first) with its live stream and its audio, and
+/// the blobs: the original, its videos and thumbnails, its idle loops. Jobs still running for
+/// it drop their results. Uploading the same bytes again starts from nothing.
+#[utoipa::path(
+    delete,
+    path = "/{image_id}",
+    tag = "avatar",
+    params(("image_id" = String, Path, description = "The id returned by the upload")),
+    responses(
+        (status = 200, description = "Erased: what was removed", body = Erased),
+        (status = 400, description = "Malformed image_id", body = ErrorBody),
+        (status = 404, description = "Nothing of this image is stored", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(image_id = %path.as_str()))]
+pub async fn delete(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let image = parse_image_id(&path)?;
+    match crate::erase::erase_avatar(&state.cache, &state.blobs, &image).await.map_err(ApiError::internal)? {
+        Some(erased) => {
+            tracing::info!(keys = erased.redis_keys, blobs = erased.blobs, sessions = erased.sessions, "avatar erased");
+            Ok(HttpResponse::Ok().json(erased))
+        }
+        None => Err(ApiError::new(Code::ImageNotFound, format!("nothing of image {image} is stored"))),
+    }
 }
 
 /// Every mode's record for `image` (in crop, resize, full order).
-pub async fn avatar_records(state: &AppState, image: &ImageHash) -> Result<Vec<AvatarRecord>, ApiError> {
+pub async fn avatar_records(cache: &Cache, image: &ImageHash) -> Result<Vec<AvatarRecord>, ApiError> {
     let mut out = Vec::new();
     for mode in [PreprocessMode::Crop, PreprocessMode::Resize, PreprocessMode::Full] {
-        if let Some(r) = state.cache.peek::<AvatarRecord>(&Key::avatar(image, mode.as_str())).await? {
+        if let Some(r) = cache.peek::<AvatarRecord>(&Key::avatar(image, mode.as_str())).await? {
             out.push(r);
         }
     }
@@ -310,7 +429,7 @@ pub async fn avatar_records(state: &AppState, image: &ImageHash) -> Result<Vec<A
 }
 
 /// Which image-side cache entries exist, named like their keys minus namespace and image id.
-async fn cached_entries(state: &AppState, image: &ImageHash) -> Result<Vec<String>, ApiError> {
+async fn cached_entries(cache: &Cache, image: &ImageHash) -> Result<Vec<String>, ApiError> {
     let mut candidates: Vec<(String, Key)> = vec![
         ("face_detection".into(), Key::face_detection(image)),
         ("landmarks".into(), Key::landmarks(image)),
@@ -331,8 +450,8 @@ async fn cached_entries(state: &AppState, image: &ImageHash) -> Result<Vec<Strin
     }
     let mut pipe = redis::pipe();
     for (_, key) in &candidates {
-        pipe.exists(state.cache.namespace().key(key));
+        pipe.exists(cache.namespace().key(key));
     }
-    let found: Vec<bool> = pipe.query_async(&mut state.cache.connection()).await?;
+    let found: Vec<bool> = pipe.query_async(&mut cache.connection()).await?;
     Ok(candidates.into_iter().zip(found).filter(|(_, f)| *f).map(|((label, _), _)| label).collect())
 }

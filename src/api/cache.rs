@@ -11,7 +11,15 @@ use utoipa::{OpenApi, ToSchema};
 #[derive(OpenApi)]
 #[openapi(
     paths(stats),
-    components(schemas(CacheStatsResponse, CacheStatistics, CachePerformance, QueueStatus, MemoryStats, ErrorBody))
+    components(schemas(
+        CacheStatsResponse,
+        CacheStatistics,
+        CachePerformance,
+        QueueStatus,
+        MemoryStats,
+        PerformanceSummary,
+        ErrorBody
+    ))
 )]
 pub struct CacheApi;
 
@@ -65,6 +73,15 @@ pub struct CacheStatsResponse {
     pub cache_statistics: CacheStatistics,
     pub queue_status: QueueStatus,
     pub memory: MemoryStats,
+    pub performance_summary: PerformanceSummary,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct PerformanceSummary {
+    /// Mean of the finished sessions' `performance.speedup` (0 before any).
+    pub average_speedup: f64,
+    /// Finished sessions counted in it.
+    pub sessions: u64,
 }
 
 /// Cache and queue statistics.
@@ -112,6 +129,10 @@ pub async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError>
             redis_used_bytes: field("used_memory").and_then(|v| v.parse().ok()).unwrap_or(0),
             redis_used_human: field("used_memory_human").unwrap_or_default(),
             process_rss_bytes: process_rss(),
+        },
+        performance_summary: {
+            let (average_speedup, sessions) = crate::performance::average(&all);
+            PerformanceSummary { average_speedup, sessions }
         },
     }))
 }

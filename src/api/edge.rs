@@ -142,10 +142,16 @@ fn routes() -> &'static [(ResourceDef, Vec<Method>)] {
 }
 
 /// The methods `path` answers, or `None` when no route matches it.
+///
+/// A literal route wins over patterns that also match (`/api/avatar/upload` is the upload
+/// route, not an image id for `DELETE /api/avatar/{image_id}`).
 pub fn allowed_methods(path: &str) -> Option<Vec<Method>> {
+    let matching: Vec<_> = routes().iter().filter(|(def, _)| def.is_match(path)).collect();
+    let literal = |def: &ResourceDef| !def.pattern().is_some_and(|p| p.contains('{'));
+    let any_literal = matching.iter().any(|(def, _)| literal(def));
     let mut found: Option<Vec<Method>> = None;
-    for (def, methods) in routes() {
-        if def.is_match(path) {
+    for (def, methods) in matching {
+        if !any_literal || literal(def) {
             let all = found.get_or_insert_with(Vec::new);
             for m in methods {
                 if !all.contains(m) {

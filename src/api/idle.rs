@@ -3,13 +3,13 @@
 //! precompute by the idle job and kept under `idle:{image}:{mode}:{size}`.
 
 use super::avatar::{avatar_records, StatusQuery};
+use super::delivery::{serve_blob, Delivery};
 use super::parse_image_id;
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::avatar::default_size;
 use crate::jobs::{Job, Queue};
 use crate::records::{AvatarStatus, IdleEntry, IdleRef};
 use crate::state::AppState;
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use vipavatar_cache::{ImageHash, Key};
 use vipavatar_pipeline::engine::PreprocessMode;
@@ -27,6 +27,7 @@ use vipavatar_pipeline::engine::PreprocessMode;
     responses(
         (status = 200, description = "The idle loop", content_type = "video/mp4", body = Vec<u8>),
         (status = 206, description = "The requested byte range", content_type = "video/mp4", body = Vec<u8>),
+        (status = 307, description = "Object storage: redirect to a presigned URL (Location)"),
         (status = 400, description = "Malformed image_id or preprocess_mode", body = ErrorBody),
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 404, description = "Unknown image, or its engine renders no idle loop", body = ErrorBody),
@@ -51,6 +52,7 @@ pub async fn idle(
     params(("image_id" = String, Path, description = "The id returned by the upload"), StatusQuery),
     responses(
         (status = 200, description = "The thumbnail", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 307, description = "Object storage: redirect to a presigned URL (Location)"),
         (status = 400, description = "Malformed image_id or preprocess_mode", body = ErrorBody),
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 404, description = "Unknown image, or its engine renders no idle loop", body = ErrorBody),
@@ -72,7 +74,7 @@ pub async fn thumbnail(
 async fn idle_entry(state: &AppState, path: &str, query: &StatusQuery) -> Result<(ImageHash, IdleRef), ApiError> {
     let image = parse_image_id(path)?;
     let want = query.mode()?;
-    let records = avatar_records(state, &image).await?;
+    let records = avatar_records(&state.cache, &image).await?;
     let rec = match want {
         Some(m) => records.iter().find(|r| r.mode == m),
         None => records.iter().max_by_key(|r| r.created_ms),
@@ -113,17 +115,11 @@ async fn serve(
     mime: &str,
     ext: &str,
 ) -> Result<HttpResponse, ApiError> {
-    let path = state.blobs.resolve(name)?;
-    let file = actix_files::NamedFile::open_async(&path).await.map_err(|_| {
-        ApiError::new(Code::IdleNotFound, format!("the idle loop of image {image} is no longer stored"))
-    })?;
-    let mut resp = file
-        .set_content_type(mime.parse().map_err(ApiError::internal)?)
-        .set_content_disposition(header::ContentDisposition {
-            disposition: header::DispositionType::Inline,
-            parameters: vec![header::DispositionParam::Filename(format!("{image}-idle.{ext}"))],
-        })
-        .into_response(req);
-    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, max-age=3600"));
-    Ok(resp)
+    let d = Delivery {
+        name,
+        mime,
+        filename: format!("{image}-idle.{ext}"),
+        gone: || ApiError::new(Code::IdleNotFound, "the idle loop of this image is no longer stored"),
+    };
+    serve_blob(req, state, d).await
 }

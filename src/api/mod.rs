@@ -3,12 +3,17 @@
 //! unknown routes included), request logging, and Swagger UI at `/docs`.
 
 pub mod avatar;
+pub mod avatars;
+pub mod body;
 pub mod cache;
+pub mod callbacks;
+pub mod delivery;
 pub mod demo;
 pub mod edge;
 pub mod health;
 pub mod hls;
 pub mod idle;
+pub mod inputs;
 pub mod media;
 pub mod metrics;
 pub mod multipart;
@@ -24,7 +29,6 @@ use actix_web::http::header;
 use actix_web::middleware::{ErrorHandlerResponse, ErrorHandlers, Next};
 use actix_web::{web, HttpResponse, ResponseError};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use subtle::ConstantTimeEq;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -40,6 +44,7 @@ use vipavatar_cache::{ImageHash, Key, SessionId};
     ),
     nest(
         (path = "/api/avatar", api = avatar::AvatarApi),
+        (path = "/api/avatars", api = avatars::AvatarsApi),
         (path = "/api/vip", api = vip::VipApi),
         (path = "/api/cache", api = cache::CacheApi),
     ),
@@ -101,6 +106,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         timed_out.unwrap_or_else(|| ApiError::new(Code::BadRequest, e.to_string())).into()
     }))
     .service(web::scope("/api/avatar").configure(avatar::configure))
+    .service(web::scope("/api/avatars").configure(avatars::configure))
     .service(web::scope("/api/vip").configure(vip::configure))
     .service(web::scope("/api/cache").configure(cache::configure))
     .configure(health::configure)
@@ -231,10 +237,39 @@ pub(crate) fn seconds_map(stages_ms: &[(String, f64)]) -> BTreeMap<String, f64> 
     out
 }
 
+/// Refuse new work with 429 while more than `VIPAVATAR_MAX_QUEUED` jobs wait; `Retry-After`
+/// is the time the live workers need for the excess at the measured average job time (1..=300 s).
+pub(crate) async fn check_overload(state: &AppState) -> Result<(), ApiError> {
+    let max = state.config.jobs.max_queued;
+    if max == 0 {
+        return Ok(());
+    }
+    let depth = state.queue.depth().await?;
+    let waiting = depth.vip + depth.standard;
+    if waiting <= max {
+        return Ok(());
+    }
+    let c = state.cache.counters().await.unwrap_or_default();
+    let (done, ms) = (
+        c.get(crate::jobs::counters::JOBS_DONE).copied().unwrap_or(0),
+        c.get(crate::jobs::counters::GENERATE_MS).copied().unwrap_or(0),
+    );
+    let per_job = if done > 0 { (ms as f64 / done as f64 / 1e3).max(0.5) } else { 2.0 };
+    let workers =
+        crate::jobs::registry::live_workers(&state.cache).await.iter().map(|w| w.workers).sum::<usize>().max(1);
+    let wait = ((waiting - max) as f64 * per_job / workers as f64).ceil().clamp(1.0, 300.0) as u64;
+    Err(ApiError::new(
+        Code::Overloaded,
+        format!("{waiting} jobs are waiting (the limit is {max}); try again in about {wait} s"),
+    )
+    .retry_after(wait))
+}
+
 /// Store-first-then-enqueue guard: unless disarmed, removes what the request stored.
 pub(crate) struct Guard {
     state: AppState,
-    files: Vec<PathBuf>,
+    /// Blob names to remove.
+    blobs: Vec<String>,
     keys: Vec<Key>,
     /// Single-flight claims (`inflight:` key, holder) to release.
     claims: Vec<(Key, SessionId)>,
@@ -243,10 +278,10 @@ pub(crate) struct Guard {
 
 impl Guard {
     pub fn new(state: &AppState) -> Self {
-        Self { state: state.clone(), files: Vec::new(), keys: Vec::new(), claims: Vec::new(), armed: true }
+        Self { state: state.clone(), blobs: Vec::new(), keys: Vec::new(), claims: Vec::new(), armed: true }
     }
-    pub fn remove_file(&mut self, path: PathBuf) {
-        self.files.push(path);
+    pub fn remove_blob(&mut self, name: String) {
+        self.blobs.push(name);
     }
     pub fn remove_key(&mut self, key: Key) {
         self.keys.push(key);
@@ -262,11 +297,11 @@ impl Guard {
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        if !self.armed || (self.files.is_empty() && self.keys.is_empty() && self.claims.is_empty()) {
+        if !self.armed || (self.blobs.is_empty() && self.keys.is_empty() && self.claims.is_empty()) {
             return;
         }
         let (state, files, keys) =
-            (self.state.clone(), std::mem::take(&mut self.files), std::mem::take(&mut self.keys));
+            (self.state.clone(), std::mem::take(&mut self.blobs), std::mem::take(&mut self.keys));
         let claims = std::mem::take(&mut self.claims);
         crate::spawn_named("undo-upload", async move {
             for (key, holder) in claims {
@@ -275,8 +310,8 @@ impl Drop for Guard {
             for key in keys {
                 let _ = state.cache.delete(&key).await;
             }
-            for file in files {
-                let _ = state.blobs.remove(&file).await;
+            for name in files {
+                let _ = state.blobs.remove(&name).await;
             }
             tracing::info!("undid a partially stored request");
         });

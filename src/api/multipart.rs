@@ -9,9 +9,9 @@ use actix_web::HttpRequest;
 use futures_util::StreamExt;
 
 /// Largest accepted text field (options are short).
-const TEXT_MAX: usize = 4 * 1024;
+pub(super) const TEXT_MAX: usize = 4 * 1024;
 /// Allowance for multipart framing and the text fields on top of the file limits.
-const OVERHEAD: u64 = 64 * 1024;
+pub(super) const OVERHEAD: u64 = 64 * 1024;
 
 /// A file field's bytes and what the client said about them.
 #[derive(Debug)]
@@ -27,10 +27,12 @@ pub struct FileLimit {
     pub max_bytes: u64,
 }
 
+/// A request's fields: file fields (and other byte fields with their own limit, such as
+/// base64 text) and short text fields, from a multipart form or a JSON object.
 #[derive(Debug, Default)]
 pub struct Form {
-    files: Vec<(String, Upload)>,
-    texts: Vec<(String, String)>,
+    pub(super) files: Vec<(String, Upload)>,
+    pub(super) texts: Vec<(String, String)>,
 }
 
 impl Form {
@@ -38,6 +40,12 @@ impl Form {
     pub fn take_file(&mut self, name: &str) -> Result<Upload, ApiError> {
         let i = self.files.iter().position(|(n, _)| n == name).ok_or_else(|| missing(name))?;
         Ok(self.files.swap_remove(i).1)
+    }
+
+    /// Take a file field if present.
+    pub fn take_file_opt(&mut self, name: &str) -> Option<Upload> {
+        let i = self.files.iter().position(|(n, _)| n == name)?;
+        Some(self.files.swap_remove(i).1)
     }
 
     pub fn text(&self, name: &str) -> Option<&str> {
@@ -77,7 +85,7 @@ pub fn missing(name: &str) -> ApiError {
     ApiError::new(Code::MissingField, format!("the multipart field `{name}` is required"))
 }
 
-fn too_large(what: &str, max: u64) -> ApiError {
+pub(super) fn too_large(what: &str, max: u64) -> ApiError {
     ApiError::new(Code::PayloadTooLarge, format!("{what} is larger than the limit of {max} bytes"))
 }
 

@@ -49,7 +49,7 @@ fn ensure(op: &mut Operation, status: u16, description: &str) {
 
 /// The multipart forms: only their own fields (others are ignored by the server, but a field
 /// name that a Content-Disposition header cannot carry is a malformed body, 400).
-const FORMS: &[&str] = &["GenerateForm", "UploadForm"];
+const FORMS: &[&str] = &["GenerateForm", "UploadForm", "GenerateJson", "UploadJson"];
 
 /// Apply the shared answers, id patterns, closed forms and optional security to the whole document.
 pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
@@ -78,7 +78,7 @@ pub fn complete(doc: &mut utoipa::openapi::OpenApi) {
                 ensure(op, 400, "Malformed body or field");
                 ensure(op, 408, "The body did not arrive within the body timeout (`body_timeout`)");
                 ensure(op, 413, "Body larger than the limit");
-                ensure(op, 415, "Not multipart/form-data, or a file of the wrong type");
+                ensure(op, 415, "Neither multipart/form-data nor JSON, or a file of the wrong type");
             }
             if RANGED.contains(&path.as_str()) {
                 ensure(op, 416, "The Range is outside the file");

@@ -49,7 +49,7 @@ pub async fn stream(
     // Failed (409, like the download), or ready without a stream: the video came from the
     // cache, or its stream expired.
     let finished_without_stream = rec.status == SessionStatus::Ready && !state.streams.exists(&id).await?;
-    if rec.status == SessionStatus::Failed || finished_without_stream {
+    if matches!(rec.status, SessionStatus::Failed | SessionStatus::Cancelled) || finished_without_stream {
         return serve_video(&req, &state, &id, rec).await;
     }
     let reader = state.streams.reader(&id).await?;
@@ -154,6 +154,7 @@ impl Live {
             SessionStatus::Failed => {
                 Err(format!("the session failed: {}", rec.error.map(|e| e.message).unwrap_or_default()))
             }
+            SessionStatus::Cancelled => Err("the session was cancelled".into()),
             // Ready without an end marker: the video came from the cache or the stream expired.
             SessionStatus::Ready if self.attempt.is_none() => Err("the session has no live stream; download it".into()),
             _ => Ok(()),

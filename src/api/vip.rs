@@ -2,16 +2,23 @@
 //! download the MP4 (HTTP Range supported).
 
 use super::avatar::{avatar_records, PreprocessModeDoc};
+use super::body::read_body;
+use super::callbacks;
+use super::delivery::{download_url, serve_blob, Delivery};
+use super::inputs::{self, Input};
 use super::media::check_audio;
-use super::multipart::{parse_bool, read_form, FileLimit, Form};
+use super::multipart::{parse_bool, Form};
 use super::{parse_image_id, seconds_map, Guard};
+use crate::blobs::BlobStore;
+use crate::config::Config;
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::generate::cached_video;
 use crate::jobs::{counters, Job, Queue};
-use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionRequest, SessionStatus, VideoRef};
+use crate::records::{
+    now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionRequest, SessionStatus, VideoRef, WebhookState,
+};
 use crate::state::AppState;
-use actix_multipart::Multipart;
-use actix_web::http::header;
+use crate::webhooks::Target;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -27,12 +34,23 @@ use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, Preproce
         generate,
         status,
         download,
+        thumbnail,
+        cancel,
         super::stream::stream,
         super::hls::playlist,
         super::hls::init,
         super::hls::segment
     ),
-    components(schemas(GenerateForm, GenerateResponse, SessionStatusResponse, Performance, SessionStatus, ErrorBody))
+    components(schemas(
+        GenerateForm,
+        GenerateJson,
+        GenerateResponse,
+        SessionStatusResponse,
+        Performance,
+        SessionStatus,
+        WebhookState,
+        ErrorBody
+    ))
 )]
 pub struct VipApi;
 
@@ -43,11 +61,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/stream/{session_id}", web::get().to(super::stream::stream))
         .route("/stream/{session_id}/index.m3u8", web::get().to(super::hls::playlist))
         .route("/stream/{session_id}/init.mp4", web::get().to(super::hls::init))
-        .route("/stream/{session_id}/seg/{segment}", web::get().to(super::hls::segment));
+        .route("/stream/{session_id}/seg/{segment}", web::get().to(super::hls::segment))
+        .route("/thumbnail/{session_id}", web::get().to(thumbnail))
+        .route("/session/{session_id}", web::delete().to(cancel));
 }
 
-/// Multipart form of a generate request. Only `image_id` and `audio_file` are required; a field
-/// left out takes its default (the fields are not nullable: send a value or nothing).
+/// Multipart form of a generate request. Only `image_id` and the audio (exactly one of
+/// `audio_file`, `audio_url`, `audio_base64`) are required; a field left out takes its default
+/// (the fields are not nullable: send a value or nothing).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct GenerateForm {
@@ -55,8 +76,14 @@ pub struct GenerateForm {
     #[schema(pattern = "^[0-9a-f]{64}$", min_length = 64, max_length = 64)]
     image_id: String,
     /// Speech: WAV, MP3, OGG/Opus, FLAC, M4A/AAC, WebM or AIFF.
-    #[schema(value_type = String, format = Binary)]
+    #[schema(value_type = String, format = Binary, required = false)]
     audio_file: Vec<u8>,
+    /// An http(s) URL the server fetches the speech from (same limits and checks as a file).
+    #[schema(required = false)]
+    audio_url: String,
+    /// The speech's bytes in base64 (standard or URL-safe, padding optional, a `data:` URL accepted).
+    #[schema(required = false)]
+    audio_base64: String,
     /// `none` (default) or `gfpgan` (only engines that support it).
     #[schema(required = false, schema_with = enhancer_schema)]
     enhancer: String,
@@ -84,6 +111,61 @@ pub struct GenerateForm {
     /// Seed of every random draw (default 0): same seed, same video.
     #[schema(required = false)]
     seed: u64,
+    /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
+    #[schema(required = false)]
+    callback_url: String,
+    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    #[schema(required = false, example = json!("{\"order\": 42}"))]
+    metadata: String,
+}
+
+/// JSON body of a generate request: `image_id`, the audio as exactly one of `audio_url` and
+/// `audio_base64`, and the same options as the multipart form.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct GenerateJson {
+    /// The id returned by `/api/avatar/upload`.
+    #[schema(pattern = "^[0-9a-f]{64}$", min_length = 64, max_length = 64)]
+    image_id: String,
+    /// An http(s) URL the server fetches the speech from.
+    #[schema(required = false)]
+    audio_url: String,
+    /// The speech's bytes in base64.
+    #[schema(required = false)]
+    audio_base64: String,
+    /// `none` (default) or `gfpgan` (only engines that support it).
+    #[schema(required = false, schema_with = enhancer_schema)]
+    enhancer: String,
+    /// Encoder quality: `low`, `medium` (default) or `high`.
+    #[schema(required = false, schema_with = quality_schema)]
+    quality: String,
+    /// Keep the head still (default false).
+    #[schema(required = false)]
+    still_mode: bool,
+    /// Mouth/expression amplitude, 0..=3 (default 1).
+    #[schema(required = false, minimum = 0, maximum = 3)]
+    expression_scale: f32,
+    /// Motion variation, 0..=45 (default 0).
+    #[schema(required = false, minimum = 0, maximum = 45)]
+    pose_style: u32,
+    /// Output face size: 256 (default) or 512.
+    #[schema(required = false, schema_with = size_schema)]
+    size: u32,
+    /// `auto` (server default), `classic` or `sadtalker`.
+    #[schema(required = false, schema_with = engine_schema)]
+    engine: String,
+    /// Which upload of the image to animate (default: its most recent mode).
+    #[schema(required = false)]
+    preprocess_mode: PreprocessModeDoc,
+    /// Seed of every random draw (default 0): same seed, same video.
+    #[schema(required = false)]
+    seed: u64,
+    /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
+    #[schema(required = false)]
+    callback_url: String,
+    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    #[schema(required = false, value_type = Object)]
+    metadata: serde_json::Value,
 }
 
 /// A string form field that takes one of `values` (the first is the default and the example).
@@ -134,6 +216,10 @@ pub struct GenerateResponse {
     /// this is its session, and nothing new was queued.
     #[serde(default)]
     pub joined: bool,
+    /// Expected speedup from the cache, measured: `(expected seconds + the avatar's measured
+    /// image-side seconds) / expected seconds` for a cached avatar (1 when it is not cached);
+    /// for a cached video, the measured time of the whole render saved over this answer's time.
+    pub performance_boost: f64,
 }
 
 /// Where a session's live stream is served.
@@ -197,16 +283,17 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
     post,
     path = "/generate",
     tag = "vip",
-    request_body(content = GenerateForm, content_type = "multipart/form-data"),
+    request_body(content((GenerateForm = "multipart/form-data"), (GenerateJson = "application/json"))),
     responses(
         (status = 200, description = "Video already cached: the session is ready", body = GenerateResponse),
         (status = 202, description = "Queued", body = GenerateResponse),
-        (status = 400, description = "Missing or invalid field or option", body = ErrorBody),
+        (status = 400, description = "Missing or invalid field or option, `invalid_base64`, or `url_forbidden` (the URL is not http(s), or reaches a private address)", body = ErrorBody),
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 404, description = "Unknown image_id", body = ErrorBody),
         (status = 413, description = "Audio larger than the byte or duration limit", body = ErrorBody),
         (status = 415, description = "Not a recognised audio file, or not multipart", body = ErrorBody),
-        (status = 422, description = "Audio does not decode, the option is unsupported by the engine, or the avatar failed", body = ErrorBody),
+        (status = 422, description = "Audio does not decode, the option is unsupported by the engine, the avatar failed, or `url_fetch_failed`", body = ErrorBody),
+        (status = 429, description = "Too many jobs are waiting (`overloaded`, with Retry-After)", body = ErrorBody),
         (status = 503, description = "No live worker serves the engine (`no_worker`), or the job store (Redis) is unavailable (`redis_unavailable`); both with Retry-After", body = ErrorBody),
     )
 )]
@@ -214,24 +301,26 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
 pub async fn generate(
     req: HttpRequest,
     state: web::Data<AppState>,
-    payload: Multipart,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    let limits = [FileLimit { field: "audio_file", max_bytes: state.config.limits.max_audio_bytes }];
-    let mut form = read_form(&req, payload, &limits).await?;
+    let started = Instant::now();
+    let input = Input::audio(state.config.limits.max_audio_bytes);
+    let mut form = read_body(&req, payload, &input.limits()).await?;
     let image = parse_image_id(form.text("image_id").ok_or_else(|| super::multipart::missing("image_id"))?)?;
     tracing::Span::current().record("image_id", image.as_str());
     let (mut opts, engine_req, mode_req) = options_from(&form)?;
-    let file = form.take_file("audio_file")?;
+    let callback = callbacks::parse(&state, &form)?;
+    let source = inputs::pick(&mut form, &input, &state.fetcher)?;
     opts.validate()?;
     let engine_kind = crate::jobs::registry::pick_engine(&state, engine_req, &opts).await?;
 
     // The avatar: the requested mode, else the most recent upload of the image.
     // An expired status record with the original still stored is rebuilt (precompute again).
-    let records = match avatar_records(&state, &image).await {
+    let records = match avatar_records(&state.cache, &image).await {
         Ok(r) => r,
         Err(e)
             if e.code == Code::ImageNotFound
-                && tokio::fs::try_exists(state.blobs.image_path(&image)).await.unwrap_or(false) =>
+                && state.blobs.exists(&BlobStore::image_name(&image)).await.unwrap_or(false) =>
         {
             Vec::new()
         }
@@ -246,9 +335,12 @@ pub async fn generate(
     }
     // A server-side failure is not remembered: precompute again (as for a new mode).
     let avatar = avatar.filter(|a| a.status != AvatarStatus::Failed);
+    let image_seconds = avatar.and_then(crate::performance::image_seconds).unwrap_or(0.0);
 
-    check_audio("audio_file", &file.bytes)?;
-    let bytes = std::sync::Arc::new(file.bytes);
+    let field = source.field(&input);
+    let bytes = inputs::load(&state, &input, source).await?;
+    check_audio(field, &bytes)?;
+    let bytes = std::sync::Arc::new(bytes);
     let audio = AudioHash::of(&bytes);
     let options_hash = OptionsHash::parse(&opts.options_hash(engine_kind)).map_err(ApiError::internal)?;
     let id = SessionId::parse(&uuid::Uuid::new_v4().simple().to_string()).map_err(ApiError::internal)?;
@@ -278,9 +370,18 @@ pub async fn generate(
             rec.started_ms = Some(rec.created_ms);
             rec.finished_ms = Some(now_ms());
             rec.cache_hits = vec!["video".into()];
+            // Saved: the avatar's image side and the whole render this answer did not run.
+            let render = estimate_generate(&state, video.duration_s, Queue::Vip).await;
             rec.video = Some(video);
             rec.from_cache = true;
+            let saved = image_seconds + render;
+            let answered = started.elapsed().as_secs_f64();
+            rec.saved_s = Some(saved);
+            let boost = crate::performance::speedup(answered, saved);
+            crate::performance::record(&state.cache, boost).await;
             state.cache.put(&Key::session(&id), &rec).await?;
+            index_session(&state, &image, &id).await?;
+            callbacks::attach(&state, Target::Session(id.clone()), callback).await?;
             return Ok(HttpResponse::Ok().json(GenerateResponse {
                 stream_url: stream_url(&id),
                 hls_url: hls_url(&id),
@@ -289,10 +390,12 @@ pub async fn generate(
                 estimated_time: 0.0,
                 cached: true,
                 joined: false,
+                performance_boost: boost,
             }));
         }
         Flight::Joined(rec) => {
             tracing::Span::current().record("session_id", rec.id.as_str());
+            callbacks::attach(&state, Target::Session(rec.id.clone()), callback).await?;
             let estimated_time = estimate_generate(&state, rec.audio_seconds, Queue::Vip).await;
             return Ok(HttpResponse::Accepted().json(GenerateResponse {
                 stream_url: stream_url(&rec.id),
@@ -302,10 +405,12 @@ pub async fn generate(
                 estimated_time,
                 cached: false,
                 joined: true,
+                performance_boost: crate::performance::speedup(estimated_time, image_seconds),
             }));
         }
         Flight::Claimed => guard.release_claim(flight, id.clone()),
     }
+    super::check_overload(&state).await?;
 
     // Decoded once, here: the worker reads these samples instead of decoding again.
     let b = bytes.clone();
@@ -315,9 +420,9 @@ pub async fn generate(
     let rec = new_record(opts, clip.duration_s());
 
     // Store first, then enqueue; the guard undoes both (and the claim) if anything below fails.
-    let audio_path = state.blobs.audio_path(&audio);
-    if state.blobs.put_if_absent(&audio_path, &bytes).await? {
-        guard.remove_file(audio_path);
+    let audio_name = BlobStore::audio_name(&audio);
+    if state.blobs.put_if_absent(&audio_name, bytes::Bytes::from(bytes.to_vec())).await? {
+        guard.remove_blob(audio_name);
     }
     let pcm_key = Key::audio_pcm(&audio);
     state.cache.put(&pcm_key, &clip.samples[..]).await?;
@@ -336,8 +441,10 @@ pub async fn generate(
     let skey = Key::session(&id);
     state.cache.put(&skey, &rec).await?;
     guard.remove_key(skey);
+    index_session(&state, &image, &id).await?;
     state.queue.enqueue(queue, &Job::Generate { session: id.clone() }).await?;
     guard.disarm();
+    callbacks::attach(&state, Target::Session(id.clone()), callback).await?;
     let estimated_time = estimate_generate(&state, rec.audio_seconds, queue).await;
     Ok(HttpResponse::Accepted().json(GenerateResponse {
         stream_url: stream_url(&id),
@@ -347,7 +454,24 @@ pub async fn generate(
         estimated_time,
         cached: false,
         joined: false,
+        performance_boost: match queue {
+            Queue::Vip => crate::performance::speedup(estimated_time, image_seconds),
+            Queue::Standard => 1.0,
+        },
     }))
+}
+
+/// Add `id` to the face's session index (`sessions_of:{image}`, read when the face is erased).
+async fn index_session(state: &AppState, image: &ImageHash, id: &SessionId) -> Result<(), ApiError> {
+    let key = crate::erase::sessions_key(state.cache.namespace(), image);
+    let ttl = state.config.ttl.ttl_tier1_secs.max(state.config.ttl.ttl_session_secs);
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD").arg(&key).arg(id.as_str()).ignore();
+    if ttl > 0 {
+        pipe.cmd("EXPIRE").arg(&key).arg(ttl).ignore();
+    }
+    pipe.query_async::<()>(&mut state.cache.connection()).await?;
+    Ok(())
 }
 
 /// How long a request waits for the session of the identical request that claimed the render
@@ -445,6 +569,11 @@ pub struct Performance {
     /// The worker that produced (or is producing) the video.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
+    /// Once ready: `(total_time + seconds the cache saved) / total_time`, measured (the saved
+    /// seconds are the avatar's image-side precompute when this session found it cached, and
+    /// also the whole render for a video that came from the cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speedup: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -480,6 +609,9 @@ pub struct SessionStatusResponse {
     /// True when the video came straight from the cache.
     pub cached: bool,
     pub performance: Performance,
+    /// The latest webhook delivery for this session's events (absent without a `callback_url`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookState>,
 }
 
 /// Status of a generate session.
@@ -498,15 +630,29 @@ pub struct SessionStatusResponse {
 pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = parse_session_id(&path)?;
     let rec = load_session(&state, &id).await?;
+    Ok(HttpResponse::Ok().json(session_body(&state.config, &state.blobs, &rec).await?))
+}
+
+/// The status body of a session; also the `data` of its webhooks.
+pub async fn session_body(
+    config: &Config,
+    blobs: &BlobStore,
+    rec: &SessionRecord,
+) -> Result<SessionStatusResponse, ApiError> {
+    let id = &rec.id;
     let now = now_ms();
     let secs = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e3;
     let ready = rec.status == SessionStatus::Ready;
-    Ok(HttpResponse::Ok().json(SessionStatusResponse {
+    let download_url = match (&rec.video, ready) {
+        (Some(v), true) => Some(download_url(config, blobs, id, &v.file).await?),
+        _ => None,
+    };
+    Ok(SessionStatusResponse {
         session_id: id.to_string(),
         status: rec.status,
         progress: rec.progress.clamp(0.0, 1.0),
         video_ready: ready,
-        download_url: ready.then(|| format!("/api/vip/download/{id}")),
+        download_url,
         stream_url: stream_url(&id),
         hls_url: hls_url(&id),
         first_frame_ms: rec.first_frame_ms,
@@ -526,13 +672,110 @@ pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Resu
             cache_misses: rec.cache_misses.clone(),
             attempts: rec.attempts,
             worker: rec.worker.clone(),
+            speedup: match (ready, rec.saved_s) {
+                (true, Some(saved)) => {
+                    Some(crate::performance::speedup(secs(rec.created_ms, rec.finished_ms.unwrap_or(now)), saved))
+                }
+                _ => None,
+            },
         },
-    }))
+        webhook: rec.webhook,
+    })
+}
+
+/// The first frame of a finished session's video (JPEG).
+#[utoipa::path(
+    get,
+    path = "/thumbnail/{session_id}",
+    tag = "vip",
+    params(("session_id" = String, Path, description = "The id returned by generate")),
+    responses(
+        (status = 200, description = "The thumbnail", content_type = "image/jpeg", body = Vec<u8>),
+        (status = 307, description = "Object storage: redirect to a presigned URL (Location)"),
+        (status = 404, description = "Unknown session, or it has no thumbnail", body = ErrorBody),
+        (status = 409, description = "Not ready yet, failed or cancelled", body = ErrorBody),
+    )
+)]
+pub async fn thumbnail(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_session_id(&path)?;
+    let rec = load_session(&state, &id).await?;
+    let video = ready_video(&id, rec)?;
+    let Some(name) = video.thumbnail else {
+        return Err(ApiError::new(Code::ThumbnailNotFound, format!("session {id} has no thumbnail")));
+    };
+    let d = Delivery {
+        name: &name,
+        mime: "image/jpeg",
+        filename: format!("{id}.jpg"),
+        gone: || ApiError::new(Code::ThumbnailNotFound, "the thumbnail of this session is no longer stored"),
+    };
+    serve_blob(&req, &state, d).await
+}
+
+/// Cancel a queued or running session.
+///
+/// A queued session never runs; a running one stops at its next chunk of frames, and its
+/// temporary files and live stream are removed (no video is stored). Answers the session's
+/// status, now `cancelled`.
+#[utoipa::path(
+    delete,
+    path = "/session/{session_id}",
+    tag = "vip",
+    params(("session_id" = String, Path, description = "The id returned by generate")),
+    responses(
+        (status = 200, description = "Cancelled", body = SessionStatusResponse),
+        (status = 404, description = "Unknown or expired session", body = ErrorBody),
+        (status = 409, description = "Already finished (ready, failed or cancelled): `session_finished`", body = ErrorBody),
+    )
+)]
+#[tracing::instrument(skip_all, fields(session_id = %path.as_str()))]
+pub async fn cancel(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let id = parse_session_id(&path)?;
+    let key = Key::session(&id);
+    let mut rec = load_session(&state, &id).await?;
+    if rec.is_finished() {
+        let status = serde_json::to_value(rec.status).unwrap_or_default();
+        return Err(ApiError::new(
+            Code::SessionFinished,
+            format!("session {id} is already {}", status.as_str().unwrap_or("finished")),
+        ));
+    }
+    rec.status = SessionStatus::Cancelled;
+    rec.finished_ms = Some(now_ms());
+    let flag = crate::jobs::generate::cancel_key(state.cache.namespace(), &id);
+    let ttl = state.config.ttl.ttl_session_secs.max(60);
+    redis::cmd("SET").arg(flag).arg(1).arg("EX").arg(ttl).query_async::<()>(&mut state.cache.connection()).await?;
+    state.cache.put(&key, &rec).await?;
+    // An identical request must not join a cancelled session.
+    let flight = Key::inflight(&rec.image, &rec.audio, &rec.options_hash);
+    state.cache.release(&flight, id.as_str()).await?;
+    tracing::info!("session cancelled");
+    Ok(HttpResponse::Ok().json(session_body(&state.config, &state.blobs, &rec).await?))
+}
+
+/// The video of a ready session, or why there is none.
+fn ready_video(id: &SessionId, rec: SessionRecord) -> Result<VideoRef, ApiError> {
+    match (rec.status, rec.video) {
+        (SessionStatus::Ready, Some(v)) => Ok(v),
+        (SessionStatus::Cancelled, _) => {
+            Err(ApiError::new(Code::SessionCancelled, format!("session {id} was cancelled")))
+        }
+        (SessionStatus::Failed, _) => {
+            let why = rec.error.map(|e| e.message).unwrap_or_default();
+            Err(ApiError::new(Code::VideoFailed, format!("session {id} failed: {why}")))
+        }
+        _ => Err(ApiError::new(Code::VideoNotReady, format!("session {id} is not ready yet")).retry_after(2)),
+    }
 }
 
 /// Download the finished MP4.
 ///
-/// Supports HTTP Range requests (206 partial content), so browsers can seek.
+/// Supports HTTP Range requests (206 partial content), so browsers can seek. With object
+/// storage it answers `307` to a presigned URL of the file (Range works there too).
 #[utoipa::path(
     get,
     path = "/download/{session_id}",
@@ -541,6 +784,7 @@ pub async fn status(state: web::Data<AppState>, path: web::Path<String>) -> Resu
     responses(
         (status = 200, description = "The video", content_type = "video/mp4", body = Vec<u8>),
         (status = 206, description = "The requested byte range", content_type = "video/mp4", body = Vec<u8>),
+        (status = 307, description = "Object storage: redirect to a presigned URL of the video (Location)"),
         (status = 401, description = "Missing or wrong X-API-Key", body = ErrorBody),
         (status = 404, description = "Unknown session, or its video file is gone", body = ErrorBody),
         (status = 409, description = "Not ready yet, or failed", body = ErrorBody),
@@ -563,29 +807,14 @@ pub(crate) async fn serve_video(
     id: &SessionId,
     rec: SessionRecord,
 ) -> Result<HttpResponse, ApiError> {
-    let video = match (rec.status, rec.video) {
-        (SessionStatus::Ready, Some(v)) => v,
-        (SessionStatus::Failed, _) => {
-            let why = rec.error.map(|e| e.message).unwrap_or_default();
-            return Err(ApiError::new(Code::VideoFailed, format!("session {id} failed: {why}")));
-        }
-        _ => return Err(ApiError::new(Code::VideoNotReady, format!("session {id} is not ready yet")).retry_after(2)),
+    let video = ready_video(id, rec)?;
+    let d = Delivery {
+        name: &video.file,
+        mime: "video/mp4",
+        filename: format!("{id}.mp4"),
+        gone: || {
+            ApiError::new(Code::SessionNotFound, "the video of this session is no longer stored; generate it again")
+        },
     };
-    let path = state.blobs.resolve(&video.file)?;
-    let file = actix_files::NamedFile::open_async(&path).await.map_err(|_| {
-        ApiError::new(
-            Code::SessionNotFound,
-            format!("the video of session {id} is no longer stored; generate it again"),
-        )
-    })?;
-    let mut resp = file
-        .set_content_type("video/mp4".parse().map_err(ApiError::internal)?)
-        .set_content_disposition(header::ContentDisposition {
-            disposition: header::DispositionType::Inline,
-            parameters: vec![header::DispositionParam::Filename(format!("{id}.mp4"))],
-        })
-        .use_last_modified(true)
-        .into_response(req);
-    resp.headers_mut().insert(header::CACHE_CONTROL, header::HeaderValue::from_static("private, max-age=3600"));
-    Ok(resp)
+    serve_blob(req, state, d).await
 }

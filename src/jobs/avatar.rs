@@ -65,7 +65,8 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Read the original image bytes (kept for rebuilding), or a final error if they are gone.
 async fn original(ctx: &JobContext, image: &ImageHash) -> Result<Vec<u8>, JobError> {
-    ctx.blobs.read(&ctx.blobs.image_path(image)).await?.ok_or_else(|| {
+    let bytes = ctx.blobs.read(&BlobStore::image_name(image)).await?;
+    bytes.map(|b| b.to_vec()).ok_or_else(|| {
         JobError::Final(
             ApiError::new(
                 Code::ImageNotFound,
@@ -223,7 +224,7 @@ pub async fn run_precompute(ctx: &JobContext, image: &ImageHash, mode: Preproces
     let key = Key::avatar(image, mode.as_str());
     let mut record =
         ctx.cache.peek::<AvatarRecord>(&key).await?.unwrap_or_else(|| AvatarRecord::processing(image.clone(), mode));
-    if record.status == AvatarStatus::Ready {
+    if record.status == AvatarStatus::Ready || crate::erase::is_erased(&ctx.cache, image).await {
         return Ok(());
     }
     let mut t = Tracker::default();
@@ -239,7 +240,11 @@ pub async fn run_precompute(ctx: &JobContext, image: &ImageHash, mode: Preproces
     record.width = avatar.analysis.width;
     record.height = avatar.analysis.height;
     record.faces_found = avatar.analysis.faces_found as u32;
+    if erased_meanwhile(ctx, image).await {
+        return Ok(());
+    }
     ctx.cache.put(&key, &record).await?;
+    crate::api::callbacks::announce_avatar(&ctx.cache, image, mode).await;
     // The idle loop comes after: the avatar is ready for generate requests (served first, from
     // the vip queue) while it renders.
     ctx.queue.enqueue(Queue::Standard, &Job::Idle { image: image.clone(), mode }).await?;
@@ -277,8 +282,8 @@ pub async fn run_idle(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode)
         .await;
     watcher.abort();
     if matches!(&rendered, Err(PipelineError::Internal(m)) if m == STOPPED) && stop.load(Ordering::Relaxed) {
-        let _ = ctx.blobs.remove(&tmp_video).await;
-        let _ = ctx.blobs.remove(&tmp_thumb).await;
+        let _ = ctx.blobs.remove_temp(&tmp_video).await;
+        let _ = ctx.blobs.remove_temp(&tmp_thumb).await;
         tracing::info!(%image, "idle loop yields to waiting VIP work; queued again");
         ctx.queue.enqueue(Queue::Standard, &Job::Idle { image: image.clone(), mode }).await?;
         return Ok(());
@@ -286,20 +291,46 @@ pub async fn run_idle(ctx: &JobContext, image: &ImageHash, mode: PreprocessMode)
     let stats = match rendered {
         Ok(Some(stats)) => stats,
         other => {
-            let _ = ctx.blobs.remove(&tmp_video).await;
-            let _ = ctx.blobs.remove(&tmp_thumb).await;
+            let _ = ctx.blobs.remove_temp(&tmp_video).await;
+            let _ = ctx.blobs.remove_temp(&tmp_thumb).await;
             other?;
             ctx.cache.put(&key, &IdleEntry::NoneFor(engine.kind())).await?;
             return Ok(());
         }
     };
-    tokio::fs::rename(&tmp_video, ctx.blobs.resolve(&video_name)?).await?;
-    tokio::fs::rename(&tmp_thumb, ctx.blobs.resolve(&thumb_name)?).await?;
-    let bytes = tokio::fs::metadata(ctx.blobs.resolve(&video_name)?).await?.len();
+    let stored = async {
+        let bytes = ctx.blobs.put_file(&video_name, &tmp_video).await?;
+        ctx.blobs.put_file(&thumb_name, &tmp_thumb).await?;
+        Ok::<_, std::io::Error>(bytes)
+    };
+    let bytes = match stored.await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ctx.blobs.remove(&video_name).await;
+            let _ = ctx.blobs.remove_temp(&tmp_video).await;
+            let _ = ctx.blobs.remove_temp(&tmp_thumb).await;
+            return Err(e.into());
+        }
+    };
+    if erased_meanwhile(ctx, image).await {
+        return Ok(());
+    }
     let entry = IdleRef { video: video_name, thumbnail: thumb_name, frames: stats.frames as u64, bytes };
     ctx.cache.put(&key, &IdleEntry::Rendered(entry)).await?;
     tracing::info!(%image, frames = stats.frames, ms = stats.total_ms, "idle loop rendered");
     Ok(())
+}
+
+/// A job that ran while its face was erased: erase again what it wrote since; true if so.
+pub(super) async fn erased_meanwhile(ctx: &JobContext, image: &ImageHash) -> bool {
+    if !crate::erase::is_erased(&ctx.cache, image).await {
+        return false;
+    }
+    if let Err(e) = crate::erase::erase_avatar(&ctx.cache, &ctx.blobs, image).await {
+        tracing::warn!(error = %e, %image, "could not erase what a job wrote for an erased face");
+    }
+    tracing::info!(%image, "the face was erased while a job ran for it; its results are gone");
+    true
 }
 
 /// Set `stop` as soon as VIP work waits in the queue (checked every 50 ms).
@@ -335,5 +366,6 @@ pub async fn fail_precompute(
     record.error = Some(err.body().clone());
     record.updated_ms = now_ms();
     ctx.cache.put(&key, &record).await?;
+    crate::api::callbacks::announce_avatar(&ctx.cache, image, mode).await;
     Ok(())
 }

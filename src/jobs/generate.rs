@@ -10,6 +10,7 @@ use crate::blobs::BlobStore;
 use crate::errors::{ApiError, Code};
 use crate::records::{now_ms, AvatarRecord, AvatarStatus, SessionRecord, SessionStatus, VideoRef};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -17,7 +18,7 @@ use vipavatar_cache::{AudioHash, ImageHash, Key, Kind, Piece, SessionId};
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits, SAMPLE_RATE};
 use vipavatar_pipeline::engine::{AvatarInput, EngineKind, PreprocessMode};
 use vipavatar_pipeline::video::{
-    generate_streamed, split_parts, track_samples, Fragment, FragmentSink, GenerateRequest, FPS,
+    generate_streamed_until, split_parts, track_samples, Fragment, FragmentSink, GenerateRequest, FPS,
 };
 
 /// `audio_features:{audio}`: each engine's features for this audio (engines differ in what they
@@ -73,6 +74,10 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     if rec.is_finished() {
         return Ok(());
     }
+    if crate::erase::is_erased(&ctx.cache, &rec.image).await || cancel_requested(&ctx.cache, id).await {
+        tracing::info!(session = %id, "the session was cancelled or its face erased; dropping the job");
+        return Ok(());
+    }
     rec.status = SessionStatus::Processing;
     rec.started_ms.get_or_insert_with(now_ms);
     rec.worker = Some(ctx.consumer.clone());
@@ -117,6 +122,10 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     // live fragments through a channel to the publisher, which appends them to `stream:{id}`.
     ctx.streams.reset(&rec.id).await?;
     let tmp = ctx.blobs.temp_path("mp4");
+    let thumb = ctx.blobs.temp_path("jpg");
+    // A cancel (or an erase of the face) stops the render at its next chunk.
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let watcher = spawn_cancel_watch(ctx, &rec, cancelled.clone());
     let (live_tx, live_rx) = watch::channel(Live { progress: PRE_RENDER_PROGRESS, ..Live::default() });
     let live_tx = Arc::new(live_tx);
     let writer = spawn_progress_writer(ctx, rec.clone(), live_rx);
@@ -151,6 +160,7 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
         }
         None => {
             let (e, a, p, o, out) = (engine.clone(), avatar.clone(), prepared, rec.options.clone(), tmp.clone());
+            let (thumb_out, stop) = (thumb.clone(), cancelled.clone());
             let progress_tx = live_tx.clone();
             ctx.model
                 .run(move || {
@@ -163,27 +173,34 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
                         features: features.as_deref(),
                         motion: motion.as_deref(),
                         output: &out,
-                        thumbnail: None,
+                        thumbnail: Some(thumb_out.as_path()),
                         contact_sheet: None,
                         close_loop: false,
                     };
                     let sink: FragmentSink = Box::new(move |f| {
                         let _ = frag_tx.send(f);
                     });
-                    generate_streamed(&req, Some(sink), &mut |pr| {
-                        if pr.stage == "render" && pr.total > 0 {
-                            let f = pr.done as f32 / pr.total as f32;
-                            progress_tx.send_modify(|l| {
-                                l.progress = render_progress(f);
-                                l.frames_done = pr.done as u64;
-                            });
-                        }
-                    })
+                    let stop = move || stop.load(Ordering::Relaxed);
+                    generate_streamed_until(
+                        &req,
+                        Some(sink),
+                        &mut |pr| {
+                            if pr.stage == "render" && pr.total > 0 {
+                                let f = pr.done as f32 / pr.total as f32;
+                                progress_tx.send_modify(|l| {
+                                    l.progress = render_progress(f);
+                                    l.frames_done = pr.done as u64;
+                                });
+                            }
+                        },
+                        &stop,
+                    )
                 })
                 .await
                 .map_err(JobError::from)
         }
     };
+    watcher.abort();
     // Every fragment is in Redis once the publisher has drained its channel (the encoder's sink,
     // and with it the sender, is gone when the model call returns).
     let published = publisher.await.map_err(internal)?;
@@ -192,10 +209,26 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     // the final session save below (one multiplexed connection keeps command order).
     writer.abort();
     let _ = writer.await;
+    if cancelled.load(Ordering::Relaxed) || session_cancelled(ctx, &rec).await {
+        // Nothing of it stays: no temporaries, no stream, no video.
+        let _ = ctx.blobs.remove_temp_family(&tmp).await;
+        let _ = ctx.blobs.remove_temp(&thumb).await;
+        let _ = ctx.streams.reset(&rec.id).await;
+        let _ = ctx.cache.release(&Key::inflight(&rec.image, &rec.audio, &rec.options_hash), rec.id.as_str()).await;
+        // The progress writer may have stored `processing` over the cancel: store it again.
+        if ctx.cache.exists(&Key::session(&rec.id)).await.unwrap_or(false) {
+            rec.status = SessionStatus::Cancelled;
+            rec.finished_ms.get_or_insert_with(now_ms);
+            save(ctx, &rec).await?;
+        }
+        tracing::info!(session = %rec.id, "cancelled; the render stopped and its files are gone");
+        return Ok(());
+    }
     let output = match result.and_then(|o| published.map(|_| o)) {
         Ok(o) => o,
         Err(e) => {
-            let _ = ctx.blobs.remove(&tmp).await;
+            let _ = ctx.blobs.remove_temp(&thumb).await;
+            let _ = ctx.blobs.remove_temp(&tmp).await;
             let _ = ctx.streams.append(&rec.id, attempt, &Piece::Error(error_json(&e)), 0.0).await;
             return Err(e);
         }
@@ -218,11 +251,25 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     }
 
     let name = BlobStore::video_name(&rec.image, &rec.audio, &rec.options_hash);
-    let final_path = ctx.blobs.resolve(&name)?;
-    tokio::fs::rename(&tmp, &final_path).await?;
-    let bytes = tokio::fs::metadata(&final_path).await?.len();
-    let video =
-        VideoRef { file: name, bytes, duration_s: output.stats.video_seconds, frames: output.stats.frames as u64 };
+    let thumb_name = name.replace(".mp4", ".jpg");
+    let thumbnail = store_thumbnail(ctx, &tmp, &thumb, &thumb_name).await;
+    let bytes = match ctx.blobs.put_file(&name, &tmp).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = ctx.blobs.remove_temp(&tmp).await;
+            return Err(e.into());
+        }
+    };
+    if super::avatar::erased_meanwhile(ctx, &rec.image).await {
+        return Ok(());
+    }
+    let video = VideoRef {
+        file: name,
+        bytes,
+        duration_s: output.stats.video_seconds,
+        frames: output.stats.frames as u64,
+        thumbnail,
+    };
     ctx.cache.put(&Key::video(&rec.image, &rec.audio, &rec.options_hash), &video).await?;
 
     let total_ms = start.elapsed().as_millis() as i64;
@@ -246,7 +293,85 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     );
     rec.frames_done = output.stats.frames as u64;
     rec.frames_total = output.stats.frames as u64;
-    save(ctx, &rec).await
+    // What the cache saved it: the avatar's measured image side, when its analysis was a hit.
+    let saved = match rec.cache_hits.iter().any(|h| h == Kind::Coeffs3dmm.name()) {
+        true => ctx
+            .cache
+            .peek::<AvatarRecord>(&Key::avatar(&rec.image, mode.as_str()))
+            .await?
+            .as_ref()
+            .and_then(crate::performance::image_seconds)
+            .unwrap_or(0.0),
+        false => 0.0,
+    };
+    rec.saved_s = Some(saved);
+    let own = rec.finished_ms.unwrap_or_else(now_ms).saturating_sub(rec.created_ms) as f64 / 1e3;
+    crate::performance::record(&ctx.cache, crate::performance::speedup(own, saved)).await;
+    save(ctx, &rec).await?;
+    crate::api::callbacks::announce_session(&ctx.cache, &ctx.config, &ctx.blobs, &rec).await;
+    Ok(())
+}
+
+/// `cancel:{session}`: set by `DELETE /api/vip/session/{id}` (the record's status can be
+/// overwritten by a progress write in flight; this flag cannot).
+pub fn cancel_key(ns: &vipavatar_cache::Namespace, id: &SessionId) -> String {
+    ns.name(&format!("cancel:{id}"))
+}
+
+async fn cancel_requested(cache: &vipavatar_cache::Cache, id: &SessionId) -> bool {
+    let mut conn = cache.connection();
+    redis::cmd("EXISTS").arg(cancel_key(cache.namespace(), id)).query_async::<bool>(&mut conn).await.unwrap_or(false)
+}
+
+/// Whether the session was cancelled (or its face erased, or its record is gone) meanwhile.
+async fn session_cancelled(ctx: &JobContext, rec: &SessionRecord) -> bool {
+    let now = ctx.cache.peek::<SessionRecord>(&Key::session(&rec.id)).await.ok().flatten();
+    now.is_none_or(|r| r.status == SessionStatus::Cancelled)
+        || cancel_requested(&ctx.cache, &rec.id).await
+        || crate::erase::is_erased(&ctx.cache, &rec.image).await
+}
+
+/// Set `flag` once the session is cancelled (checked a few times a second while it renders).
+fn spawn_cancel_watch(ctx: &JobContext, rec: &SessionRecord, flag: Arc<AtomicBool>) -> tokio::task::JoinHandle<()> {
+    let (cache, id, image) = (ctx.cache.clone(), rec.id.clone(), rec.image.clone());
+    crate::spawn_named(&format!("cancel-watch-{id}"), async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let rec = cache.peek::<SessionRecord>(&Key::session(&id)).await;
+            let gone = matches!(&rec, Ok(None) | Ok(Some(SessionRecord { status: SessionStatus::Cancelled, .. })));
+            if gone || cancel_requested(&cache, &id).await || crate::erase::is_erased(&cache, &image).await {
+                flag.store(true, Ordering::Relaxed);
+                return;
+            }
+        }
+    })
+}
+
+/// Store the first frame as the session's thumbnail: the JPEG the render wrote, or (a split
+/// render writes none) one taken from the finished MP4 by ffmpeg. `None` if neither worked.
+async fn store_thumbnail(ctx: &JobContext, mp4: &std::path::Path, jpg: &std::path::Path, name: &str) -> Option<String> {
+    if !tokio::fs::try_exists(jpg).await.unwrap_or(false) {
+        let status = tokio::process::Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-y", "-i"])
+            .arg(mp4)
+            .args(["-frames:v", "1", "-q:v", "3"])
+            .arg(jpg)
+            .status()
+            .await;
+        if !status.is_ok_and(|s| s.success()) {
+            let _ = ctx.blobs.remove_temp(jpg).await;
+            tracing::warn!(%name, "could not take a thumbnail from the video");
+            return None;
+        }
+    }
+    match ctx.blobs.put_file(name, jpg).await {
+        Ok(_) => Some(name.to_string()),
+        Err(e) => {
+            let _ = ctx.blobs.remove_temp(jpg).await;
+            tracing::warn!(error = %e, %name, "could not store the thumbnail");
+            None
+        }
+    }
 }
 
 /// Job consumers in every live worker process of the namespace.
@@ -264,8 +389,9 @@ pub(super) async fn load_audio(ctx: &JobContext, t: &mut Tracker, audio: &AudioH
     t.miss(Kind::AudioPcm);
     let bytes = ctx
         .blobs
-        .read(&ctx.blobs.audio_path(audio))
+        .read(&BlobStore::audio_name(audio))
         .await?
+        .map(|b| b.to_vec())
         .ok_or_else(|| internal(format!("the audio {audio} of this session is no longer stored")))?;
     let limits = AudioLimits { max_seconds: ctx.config.limits.max_audio_seconds, ..AudioLimits::default() };
     Ok(tokio::task::spawn_blocking(move || decode_audio(&bytes, &limits)).await.map_err(internal)??)
@@ -349,6 +475,7 @@ pub async fn fail_generate(ctx: &JobContext, id: &SessionId, err: &JobError) -> 
     rec.error = Some(err.body().clone());
     rec.finished_ms = Some(now_ms());
     save(ctx, &rec).await?;
+    crate::api::callbacks::announce_session(&ctx.cache, &ctx.config, &ctx.blobs, &rec).await;
     // Anyone watching the live stream learns it ended badly.
     ctx.streams.append(id, rec.attempts, &Piece::Error(error_json(err)), 0.0).await?;
     Ok(())
@@ -365,9 +492,6 @@ pub async fn cached_video(
     let Some(video) = cache.get::<VideoRef>(&Key::video(image, audio, options)).await? else {
         return Ok(None);
     };
-    let exists = match blobs.resolve(&video.file) {
-        Ok(p) => tokio::fs::try_exists(&p).await.unwrap_or(false),
-        Err(_) => false,
-    };
+    let exists = blobs.exists(&video.file).await.unwrap_or(false);
     Ok(exists.then_some(video))
 }

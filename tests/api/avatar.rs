@@ -199,7 +199,17 @@ async fn bad_uploads_get_the_right_status_and_code() {
     let part = Part::stream(reqwest::Body::wrap_stream(stream)).file_name("big.png");
     let form = Form::new().part("image_file", part);
     assert_error(&app.post_form("/api/avatar/upload", form).await, 413, "payload_too_large");
-    // Not multipart at all.
+    // Neither multipart nor JSON.
+    let r = app
+        .client
+        .post(app.url("/api/avatar/upload"))
+        .header("Content-Type", "text/plain")
+        .body("image_file=x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(&json(r).await, 415, "expected_multipart");
+    // JSON cannot carry a file field: it names the JSON alternatives.
     let r = app
         .client
         .post(app.url("/api/avatar/upload"))
@@ -207,7 +217,9 @@ async fn bad_uploads_get_the_right_status_and_code() {
         .send()
         .await
         .unwrap();
-    assert_error(&json(r).await, 415, "expected_multipart");
+    let got = json(r).await;
+    assert_error(&got, 400, "invalid_field");
+    assert!(got.1["message"].as_str().unwrap().contains("image_base64"), "{}", got.1);
     // Duplicate field.
     let form = Form::new()
         .part("image_file", png_part(png[..1000].to_vec()))

@@ -1,5 +1,5 @@
-//! Deployment files: docker-compose.yml's structure (Redis with AOF and a volume, an API-only
-//! node, a GPU worker, a shared data volume, healthchecks) and the Dockerfile's stages, checked
+//! Deployment files: docker-compose.yml's structure (Redis with AOF and a volume, MinIO and its
+//! bucket, an API-only node and a GPU worker sharing no volume, healthchecks) and the Dockerfile's stages, checked
 //! against the set-up script's package list and the binary's own configuration.
 
 use crate::helpers::repo;
@@ -32,7 +32,8 @@ fn compose_file_has_redis_api_and_gpu_worker() {
     let doc = compose();
     let services = &doc["services"];
     let (redis, api, worker) = (&services["redis"], &services["api"], &services["worker"]);
-    for (name, s) in [("redis", redis), ("api", api), ("worker", worker)] {
+    let minio = &services["minio"];
+    for (name, s) in [("redis", redis), ("minio", minio), ("api", api), ("worker", worker)] {
         assert!(s.is_mapping(), "service {name} missing");
         let test = strings(&s["healthcheck"]["test"]);
         assert!(test.first().is_some_and(|t| t == "CMD" || t == "CMD-SHELL"), "{name} needs a healthcheck");
@@ -52,17 +53,29 @@ fn compose_file_has_redis_api_and_gpu_worker() {
     assert_eq!(dev["driver"].as_str(), Some("nvidia"));
     assert!(strings(&dev["capabilities"]).contains(&"gpu".to_string()), "{dev:?}");
 
-    // Both use the compose Redis and share one data volume mounted at their data dir.
+    // Both use the compose Redis and the MinIO bucket (created before they start), and share
+    // no volume: each mounts only its own scratch space at its data dir.
+    let bucket_cmd = strings(&services["minio-bucket"]["entrypoint"]).join(" ");
+    assert!(bucket_cmd.contains("mc mb --ignore-existing m/vipavatar"), "{bucket_cmd}");
     for (name, s) in [("api", api), ("worker", worker)] {
         assert_eq!(env(s, "REDIS_URL"), Some("redis://redis:6379"), "{name}");
         assert_eq!(s["depends_on"]["redis"]["condition"].as_str(), Some("service_healthy"), "{name}");
-        let data_dir = env(s, "VIPAVATAR_DATA_DIR").expect("VIPAVATAR_DATA_DIR");
-        assert!(
-            mounts(s).iter().any(|(v, p)| p == data_dir && v == "vipavatar-data"),
-            "{name} must mount the shared data volume"
+        assert_eq!(
+            s["depends_on"]["minio-bucket"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "{name}"
         );
+        assert_eq!(env(s, "VIPAVATAR_STORAGE"), Some("s3://vipavatar/media"), "{name}");
+        assert_eq!(env(s, "VIPAVATAR_S3_ENDPOINT"), Some("http://minio:9000"), "{name}");
+        let data_dir = env(s, "VIPAVATAR_DATA_DIR").expect("VIPAVATAR_DATA_DIR");
+        assert!(mounts(s).iter().any(|(_, p)| p == data_dir), "{name} mounts scratch space at its data dir");
         assert!(s["build"].is_string() || s["image"].is_string(), "{name} needs an image");
     }
+    let (api_vols, worker_vols): (Vec<_>, Vec<_>) = (mounts(api), mounts(worker));
+    assert!(
+        api_vols.iter().all(|(v, _)| worker_vols.iter().all(|(w, _)| w != v)),
+        "the API node and the worker must not share a volume: {api_vols:?} / {worker_vols:?}"
+    );
     assert!(api["ports"].as_sequence().is_some_and(|p| !p.is_empty()), "api publishes its port");
 }
 

@@ -32,7 +32,7 @@ async fn info_health_and_readiness() {
 async fn unknown_routes_and_methods_get_the_error_body() {
     let app = spawn_app_with(0, |_| {}).await;
     assert_error(&app.get_json("/nope").await, 404, "route_not_found");
-    let r = app.client.delete(app.url("/api/avatar/upload")).send().await.unwrap();
+    let r = app.client.put(app.url("/api/avatar/upload")).send().await.unwrap();
     assert_eq!(r.headers().get("allow").and_then(|v| v.to_str().ok()), Some("POST"));
     assert_error(&json(r).await, 405, "method_not_allowed");
     // Path/query extractor failures are JSON too.

@@ -189,6 +189,15 @@ impl TestApp {
         id
     }
 
+    /// Wait until the avatar's idle loop is rendered and recorded (its thumbnail answers 200).
+    pub async fn wait_idle_rendered(&self, image_id: &str) {
+        let start = Instant::now();
+        while self.get(&format!("/api/avatar/thumbnail/{image_id}")).await.status() != 200 {
+            assert!(start.elapsed() < Duration::from_secs(120), "idle loop of {image_id} not rendered");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     pub async fn generate(&self, image_id: &str, audio: Vec<u8>, fields: &[(&str, &str)]) -> (StatusCode, Value) {
         let mut form = Form::new().text("image_id", image_id.to_string()).part("audio_file", wav_part(audio));
         for (k, v) in fields {

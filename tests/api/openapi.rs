@@ -79,13 +79,17 @@ fn spec_lists_every_status_and_id_pattern() {
         r.keys().cloned().collect()
     };
     let want: &[(&str, &str, &[&str])] = &[
-        ("/api/avatar/upload", "post", &["200", "202", "400", "401", "408", "413", "415", "422", "503"]),
+        ("/api/avatar/upload", "post", &["200", "202", "400", "401", "408", "413", "415", "422", "429", "503"]),
+        ("/api/avatar/{image_id}", "delete", &["200", "400", "401", "404", "503"]),
+        ("/api/avatars", "get", &["200", "400", "401", "503"]),
         ("/api/avatar/status/{image_id}", "get", &["200", "400", "401", "404", "503"]),
-        ("/api/avatar/idle/{image_id}", "get", &["200", "206", "400", "401", "404", "409", "416", "503"]),
-        ("/api/avatar/thumbnail/{image_id}", "get", &["200", "400", "401", "404", "409", "503"]),
-        ("/api/vip/generate", "post", &["200", "202", "400", "401", "404", "408", "413", "415", "422", "503"]),
+        ("/api/avatar/idle/{image_id}", "get", &["200", "206", "307", "400", "401", "404", "409", "416", "503"]),
+        ("/api/avatar/thumbnail/{image_id}", "get", &["200", "307", "400", "401", "404", "409", "503"]),
+        ("/api/vip/generate", "post", &["200", "202", "400", "401", "404", "408", "413", "415", "422", "429", "503"]),
+        ("/api/vip/thumbnail/{session_id}", "get", &["200", "307", "400", "401", "404", "409", "503"]),
+        ("/api/vip/session/{session_id}", "delete", &["200", "400", "401", "404", "409", "503"]),
         ("/api/vip/status/{session_id}", "get", &["200", "400", "401", "404", "503"]),
-        ("/api/vip/download/{session_id}", "get", &["200", "206", "400", "401", "404", "409", "416", "503"]),
+        ("/api/vip/download/{session_id}", "get", &["200", "206", "307", "400", "401", "404", "409", "416", "503"]),
         ("/api/vip/stream/{session_id}", "get", &["200", "400", "401", "404", "409", "503"]),
         ("/api/vip/stream/{session_id}/index.m3u8", "get", &["200", "400", "401", "404", "409", "503"]),
         ("/api/vip/stream/{session_id}/init.mp4", "get", &["200", "400", "401", "404", "503"]),
@@ -115,7 +119,7 @@ fn spec_lists_every_status_and_id_pattern() {
         assert_eq!(statuses(path, method), *codes, "{method} {path}");
     }
     assert_eq!(doc["components"]["schemas"]["GenerateForm"]["properties"]["image_id"]["pattern"], "^[0-9a-f]{64}$");
-    for form in ["GenerateForm", "UploadForm"] {
+    for form in ["GenerateForm", "UploadForm", "GenerateJson", "UploadJson"] {
         assert_eq!(doc["components"]["schemas"][form]["additionalProperties"], false, "{form} lists every field");
     }
     assert_eq!(doc["security"], serde_json::json!([{"api_key": []}, {}]), "the key is optional without API_KEYS");

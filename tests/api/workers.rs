@@ -8,15 +8,30 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use vipavatar::Config;
 
-/// `vipavatar worker` with the test app's Redis, namespace, data and models.
-struct WorkerProcess {
-    child: Child,
+/// `vipavatar worker` with the test app's Redis, namespace, data, storage and models.
+pub struct WorkerProcess {
+    pub child: Child,
 }
 
 impl WorkerProcess {
-    fn start(config: &Config, log: &Path) -> Self {
+    pub fn start(config: &Config, log: &Path) -> Self {
         let log = std::fs::File::create(log).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_vipavatar"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vipavatar"));
+        let s = &config.storage;
+        let storage_env = [
+            ("VIPAVATAR_STORAGE", s.storage.clone()),
+            ("VIPAVATAR_S3_ENDPOINT", s.s3_endpoint.clone()),
+            ("VIPAVATAR_S3_REGION", s.s3_region.clone()),
+            ("VIPAVATAR_S3_ACCESS_KEY_ID", s.s3_access_key_id.as_ref().map(|k| k.expose().to_string())),
+            ("VIPAVATAR_S3_SECRET_ACCESS_KEY", s.s3_secret_access_key.as_ref().map(|k| k.expose().to_string())),
+        ];
+        for (key, value) in storage_env {
+            match value {
+                Some(v) => cmd.env(key, v),
+                None => cmd.env_remove(key),
+            };
+        }
+        let child = cmd
             .args(["worker", "--workers", "1"])
             .env("REDIS_URL", config.redis_url.as_deref().unwrap())
             .env("VIPAVATAR_NAMESPACE", config.namespace.as_str())
@@ -38,7 +53,7 @@ impl WorkerProcess {
         Self { child }
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 }

@@ -125,6 +125,17 @@ pub fn generate_streamed(
     run_chunks(req, Output::Mp4 { stream }, progress, &|| false)
 }
 
+/// [`generate_streamed`] that gives up between chunks once `stop()` turns true (with
+/// [`STOPPED`] as an internal error): a cancelled session stops at its next chunk.
+pub fn generate_streamed_until(
+    req: &GenerateRequest<'_>,
+    stream: Option<FragmentSink>,
+    progress: &mut dyn FnMut(Progress),
+    stop: &(dyn Fn() -> bool + Sync),
+) -> Result<GenerateOutput> {
+    run_chunks(req, Output::Mp4 { stream }, progress, stop)
+}
+
 /// [`generate_video`] that gives up between chunks once `stop()` turns true (with
 /// [`STOPPED`] as an internal error), so background work can yield to a waiting request.
 pub fn generate_video_until(

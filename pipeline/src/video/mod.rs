@@ -15,8 +15,8 @@ pub mod warm;
 pub use encoder::{set_x264, x264, ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS, X264};
 pub use fmp4::{track_samples, Fragment, FragmentSplitter};
 pub use generate::{
-    chunk_starts, generate_local, generate_part, generate_streamed, generate_video, generate_video_until,
-    GenerateOutput, GenerateRequest, GenerateStats, LocalGenerate, Progress, STOPPED,
+    chunk_starts, generate_local, generate_part, generate_streamed, generate_streamed_until, generate_video,
+    generate_video_until, GenerateOutput, GenerateRequest, GenerateStats, LocalGenerate, Progress, STOPPED,
 };
 pub use idle::render_idle;
 pub use join::{split_parts, MuxFeed, PartMuxer};

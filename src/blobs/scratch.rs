@@ -1,9 +1,9 @@
-//! Files under the data directory: original images and audio (kept so any evicted cache entry
-//! can be rebuilt), finished videos, and temporary files. Writes are atomic (temp + rename).
+//! This process's temporary files under `{data}/tmp` (renders write here before their result
+//! goes to the blob store, whichever backend it is).
 //!
 //! Temporaries are owned: each process holds an `flock` on `tmp/{owner}.owner` and names its
 //! temporaries `tmp/{owner}-{uuid}.{ext}` (derived files such as `.mp4.audio.f32` keep the
-//! prefix). [`BlobStore::sweep_tmp`] removes the files of owners that are gone (their lock is
+//! prefix). [`Scratch::sweep_tmp`] removes the files of owners that are gone (their lock is
 //! free), unowned files older than the maximum age, and this process's own files older than that
 //! only while none of its jobs is in flight.
 
@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use vipavatar_cache::{AudioHash, ImageHash, OptionsHash};
 
 /// This process's claim on its temporaries: the held lock file, removed on drop.
 #[derive(Debug)]
@@ -32,8 +31,9 @@ impl Drop for Owner {
     }
 }
 
+/// `{data}/tmp` and this process's claim on its files there.
 #[derive(Debug, Clone)]
-pub struct BlobStore {
+pub struct Scratch {
     root: PathBuf,
     owner: Arc<Owner>,
 }
@@ -93,12 +93,10 @@ fn is_owner_id(s: &str) -> bool {
     s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-impl BlobStore {
-    /// Create the folder layout under `root` if needed and take a fresh owner id for temporaries.
+impl Scratch {
+    /// Create `{root}/tmp` if needed and take a fresh owner id for temporaries.
     pub fn open(root: &Path) -> io::Result<Self> {
-        for sub in ["images", "audio", "videos", "idle", "tmp"] {
-            std::fs::create_dir_all(root.join(sub))?;
-        }
+        std::fs::create_dir_all(root.join("tmp"))?;
         let id = uuid::Uuid::new_v4().simple().to_string()[..16].to_string();
         let path = root.join("tmp").join(format!("{id}{OWNER_EXT}"));
         let file = File::create(&path)?;
@@ -151,36 +149,9 @@ impl BlobStore {
         Ok(swept)
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
-    pub fn image_path(&self, image: &ImageHash) -> PathBuf {
-        self.root.join("images").join(image.as_str())
-    }
-
-    pub fn audio_path(&self, audio: &AudioHash) -> PathBuf {
-        self.root.join("audio").join(audio.as_str())
-    }
-
-    /// Relative name (stored in `video:` entries) of the video for one (image, audio, options).
-    pub fn video_name(image: &ImageHash, audio: &AudioHash, options: &OptionsHash) -> String {
-        format!("videos/{image}-{audio}-{options}.mp4")
-    }
-
-    /// Relative names of an avatar's idle loop (MP4) and its thumbnail (JPEG).
-    pub fn idle_names(image: &ImageHash, mode: &str, size: u32) -> (String, String) {
-        let stem = format!("idle/{image}-{mode}-{size}");
-        (format!("{stem}.mp4"), format!("{stem}.jpg"))
-    }
-
-    /// Absolute path of a relative name from [`Self::video_name`]; refuses names leaving the root.
-    pub fn resolve(&self, relative: &str) -> io::Result<PathBuf> {
-        let p = Path::new(relative);
-        if p.is_absolute() || p.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("bad stored path {relative}")));
-        }
-        Ok(self.root.join(p))
+    /// The directory itself (`{data}/tmp`).
+    pub fn dir(&self) -> PathBuf {
+        self.root.join("tmp")
     }
 
     /// A fresh temporary path (same filesystem as the final locations, so rename is atomic),
@@ -189,28 +160,7 @@ impl BlobStore {
         self.root.join("tmp").join(format!("{}-{}.{extension}", self.owner.id, uuid::Uuid::new_v4().simple()))
     }
 
-    /// Store `bytes` at `path` unless a file is already there; true when it was written now.
-    pub async fn put_if_absent(&self, path: &Path, bytes: &[u8]) -> io::Result<bool> {
-        if tokio::fs::try_exists(path).await? {
-            return Ok(false);
-        }
-        let tmp = self.temp_path("part");
-        tokio::fs::write(&tmp, bytes).await?;
-        if let Err(e) = tokio::fs::rename(&tmp, path).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        Ok(true)
-    }
-
-    pub async fn read(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        match tokio::fs::read(path).await {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
+    /// Remove a temporary (absent is fine).
     pub async fn remove(&self, path: &Path) -> io::Result<()> {
         match tokio::fs::remove_file(path).await {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
@@ -235,8 +185,8 @@ mod tests {
     #[test]
     fn sweep_keeps_live_owners_and_removes_the_dead_and_the_old() {
         let root = scratch();
-        let store = BlobStore::open(&root).unwrap();
-        let other = BlobStore::open(&root).unwrap();
+        let store = Scratch::open(&root).unwrap();
+        let other = Scratch::open(&root).unwrap();
         // A killed process: its lock file stays but nobody holds the lock.
         let dead_id = "00000000deadbeef";
         let dead_lock = root.join("tmp").join(format!("{dead_id}{OWNER_EXT}"));
@@ -270,15 +220,5 @@ mod tests {
         assert!(!mine.exists(), "an old own file goes once no job of ours is running");
         assert!(theirs.exists());
         let _ = std::fs::remove_dir_all(&root);
-    }
-
-    #[test]
-    fn resolve_refuses_escapes() {
-        let store = BlobStore::open(&scratch()).unwrap();
-        let store = BlobStore { root: PathBuf::from("/data"), owner: store.owner.clone() };
-        assert_eq!(store.resolve("videos/a.mp4").unwrap(), PathBuf::from("/data/videos/a.mp4"));
-        for bad in ["/etc/passwd", "../x", "videos/../../x", "./x"] {
-            assert!(store.resolve(bad).is_err(), "{bad}");
-        }
     }
 }
