@@ -86,7 +86,8 @@ pub struct UploadForm {
     /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
     #[schema(required = false)]
     callback_url: String,
-    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    /// A JSON object sent back in every webhook of this request (without `callback_url` there
+    /// is no webhook, and it is not kept).
     #[schema(required = false, example = json!("{\"order\": 42}"))]
     metadata: String,
 }
@@ -110,7 +111,8 @@ pub struct UploadJson {
     /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
     #[schema(required = false)]
     callback_url: String,
-    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    /// A JSON object sent back in every webhook of this request (without `callback_url` there
+    /// is no webhook, and it is not kept).
     #[schema(required = false, value_type = Object)]
     metadata: serde_json::Value,
 }
@@ -403,7 +405,14 @@ pub async fn avatar_body(
     )
 )]
 #[tracing::instrument(skip_all, fields(image_id = %path.as_str()))]
-pub async fn delete(state: web::Data<AppState>, path: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn delete(
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    if let Some(not_allowed) = super::edge::literal_elsewhere(&req) {
+        return Ok(not_allowed);
+    }
     let image = parse_image_id(&path)?;
     match crate::erase::erase_avatar(&state.cache, &state.blobs, &image).await.map_err(ApiError::internal)? {
         Some(erased) => {

@@ -21,12 +21,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 const MAX_PER_PAGE: u64 = 100;
+const MAX_PAGE: u64 = 1_000_000;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ListQuery {
-    /// 1-based page (default 1).
-    #[param(minimum = 1)]
+    /// 1-based page, 1..=1000000 (default 1).
+    #[param(minimum = 1, maximum = 1_000_000)]
     page: Option<u64>,
     /// Avatars per page, 1..=100 (default 20).
     #[param(minimum = 1, maximum = 100)]
@@ -67,8 +68,8 @@ pub struct AvatarList {
 pub async fn list(state: web::Data<AppState>, query: web::Query<ListQuery>) -> Result<HttpResponse, ApiError> {
     let page = query.page.unwrap_or(1);
     let per_page = query.per_page.unwrap_or(20);
-    if page == 0 || !(1..=MAX_PER_PAGE).contains(&per_page) {
-        return Err(ApiError::new(Code::InvalidField, "`page` must be 1 or more and `per_page` 1..=100"));
+    if !(1..=MAX_PAGE).contains(&page) || !(1..=MAX_PER_PAGE).contains(&per_page) {
+        return Err(ApiError::new(Code::InvalidField, "`page` must be 1..=1000000 and `per_page` 1..=100"));
     }
     let key = avatars_key(state.cache.namespace());
     let mut conn = state.cache.connection();

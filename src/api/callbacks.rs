@@ -24,15 +24,8 @@ pub fn parse(state: &AppState, form: &Form) -> Result<Option<Callback>, ApiError
             _ => return Err(ApiError::new(Code::InvalidField, "`metadata` must be a JSON object")),
         },
     };
-    let Some(url) = form.text("callback_url") else {
-        if metadata.is_some() {
-            return Err(ApiError::new(
-                Code::InvalidField,
-                "`metadata` is sent back with webhooks: it needs a `callback_url`",
-            ));
-        }
-        return Ok(None);
-    };
+    // `metadata` alone is valid (it travels only with webhooks, so it is not kept).
+    let Some(url) = form.text("callback_url") else { return Ok(None) };
     if state.config.webhooks.webhook_secret.as_ref().is_none_or(|s| s.is_empty()) {
         return Err(ApiError::new(
             Code::InvalidField,

@@ -141,17 +141,21 @@ fn routes() -> &'static [(ResourceDef, Vec<Method>)] {
     })
 }
 
+/// A route without path parameters.
+fn is_literal(def: &ResourceDef) -> bool {
+    !def.pattern().is_some_and(|p| p.contains('{'))
+}
+
 /// The methods `path` answers, or `None` when no route matches it.
 ///
 /// A literal route wins over patterns that also match (`/api/avatar/upload` is the upload
 /// route, not an image id for `DELETE /api/avatar/{image_id}`).
 pub fn allowed_methods(path: &str) -> Option<Vec<Method>> {
     let matching: Vec<_> = routes().iter().filter(|(def, _)| def.is_match(path)).collect();
-    let literal = |def: &ResourceDef| !def.pattern().is_some_and(|p| p.contains('{'));
-    let any_literal = matching.iter().any(|(def, _)| literal(def));
+    let any_literal = matching.iter().any(|(def, _)| is_literal(def));
     let mut found: Option<Vec<Method>> = None;
     for (def, methods) in matching {
-        if !any_literal || literal(def) {
+        if !any_literal || is_literal(def) {
             let all = found.get_or_insert_with(Vec::new);
             for m in methods {
                 if !all.contains(m) {
@@ -166,20 +170,29 @@ pub fn allowed_methods(path: &str) -> Option<Vec<Method>> {
 /// The app's default service: 405 with `Allow` for a known path, else 404.
 pub async fn fallback(req: HttpRequest) -> HttpResponse {
     match allowed_methods(req.path()) {
-        Some(methods) if !methods.is_empty() && !methods.contains(req.method()) => {
-            let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
-            let err = ApiError::new(
-                Code::MethodNotAllowed,
-                format!("{} is not allowed on {}; allowed: {allow}", req.method(), req.path()),
-            );
-            let mut resp = err.error_response();
-            if let Ok(v) = header::HeaderValue::from_str(&allow) {
-                resp.headers_mut().insert(header::ALLOW, v);
-            }
-            resp
-        }
+        Some(methods) if !methods.is_empty() && !methods.contains(req.method()) => not_allowed(&req, &methods),
         _ => ApiError::new(Code::RouteNotFound, "no such route").error_response(),
     }
+}
+
+/// The 405 for a request that a pattern route caught although a literal route owns the path
+/// (`DELETE /api/avatar/upload` is no erase of an image called "upload"); `None` otherwise.
+pub fn literal_elsewhere(req: &HttpRequest) -> Option<HttpResponse> {
+    let (_, methods) = routes().iter().find(|(def, _)| is_literal(def) && def.is_match(req.path()))?;
+    (!methods.contains(req.method())).then(|| not_allowed(req, methods))
+}
+
+fn not_allowed(req: &HttpRequest, methods: &[Method]) -> HttpResponse {
+    let allow = methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ");
+    let err = ApiError::new(
+        Code::MethodNotAllowed,
+        format!("{} is not allowed on {}; allowed: {allow}", req.method(), req.path()),
+    );
+    let mut resp = err.error_response();
+    if let Ok(v) = header::HeaderValue::from_str(&allow) {
+        resp.headers_mut().insert(header::ALLOW, v);
+    }
+    resp
 }
 
 #[cfg(test)]

@@ -114,7 +114,8 @@ pub struct GenerateForm {
     /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
     #[schema(required = false)]
     callback_url: String,
-    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    /// A JSON object sent back in every webhook of this request (without `callback_url` there
+    /// is no webhook, and it is not kept).
     #[schema(required = false, example = json!("{\"order\": 42}"))]
     metadata: String,
 }
@@ -163,7 +164,8 @@ pub struct GenerateJson {
     /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
     #[schema(required = false)]
     callback_url: String,
-    /// A JSON object sent back in every webhook of this request (needs `callback_url`).
+    /// A JSON object sent back in every webhook of this request (without `callback_url` there
+    /// is no webhook, and it is not kept).
     #[schema(required = false, value_type = Object)]
     metadata: serde_json::Value,
 }

@@ -178,6 +178,7 @@ async fn wrong_method_on_a_known_route_is_405_with_allow() {
     for (method, path, allow) in [
         (Method::GET, "/api/vip/generate".to_string(), "POST"),
         (Method::GET, "/api/avatar/upload".to_string(), "POST"),
+        (Method::DELETE, "/api/avatar/upload".to_string(), "POST"),
         (Method::POST, format!("/api/avatar/status/{id}"), "GET"),
         (Method::DELETE, "/api/cache/stats".to_string(), "GET"),
         (Method::TRACE, "/api/cache/stats".to_string(), "GET"),
