@@ -55,7 +55,8 @@ impl Source {
 /// literal address now; names are checked when fetched).
 pub fn pick(form: &mut Form, input: &Input, fetcher: &Fetcher) -> Result<Source, ApiError> {
     let file = form.take_file_opt(input.file);
-    let b64 = form.take_file_opt(input.base64);
+    // A blank base64 field is no input, as a blank text field is none.
+    let b64 = form.take_file_opt(input.base64).filter(|b| !b.bytes.trim_ascii().is_empty());
     let url = form.text(input.url).map(str::to_string);
     let given = [file.is_some(), b64.is_some(), url.is_some()].iter().filter(|g| **g).count();
     if given > 1 {

@@ -159,6 +159,11 @@ async fn bad_urls_and_base64_get_typed_errors_and_store_nothing() {
     assert_error(&got, 400, "invalid_base64");
     let form = Form::new().text("image_base64", "!!!!");
     assert_error(&app.post_form("/api/avatar/upload", form).await, 400, "invalid_base64");
+    // Blank fields beside the real input are not a second input (as clients that send every
+    // field of the schema do).
+    let blanks = json!({"image_base64": " ", "image_url": "", "callback_url": ""});
+    let got = post_json(&app, "/api/avatar/upload", blanks).await;
+    assert_error(&got, 400, "missing_field");
     let both = json!({"image_base64": b64(b"x"), "image_url": remote.url("/files/face.png")});
     assert_error(&post_json(&app, "/api/avatar/upload", both).await, 400, "invalid_field");
     assert_error(&post_json(&app, "/api/avatar/upload", json!({"retry": true})).await, 400, "missing_field");
