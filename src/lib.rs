@@ -12,6 +12,7 @@ pub mod errors;
 pub mod fetch;
 pub mod jobs;
 pub mod performance;
+pub mod process;
 pub mod records;
 pub mod redis_server;
 pub mod redis_watch;

@@ -418,7 +418,8 @@ impl Mp4Encoder {
         let output = Path::new(warm::OUTPUT);
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-y"])
-            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-s", &format!("{width}x{height}")])
+            // Frames arrive as I420 (see `super::yuv`): x264 takes them without a conversion.
+            .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-s", &format!("{width}x{height}")])
             .args(["-framerate", &FPS.to_string(), "-i", "pipe:0"]);
         if self.config.elementary.is_some() {
             // Bare H.264 carries no timestamps: the frames must be coded in display order,
@@ -500,7 +501,7 @@ impl FrameSink for Mp4Encoder {
             )));
         }
         let mut buf = ffmpeg.buffer();
-        buf.extend_from_slice(&frame.data);
+        super::yuv::rgb_to_i420(&frame.data, frame.width as usize, frame.height as usize, &mut buf);
         if !ffmpeg.send(buf) {
             let run = self.running.take().expect("running was just checked");
             if let Some(path) = &run.warm_output {

@@ -11,6 +11,7 @@ pub mod idle;
 pub mod join;
 pub mod sheet;
 pub mod warm;
+pub mod yuv;
 
 pub use encoder::{set_x264, x264, ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS, X264};
 pub use fmp4::{track_samples, Fragment, FragmentSplitter};
