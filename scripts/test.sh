@@ -13,6 +13,14 @@ if cargo fmt --version >/dev/null 2>&1; then
 else
   echo "[test] rustfmt is not installed; skipping the formatting gate"
 fi
+# Lint gate: every clippy warning of every target fails the run (SKIP_CLIPPY=1 to skip it
+# while iterating; CI never sets it).
+if [ -z "${SKIP_CLIPPY:-}" ] && cargo clippy --version >/dev/null 2>&1; then
+  echo "[test] cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+elif [ -z "${SKIP_CLIPPY:-}" ]; then
+  echo "[test] clippy is not installed; skipping the lint gate"
+fi
 echo "[test] cargo test --workspace"
 cargo test --workspace --no-fail-fast "$@"
 if [ -z "${SKIP_SCHEMATHESIS:-}" ]; then

@@ -147,7 +147,7 @@ impl Code {
     }
 
     /// Reverse lookup of a machine code.
-    pub fn from_str(code: &str) -> Option<Code> {
+    pub fn parse(code: &str) -> Option<Code> {
         Code::ALL.iter().copied().find(|c| c.as_str() == code)
     }
 
@@ -278,7 +278,7 @@ impl From<std::io::Error> for ApiError {
 impl From<ErrorBody> for ApiError {
     /// Re-raise a stored error (e.g. a failed avatar) with its original code where known.
     fn from(body: ErrorBody) -> Self {
-        let code = Code::from_str(&body.code).unwrap_or(Code::Internal);
+        let code = Code::parse(&body.code).unwrap_or(Code::Internal);
         ApiError::new(code, body.message)
     }
 }
@@ -297,7 +297,7 @@ mod tests {
         let mut seen = std::collections::HashSet::new();
         for c in Code::ALL {
             assert!(seen.insert(c.as_str()), "duplicate code {}", c.as_str());
-            assert_eq!(Code::from_str(c.as_str()), Some(*c));
+            assert_eq!(Code::parse(c.as_str()), Some(*c));
             assert_eq!(c.info(), (c.status(), c.as_str(), c.kind()));
         }
         // Wire strings the API tests and clients rely on.

@@ -1,8 +1,9 @@
 //! `vipavatar bench` (the `vipavatar-bench` binary, which `vipavatar bench` runs): proves the
-//! precompute/generate split pays off. For each engine that can be loaded, for each audio length, it measures in one process four request kinds — cold (new image
-//! + new audio), warm (cached image + new audio: the VIP path), hot (same image, audio and
-//! options: the finished video from the cache) and no-cache (the same pipeline with nothing
-//! cached) — both in-process (the worker's job functions on the real cache, [`inproc`]) and end
+//! precompute/generate split pays off. For each engine that can be loaded, for each audio
+//! length, it measures in one process four request kinds — cold (new image and new audio),
+//! warm (cached image and new audio: the VIP path), hot (same image, audio and options: the
+//! finished video from the cache) and no-cache (the same pipeline with nothing cached) — both
+//! in-process (the worker's job functions on the real cache, [`inproc`]) and end
 //! to end (HTTP + Redis queue + worker, [`e2e`]), on a private redis-server child, and prints a
 //! table ([`report`]) or `--json`. It is its own crate so the service library carries neither
 //! the benchmark nor an HTTP client; it drives the service through the `vipavatar` library.

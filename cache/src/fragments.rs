@@ -276,8 +276,11 @@ impl FragmentReader {
     }
 }
 
-/// `XREAD` reply -> `(id, [(field, value)])` of the one stream asked for.
-fn parse_xread(reply: Value) -> Vec<(String, Vec<(String, Vec<u8>)>)> {
+/// One stream entry: its id and its `(field, value)` pairs.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+/// `XREAD` reply -> the entries of the one stream asked for.
+fn parse_xread(reply: Value) -> Vec<Entry> {
     let streams = match reply {
         Value::Array(s) => s,
         Value::Map(m) => m.into_iter().map(|(k, v)| Value::Array(vec![k, v])).collect(),
@@ -306,7 +309,7 @@ fn bytes(v: &Value) -> Option<Vec<u8>> {
 }
 
 /// One stream entry of an `XREAD` / `XRANGE` reply -> `(id, [(field, value)])`.
-fn parse_entry(entry: Value) -> Option<(String, Vec<(String, Vec<u8>)>)> {
+fn parse_entry(entry: Value) -> Option<Entry> {
     let Value::Array(e) = entry else { return None };
     let (Some(id), Some(Value::Array(kv))) = (e.first().and_then(bytes), e.get(1)) else {
         return None;

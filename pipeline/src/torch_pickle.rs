@@ -348,7 +348,7 @@ fn materialize(
         let es = element_size(*kind);
         let numel = (bytes.len() / es) as i64;
         let needed = r.offset + r.size.iter().zip(&r.stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
-        if r.size.iter().any(|&s| s == 0) {
+        if r.size.contains(&0) {
             out.push((name, Tensor::zeros(r.size.as_slice(), (*kind, tch::Device::Cpu))));
             continue;
         }

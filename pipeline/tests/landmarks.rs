@@ -21,8 +21,11 @@ const HAAR: &str = "/usr/share/opencv4/haarcascades/haarcascade_frontalface_defa
 /// dlib 20.0.1's own output (PyPI `dlib-bin`: `dlib.shape_predictor(..)(img, rect)` on
 /// `dlib.load_rgb_image`) for three PNG test images: the HOG detector's box for people_0 and happy,
 /// and a box reaching past art_0's top-left corner. Rects are dlib's (left, top, right, bottom).
+/// (image, dlib rect, its 68 points).
+type Golden = (&'static str, [i32; 4], [[i32; 2]; 68]);
+
 #[rustfmt::skip]
-const DLIB_GOLDEN: [(&str, [i32; 4], [[i32; 2]; 68]); 3] = [
+const DLIB_GOLDEN: [Golden; 3] = [
     (
         "people_0.png",
         [150, 98, 304, 253],

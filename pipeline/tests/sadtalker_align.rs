@@ -59,8 +59,8 @@ fn sadtalker_align_case_a_pos_and_trans_params() {
     let img = image(&fx["in.a.image"]);
     let out = align_img(&img, &lm5, &LM3D_STD);
     let e64 = f64s(&fx["out.a.trans_params_f64"]);
-    for k in 0..5 {
-        assert!((out.trans_params[k] - e64[k]).abs() <= 1e-9 * e64[k].abs().max(1.0), "trans[{k}]");
+    for (k, (got, want)) in out.trans_params.iter().zip(&e64).enumerate().take(5) {
+        assert!((got - want).abs() <= 1e-9 * want.abs().max(1.0), "trans[{k}]");
     }
     // float32 conversion must be exact.
     let e32 = Vec::<f32>::try_from(&fx["out.a.trans_params"]).unwrap();

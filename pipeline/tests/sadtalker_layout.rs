@@ -14,8 +14,11 @@ use vipavatar_pipeline::sadtalker::paths::{sadtalker_checkpoints_status, CHECKPO
 use vipavatar_pipeline::sadtalker::recon::FaceRecon;
 use vipavatar_pipeline::sadtalker::weights::load_prefix;
 
-/// (key, shape, dtype) the module of `prefix` requests, plus the accepted training-only keys.
-fn requested(prefix: &str) -> (Vec<(String, Vec<i64>, String)>, Vec<(String, Vec<i64>)>) {
+/// (key, shape, dtype) requested by a module, and (key, shape) of accepted training-only keys.
+type Requested = (Vec<(String, Vec<i64>, String)>, Vec<(String, Vec<i64>)>);
+
+/// What the module of `prefix` requests, plus the accepted training-only keys.
+fn requested(prefix: &str) -> Requested {
     let vs = match prefix {
         "audio2exp" => Audio2Exp::new(Device::Cpu).var_store().variables(),
         "audio2pose" => Audio2Pose::new(Device::Cpu).var_store().variables(),

@@ -14,7 +14,7 @@ fn frame(w: u32, h: u32, t: usize) -> RgbImage {
     for y in 0..h {
         for x in 0..w {
             let i = ((y * w + x) * 3) as usize;
-            let inside = x >= 20 + 3 * t as u32 && x < 60 + 3 * t as u32 && y >= 40 && y < 80;
+            let inside = x >= 20 + 3 * t as u32 && x < 60 + 3 * t as u32 && (40..80).contains(&y);
             let px = if inside { [230, 40, 40] } else { [(x * 255 / w) as u8, (y * 255 / h) as u8, 128] };
             img.data[i..i + 3].copy_from_slice(&px);
         }

@@ -184,19 +184,19 @@ pub async fn upload(
     let target = Target::Avatar { image: image.clone(), mode };
     let existing = state.cache.peek::<AvatarRecord>(&key).await?;
     match existing.as_ref().map(|r| r.status) {
-        Some(AvatarStatus::Ready) => {
-            // `peek`: a status check, not a cache lookup, so it counts no hit or miss.
-            if state.cache.peek::<CoeffsEntry>(&Key::coeffs_3dmm(&image, mode.as_str())).await?.is_some() {
-                callbacks::attach(&state, target, callback).await?;
-                return Ok(HttpResponse::Ok().json(UploadResponse {
-                    image_id: image.to_string(),
-                    status: AvatarStatus::Ready,
-                    estimated_time: None,
-                    cached: true,
-                    preprocess_mode: mode.as_str().into(),
-                    message: format!("Avatar already precomputed for {}: nothing was recomputed", mode.as_str()),
-                }));
-            }
+        // `peek`: a status check, not a cache lookup, so it counts no hit or miss.
+        Some(AvatarStatus::Ready)
+            if state.cache.peek::<CoeffsEntry>(&Key::coeffs_3dmm(&image, mode.as_str())).await?.is_some() =>
+        {
+            callbacks::attach(&state, target, callback).await?;
+            return Ok(HttpResponse::Ok().json(UploadResponse {
+                image_id: image.to_string(),
+                status: AvatarStatus::Ready,
+                estimated_time: None,
+                cached: true,
+                preprocess_mode: mode.as_str().into(),
+                message: format!("Avatar already precomputed for {}: nothing was recomputed", mode.as_str()),
+            }));
         }
         Some(AvatarStatus::Processing) => {
             callbacks::attach(&state, target, callback).await?;
@@ -215,7 +215,7 @@ pub async fn upload(
                 return Err(ApiError::from(error.clone()));
             }
         }
-        None => {}
+        Some(AvatarStatus::Ready) | None => {}
     }
 
     super::check_overload(&state).await?;

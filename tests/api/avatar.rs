@@ -192,7 +192,7 @@ async fn bad_uploads_get_the_right_status_and_code() {
     assert_error(&app.upload(png.clone(), Some("sideways")).await, 400, "invalid_field");
     // Larger than the byte limit: refused from Content-Length, and from the stream when the
     // length is unknown (chunked).
-    let big: Vec<u8> = png.iter().copied().chain(std::iter::repeat(0u8).take(400_000)).collect();
+    let big: Vec<u8> = png.iter().copied().chain(std::iter::repeat_n(0u8, 400_000)).collect();
     assert_error(&app.upload(big.clone(), None).await, 413, "payload_too_large");
     let stream =
         futures_util::stream::iter(big.chunks(65536).map(|c| Ok::<_, std::io::Error>(c.to_vec())).collect::<Vec<_>>());

@@ -181,7 +181,7 @@ async fn bad_generate_requests_get_the_right_status_and_code() {
     let png = read(data.join("images/happy.png"));
     assert_error(&app.generate(&id, png, &[]).await, 415, "unsupported_media_type");
     let mut broken = small[..44].to_vec();
-    broken.extend(std::iter::repeat(0xAB).take(100));
+    broken.extend(std::iter::repeat_n(0xAB, 100));
     broken[4..8].copy_from_slice(&[0xFF, 0xFF, 0xFF, 0x7F]);
     broken[20] = 0x77; // unknown WAV format tag
     assert_error(&app.generate(&id, broken, &[]).await, 422, "not_audio");

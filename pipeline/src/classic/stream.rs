@@ -16,7 +16,8 @@ use crate::engine::{
 use crate::error::{PipelineError, Result};
 use std::time::Instant;
 
-/// Where the motion comes from.
+/// Where the motion comes from. One per stream, so the variants' sizes need no boxing.
+#[allow(clippy::large_enum_variant)]
 enum Source<'a> {
     /// Analyse the audio as the chunks are asked for.
     Analyse { lips: LipSyncStream<'a>, planner: MotionPlanner },

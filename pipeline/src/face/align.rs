@@ -12,11 +12,11 @@ pub const RESCALE_FACTOR: f64 = 102.0;
 /// from the BFM similarity landmarks SadTalker ships (`similarity_Lm3D_all.mat`); a test checks
 /// them against the fixture copy of that file's 5-point reduction.
 pub const LM3D_STD: [[f32; 3]; 5] = [
-    [-0.311486572, 0.290360779, 0.133779526],
-    [0.309798867, 0.289720356, 0.131795257],
-    [0.00325349881, -0.0461793244, 0.552442431],
-    [-0.252169281, -0.381339163, 0.224057317],
-    [0.248466194, -0.381282359, 0.22235769],
+    [-0.311_486_57, 0.290_360_78, 0.133_779_53],
+    [0.309_798_87, 0.289_720_36, 0.131_795_26],
+    [0.003_253_498_8, -0.046_179_324, 0.552_442_43],
+    [-0.252_169_28, -0.381_339_16, 0.224_057_32],
+    [0.248_466_2, -0.381_282_36, 0.22235769],
 ];
 
 /// Result of [`align_img`].
@@ -53,6 +53,8 @@ pub fn pos(xp: &[[f64; 2]; 5], x3d: &[[f32; 3]; 5]) -> ([f64; 2], f64) {
 }
 
 /// Solve min |A k - b| for a full-rank 5x4 A with Householder QR.
+// Index loops: the Householder steps read as the matrix algebra they implement.
+#[allow(clippy::needless_range_loop)]
 fn lstsq_5x4(a: &[[f64; 4]; 5], b: &[f64; 5]) -> [f64; 4] {
     let mut r = *a;
     let mut qb = *b;
@@ -256,13 +258,13 @@ pub fn pil_resize_bicubic(img: &RgbImage, width: u32, height: u32) -> RgbImage {
                 let mut ss = [1i32 << (PRECISION_BITS - 1); 3];
                 for (y, &ky) in k.iter().enumerate() {
                     let i = ((y + ymin) * cw + x) * 3;
-                    for c in 0..3 {
-                        ss[c] = ss[c].wrapping_add(cur.data[i + c] as i32 * ky);
+                    for (s, &p) in ss.iter_mut().zip(&cur.data[i..i + 3]) {
+                        *s = s.wrapping_add(p as i32 * ky);
                     }
                 }
                 let o = (yy * cw + x) * 3;
-                for c in 0..3 {
-                    out.data[o + c] = clip8(ss[c]);
+                for (px, s) in out.data[o..o + 3].iter_mut().zip(ss) {
+                    *px = clip8(s);
                 }
             }
         }

@@ -57,8 +57,7 @@ impl FragmentSplitter {
     pub fn push(&mut self, bytes: &[u8]) -> Result<Vec<Fragment>, String> {
         self.buf.extend_from_slice(bytes);
         let mut out = Vec::new();
-        loop {
-            let Some((kind, size, header)) = box_header(&self.buf) else { break };
+        while let Some((kind, size, header)) = box_header(&self.buf) {
             let Some(size) = size else {
                 return Err(format!("box {} without a size in a live stream", String::from_utf8_lossy(&kind)));
             };

@@ -8,7 +8,7 @@
 /// the full-size Y plane, then U and V at half size, each chroma sample from the mean of its
 /// 2x2 block.
 pub fn rgb_to_i420(rgb: &[u8], width: usize, height: usize, out: &mut Vec<u8>) {
-    debug_assert!(width % 2 == 0 && height % 2 == 0 && rgb.len() == width * height * 3);
+    debug_assert!(width.is_multiple_of(2) && height.is_multiple_of(2) && rgb.len() == width * height * 3);
     let (cw, ch) = (width / 2, height / 2);
     let start = out.len();
     out.resize(start + width * height + 2 * cw * ch, 0);
