@@ -189,6 +189,28 @@ pub fn stale_blob(engine: &str, what: &str, reason: impl std::fmt::Display) -> c
     }
 }
 
+/// An engine blob as cached: `(version, value)` in bincode, so that a blob written under another
+/// `STATE_VERSION` of `engine` decodes as stale, not as garbage.
+pub fn encode_blob<T: serde::Serialize>(engine: &str, version: u32, value: &T) -> crate::error::Result<Vec<u8>> {
+    bincode::serialize(&(version, value))
+        .map_err(|e| crate::PipelineError::Internal(format!("encode {engine} state: {e}")))
+}
+
+/// The value of an [`encode_blob`] blob; another version or bytes that do not decode are a
+/// [`stale_blob`].
+pub fn decode_blob<T: serde::de::DeserializeOwned>(
+    engine: &str,
+    version: u32,
+    bytes: &[u8],
+    what: &str,
+) -> crate::error::Result<T> {
+    let (found, value): (u32, T) = bincode::deserialize(bytes).map_err(|e| stale_blob(engine, what, e))?;
+    if found != version {
+        return Err(stale_blob(engine, what, format!("version {found}, expected {version}")));
+    }
+    Ok(value)
+}
+
 /// Per-avatar engine state as cacheable parts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PreparedAvatar {

@@ -233,17 +233,11 @@ fn source_state(prepared: &PreparedAvatar) -> Result<SourceState> {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serialize(&(STATE_VERSION, value))
-        .map_err(|e| PipelineError::Internal(format!("encode classic state: {e}")))
+    crate::engine::encode_blob("classic", STATE_VERSION, value)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    let (version, value): (u32, T) =
-        bincode::deserialize(bytes).map_err(|e| crate::engine::stale_blob("classic", what, e))?;
-    if version != STATE_VERSION {
-        return Err(crate::engine::stale_blob("classic", what, format!("version {version}, expected {STATE_VERSION}")));
-    }
-    Ok(value)
+    crate::engine::decode_blob("classic", STATE_VERSION, bytes, what)
 }
 
 /// The unanimated output frame for a preprocess mode, and the original->canvas mapping

@@ -80,21 +80,11 @@ impl std::fmt::Debug for SadTalkerEngine {
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
-    bincode::serialize(&(STATE_VERSION, value))
-        .map_err(|e| PipelineError::Internal(format!("encode sadtalker state: {e}")))
+    crate::engine::encode_blob("sadtalker", STATE_VERSION, value)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
-    let (version, value): (u32, T) =
-        bincode::deserialize(bytes).map_err(|e| crate::engine::stale_blob("sadtalker", what, e))?;
-    if version != STATE_VERSION {
-        return Err(crate::engine::stale_blob(
-            "sadtalker",
-            what,
-            format!("version {version}, expected {STATE_VERSION}"),
-        ));
-    }
-    Ok(value)
+    crate::engine::decode_blob("sadtalker", STATE_VERSION, bytes, what)
 }
 
 fn part(prepared: &PreparedAvatar, kind: StateKind) -> Result<&[u8]> {
