@@ -20,6 +20,7 @@ pub mod multipart;
 pub mod spec;
 pub mod stream;
 pub mod vip;
+pub mod vip_docs;
 
 use crate::errors::{ApiError, Code};
 use crate::state::AppState;
