@@ -118,14 +118,12 @@ impl BlobStore {
     }
 
     /// Relative name (stored in `video:` entries) of the video for one (image, audio, options):
-    /// the image (so an avatar's videos list by prefix) and 128 bits of SHA-256 over audio and
-    /// options. Short on purpose: keys stay far below the limits of S3-compatible stores that map
-    /// a key onto one file name (s3s-fs allows about 150 bytes).
+    /// the image (so an avatar's videos list by prefix) and 128 bits of BLAKE3 (the project's
+    /// content hash) over audio and options. Short on purpose: keys stay far below the limits of
+    /// S3-compatible stores that map a key onto one file name (s3s-fs allows about 150 bytes).
     pub fn video_name(image: &ImageHash, audio: &AudioHash, options: &OptionsHash) -> String {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(format!("{audio}-{options}"));
-        let tail: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("videos/{image}-{tail}.mp4")
+        let digest = blake3::hash(format!("{audio}-{options}").as_bytes()).to_hex();
+        format!("videos/{image}-{}.mp4", &digest[..32])
     }
 
     /// Relative names of an avatar's idle loop (MP4) and its thumbnail (JPEG).

@@ -132,14 +132,13 @@ impl Store for S3Store {
 
     async fn put_file(&self, name: &str, file: &Path) -> io::Result<u64> {
         let size = tokio::fs::metadata(file).await?.len();
-        let key = self.key(name);
         if size <= MULTIPART_ABOVE {
             let bytes = tokio::fs::read(file).await?;
             self.put_whole(name, Bytes::from(bytes)).await?;
         } else {
             use tokio::io::AsyncReadExt;
             let opts = PutMultipartOptions { attributes: Self::attributes(name), ..Default::default() };
-            let upload = self.s3.put_multipart_opts(&key, opts).await.map_err(io_err)?;
+            let upload = self.s3.put_multipart_opts(&self.key(name), opts).await.map_err(io_err)?;
             let mut writer = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
             let mut f = tokio::fs::File::open(file).await?;
             let mut buf = vec![0u8; PART_BYTES];
