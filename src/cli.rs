@@ -2,7 +2,7 @@
 
 use crate::config::{Config, EngineChoice, CHECKPOINTS_ENV, DEFAULT_CHECKPOINTS, ENGINE_ENV};
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 use vipavatar_pipeline::engine::{Enhancer, GenerateOptions, PreprocessMode, Quality};
 
@@ -43,47 +43,17 @@ pub struct ServeArgs {
     pub workers: Option<usize>,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum Mode {
-    Crop,
-    Resize,
-    Full,
-}
-
-impl From<Mode> for PreprocessMode {
-    fn from(m: Mode) -> Self {
-        match m {
-            Mode::Crop => PreprocessMode::Crop,
-            Mode::Resize => PreprocessMode::Resize,
-            Mode::Full => PreprocessMode::Full,
-        }
-    }
-}
-
 #[derive(Debug, Args)]
 pub struct PrecomputeArgs {
     /// The portrait (PNG, JPEG or WebP).
     pub image: PathBuf,
     #[arg(long, value_enum, default_value = "crop")]
-    pub preprocess: Mode,
+    pub preprocess: PreprocessMode,
     /// Print the full analysis as JSON.
     #[arg(long)]
     pub json: bool,
     #[arg(long, env = CHECKPOINTS_ENV, default_value = DEFAULT_CHECKPOINTS)]
     pub checkpoints: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum QualityArg {
-    Low,
-    Medium,
-    High,
-}
-
-#[derive(Debug, Clone, Copy, ValueEnum)]
-pub enum EnhancerArg {
-    None,
-    Gfpgan,
 }
 
 #[derive(Debug, Args)]
@@ -102,7 +72,7 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 256)]
     pub size: u32,
     #[arg(long, value_enum, default_value = "crop")]
-    pub preprocess: Mode,
+    pub preprocess: PreprocessMode,
     /// Motion variation 0..=45.
     #[arg(long, default_value_t = 0)]
     pub pose_style: u32,
@@ -113,9 +83,9 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1.0)]
     pub expression_scale: f32,
     #[arg(long, value_enum, default_value = "none")]
-    pub enhancer: EnhancerArg,
+    pub enhancer: Enhancer,
     #[arg(long, value_enum, default_value = "medium")]
-    pub quality: QualityArg,
+    pub quality: Quality,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Also write a contact sheet PNG (every 5th frame).
@@ -180,7 +150,7 @@ fn precompute(args: PrecomputeArgs) -> anyhow::Result<()> {
     use vipavatar_pipeline::precompute::{ImageLimits, Precomputer};
     let bytes = std::fs::read(&args.image).with_context(|| format!("read {}", args.image.display()))?;
     let pre = Precomputer::load(&args.checkpoints, ImageLimits::default())?;
-    let (_, a) = pre.run(&bytes, args.preprocess.into())?;
+    let (_, a) = pre.run(&bytes, args.preprocess)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&a)?);
         return Ok(());
@@ -212,19 +182,12 @@ fn generate(args: GenerateArgs) -> anyhow::Result<()> {
     args.x264.apply();
     let options = GenerateOptions {
         size: args.size,
-        preprocess: args.preprocess.into(),
+        preprocess: args.preprocess,
         still_mode: args.still,
         expression_scale: args.expression_scale,
         pose_style: args.pose_style,
-        enhancer: match args.enhancer {
-            EnhancerArg::None => Enhancer::None,
-            EnhancerArg::Gfpgan => Enhancer::Gfpgan,
-        },
-        quality: match args.quality {
-            QualityArg::Low => Quality::Low,
-            QualityArg::Medium => Quality::Medium,
-            QualityArg::High => Quality::High,
-        },
+        enhancer: args.enhancer,
+        quality: args.quality,
         seed: args.seed,
     };
     options.validate()?;

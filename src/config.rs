@@ -5,32 +5,14 @@ use clap::{Args, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 use vipavatar_cache::{Namespace, Ttls};
-use vipavatar_pipeline::engine::EngineKind;
 
 /// The environment variables (and default) that several commands read, declared once.
 pub const CHECKPOINTS_ENV: &str = "VIPAVATAR_CHECKPOINTS";
 pub const DEFAULT_CHECKPOINTS: &str = "./checkpoints";
 pub const ENGINE_ENV: &str = "VIPAVATAR_ENGINE";
 
-/// Which engine serves requests that do not name one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineChoice {
-    /// sadtalker when its checkpoints are present, else classic.
-    Auto,
-    Classic,
-    Sadtalker,
-}
-
-impl EngineChoice {
-    pub fn fixed(self) -> Option<EngineKind> {
-        match self {
-            Self::Auto => None,
-            Self::Classic => Some(EngineKind::Classic),
-            Self::Sadtalker => Some(EngineKind::Sadtalker),
-        }
-    }
-}
+/// Which engine serves requests that do not name one (declared with the other option enums).
+pub use vipavatar_pipeline::engine::EngineChoice;
 
 /// Accepted `X-API-Key` values. `Debug` never prints them.
 #[derive(Clone, Default)]

@@ -103,6 +103,8 @@ pub fn bucket(stage: &str, has_render_children: bool) -> Option<&'static str> {
         "audio_decode" | "audio_load" | "features" => "audio",
         "motion" => "motion",
         "render.sink" | "encode_finish" | "encode" => "encode",
+        // The sadtalker engine's paste-back / frame conversion after each renderer batch.
+        "output" => "render",
         "render" if !has_render_children => "render",
         s if s.starts_with("render.") => "render",
         _ => return None,
@@ -258,6 +260,9 @@ pub struct EngineReport {
     pub available: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unavailable_reason: Option<String>,
+    /// Set when the engine ran on stand-in weights (`--sadtalker-stand-in`): what that means.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<String>,
     /// Headline (see `headline`): no-cache median / warm median.
     pub speedup_vip_over_nocache: Option<f64>,
     /// Headline: no-cache median / hot median.
@@ -272,6 +277,7 @@ impl EngineReport {
             engine: engine.into(),
             available: false,
             unavailable_reason: Some(reason),
+            weights: None,
             speedup_vip_over_nocache: None,
             speedup_hot_over_nocache: None,
             headline: None,
@@ -349,6 +355,9 @@ pub fn render_table(r: &BenchReport) -> String {
                 writeln!(s, "\nengine {}: unavailable — {}", e.engine, e.unavailable_reason.as_deref().unwrap_or(""));
             continue;
         }
+        if let Some(w) = &e.weights {
+            let _ = writeln!(s, "\nengine {}: {w}", e.engine);
+        }
         for g in &e.groups {
             let _ = writeln!(
                 s,
@@ -408,6 +417,9 @@ pub fn render_table(r: &BenchReport) -> String {
         if !e.available {
             let _ = writeln!(s, "{:<10} unavailable", e.engine);
             continue;
+        }
+        if let Some(w) = &e.weights {
+            let _ = writeln!(s, "\nengine {}: {w}", e.engine);
         }
         for g in &e.groups {
             let m = |case| {

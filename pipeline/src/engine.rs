@@ -10,69 +10,113 @@ use crate::precompute::AvatarAnalysis;
 use crate::Result;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EngineKind {
-    Classic,
-    Sadtalker,
+/// Declares an option enum once, with its wire names: the enum (with the `cli` feature a
+/// `clap::ValueEnum`, with `openapi` a `utoipa::ToSchema`), `as_str`, `parse`, `NAMES` and
+/// `expected()` for error messages. The service's multipart reader, the CLI and the OpenAPI
+/// document all use these, so a value is spelled once. Wire names are the lowercased variant
+/// names, which is what serde (`rename_all`), utoipa (from serde) and clap (kebab-case of
+/// one-word names) produce; a test checks that every `as_str` agrees with serde.
+macro_rules! option_enum {
+    ($(#[$meta:meta])* pub enum $name:ident { $($(#[$vmeta:meta])* $variant:ident = $wire:literal),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
+        #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            /// Every accepted value, in declaration order.
+            pub const NAMES: &'static [&'static str] = &[$($wire),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $wire),+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($wire => Some(Self::$variant),)+
+                    _ => None,
+                }
+            }
+
+            /// `one of a, b, c`, for error messages.
+            pub fn expected() -> String {
+                format!("one of {}", Self::NAMES.join(", "))
+            }
+        }
+    };
 }
 
-impl EngineKind {
-    pub fn as_str(self) -> &'static str {
+option_enum! {
+    /// A talking-head engine.
+    pub enum EngineKind {
+        Classic = "classic",
+        Sadtalker = "sadtalker",
+    }
+}
+
+option_enum! {
+    /// Which engine serves a request that does not name one: `auto` is sadtalker when its
+    /// checkpoints are present, else classic.
+    #[derive(Default)]
+    pub enum EngineChoice {
+        /// sadtalker when its checkpoints are present, else classic.
+        #[default]
+        Auto = "auto",
+        Classic = "classic",
+        Sadtalker = "sadtalker",
+    }
+}
+
+impl EngineChoice {
+    /// The engine, or `None` for `auto`.
+    pub fn fixed(self) -> Option<EngineKind> {
         match self {
-            Self::Classic => "classic",
-            Self::Sadtalker => "sadtalker",
+            Self::Auto => None,
+            Self::Classic => Some(EngineKind::Classic),
+            Self::Sadtalker => Some(EngineKind::Sadtalker),
         }
     }
 }
 
-/// SadTalker's three ways of framing the source picture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum PreprocessMode {
-    /// Face crop only (the video shows the cropped face).
-    #[default]
-    Crop,
-    /// Whole image resized; the face crop box is still computed.
-    Resize,
-    /// Animate the face crop and paste it back into the original full frame.
-    Full,
-}
-
-impl PreprocessMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Crop => "crop",
-            Self::Resize => "resize",
-            Self::Full => "full",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "crop" => Some(Self::Crop),
-            "resize" => Some(Self::Resize),
-            "full" => Some(Self::Full),
-            _ => None,
-        }
+option_enum! {
+    /// SadTalker's framing of the source picture.
+    #[derive(Default)]
+    pub enum PreprocessMode {
+        /// Face crop only (the video shows the cropped face; default).
+        #[default]
+        Crop = "crop",
+        /// Whole image resized; the face crop box is still computed.
+        Resize = "resize",
+        /// Animate the face crop and paste it back into the original full frame.
+        Full = "full",
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Enhancer {
-    #[default]
-    None,
-    Gfpgan,
+option_enum! {
+    /// Face restoration after rendering: `none` (default) or `gfpgan` (engines that support it).
+    #[derive(Default)]
+    pub enum Enhancer {
+        #[default]
+        None = "none",
+        Gfpgan = "gfpgan",
+    }
 }
 
-/// Encoder quality preset (maps to x264 CRF/preset).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    Low,
-    #[default]
-    Medium,
-    High,
+option_enum! {
+    /// Encoder quality preset (x264 CRF/preset): `low`, `medium` (default) or `high`.
+    #[derive(Default)]
+    pub enum Quality {
+        Low = "low",
+        #[default]
+        Medium = "medium",
+        High = "high",
+    }
 }
 
 /// Everything a generate request can choose. Hashing it (with `options_hash`) keys `motion:` / `video:`.
@@ -426,4 +470,35 @@ pub fn stream_parts<'a>(
             Box::new(WholeRender { engine, avatar, prepared, opts, stages: Vec::new() }),
         ),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each option's wire name (`as_str`, `parse`, `NAMES`) is the name serde (and with it the
+    /// OpenAPI document and JSON bodies) uses.
+    fn agrees<T: Serialize + for<'de> Deserialize<'de> + PartialEq + std::fmt::Debug + Copy>(
+        names: &[&str],
+        parse: fn(&str) -> Option<T>,
+        as_str: fn(T) -> &'static str,
+    ) {
+        for name in names {
+            let value = parse(name).unwrap_or_else(|| panic!("{name} does not parse"));
+            assert_eq!(as_str(value), *name);
+            assert_eq!(serde_json::to_value(value).unwrap(), serde_json::json!(name));
+            assert_eq!(serde_json::from_value::<T>(serde_json::json!(name)).unwrap(), value);
+        }
+        assert!(parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn option_names_agree_with_serde() {
+        agrees(EngineKind::NAMES, EngineKind::parse, EngineKind::as_str);
+        agrees(EngineChoice::NAMES, EngineChoice::parse, EngineChoice::as_str);
+        agrees(PreprocessMode::NAMES, PreprocessMode::parse, PreprocessMode::as_str);
+        agrees(Enhancer::NAMES, Enhancer::parse, Enhancer::as_str);
+        agrees(Quality::NAMES, Quality::parse, Quality::as_str);
+        assert_eq!(Quality::expected(), "one of low, medium, high");
+    }
 }

@@ -218,15 +218,21 @@ fn to_bgr8(mat: &Mat) -> Result<Mat> {
     Ok(out)
 }
 
-/// Resize with OpenCV (INTER_AREA when shrinking, INTER_CUBIC when enlarging).
-pub fn resize(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+/// Resize a `Mat` with OpenCV: INTER_AREA when either side shrinks, else INTER_CUBIC. Every
+/// resize of a picture in the pipeline goes through here.
+pub fn resize_mat(m: &Mat, width: u32, height: u32) -> Result<Mat> {
     use opencv::imgproc::{INTER_AREA, INTER_CUBIC};
-    let src = img.to_bgr_mat()?;
+    let shrink = (width as i32) < m.cols() || (height as i32) < m.rows();
     let mut dst = Mat::default();
-    let interp = if width < img.width { INTER_AREA } else { INTER_CUBIC };
-    opencv::imgproc::resize(&src, &mut dst, opencv::core::Size::new(width as i32, height as i32), 0.0, 0.0, interp)
+    let size = opencv::core::Size::new(width as i32, height as i32);
+    opencv::imgproc::resize(m, &mut dst, size, 0.0, 0.0, if shrink { INTER_AREA } else { INTER_CUBIC })
         .ctx("resize")?;
-    RgbImage::from_bgr_mat(&dst)
+    Ok(dst)
+}
+
+/// [`resize_mat`] for an [`RgbImage`].
+pub fn resize(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
+    RgbImage::from_bgr_mat(&resize_mat(&img.to_bgr_mat()?, width, height)?)
 }
 
 #[cfg(test)]

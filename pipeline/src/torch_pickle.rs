@@ -1,7 +1,8 @@
 //! Reader for PyTorch `torch.save` files (state dicts) without Python: the legacy sequential
 //! format (magic, protocol, sys-info and object pickles followed by raw storages) and the zip
 //! format (`archive/data.pkl` + `archive/data/<key>`, stored uncompressed). Implements the small
-//! subset of the pickle protocol that tensor dictionaries use.
+//! subset of the pickle protocol that tensor dictionaries use, and writes that legacy format
+//! ([`save_legacy`], for stand-in checkpoints and reader tests).
 
 use crate::error::{PipelineError, Result};
 use std::collections::HashMap;
@@ -123,12 +124,15 @@ impl<'a> Unpickler<'a> {
                 }
                 0x8a => {
                     let n = self.u8()? as usize;
+                    if n > 16 {
+                        return Err(bad(format!("a {n}-byte integer is beyond what state dicts hold")));
+                    }
                     let b = self.take(n)?;
                     let mut v: i128 = 0;
                     for (i, byte) in b.iter().enumerate() {
                         v |= (*byte as i128) << (8 * i);
                     }
-                    if n > 0 && b[n - 1] & 0x80 != 0 {
+                    if n > 0 && n < 16 && b[n - 1] & 0x80 != 0 {
                         v -= 1i128 << (8 * n);
                     }
                     self.stack.push(Value::Int(v as i64))
@@ -347,16 +351,24 @@ fn materialize(
             storages.get(&r.key).ok_or_else(|| bad(format!("storage {} of `{name}` missing", r.key)))?;
         let es = element_size(*kind);
         let numel = (bytes.len() / es) as i64;
-        let needed = r.offset + r.size.iter().zip(&r.stride).map(|(s, st)| (s - 1).max(0) * st).sum::<i64>() + 1;
+        let fail = |what: &str| bad(format!("tensor `{name}`: {what}"));
+        if r.size.len() != r.stride.len() || r.size.iter().chain(&r.stride).any(|&d| d < 0) || r.offset < 0 {
+            return Err(fail("size, stride or offset out of range"));
+        }
         if r.size.contains(&0) {
             out.push((name, Tensor::zeros(r.size.as_slice(), (*kind, tch::Device::Cpu))));
             continue;
         }
-        if needed > numel {
-            return Err(bad(format!("tensor `{name}` reads past its storage")));
+        // The last element read: offset + sum((size - 1) * stride), which must lie in the storage.
+        let last =
+            r.size.iter().zip(&r.stride).try_fold(r.offset, |acc, (s, st)| (s - 1).checked_mul(*st)?.checked_add(acc));
+        if last.is_none_or(|l| l >= numel) {
+            return Err(fail("reads past its storage"));
         }
-        let flat = Tensor::from_data_size(bytes, &[numel], *kind);
-        let t = flat.as_strided(r.size.as_slice(), r.stride.as_slice(), r.offset).contiguous();
+        let t = Tensor::f_from_data_size(bytes, &[numel], *kind)
+            .and_then(|flat| flat.f_as_strided(r.size.as_slice(), r.stride.as_slice(), r.offset))
+            .and_then(|view| view.f_contiguous())
+            .map_err(|e| fail(&e.to_string()))?;
         out.push((name, t));
     }
     Ok(out)
@@ -412,7 +424,10 @@ fn load_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
         let numel = u64::from_le_bytes(n.try_into().map_err(|_| bad("storage size"))?) as usize;
         pos += 8;
         let len = numel.checked_mul(element_size(kind)).ok_or_else(|| bad("storage too large"))?;
-        let data = bytes.get(pos..pos + len).ok_or_else(|| bad(format!("truncated storage {k}")))?;
+        let data = pos
+            .checked_add(len)
+            .and_then(|end| bytes.get(pos..end))
+            .ok_or_else(|| bad(format!("truncated storage {k}")))?;
         pos += len;
         storages.insert(k, (kind, data.to_vec()));
     }
@@ -471,9 +486,200 @@ fn load_zip(bytes: &[u8]) -> Result<Vec<(String, Tensor)>> {
     materialize(refs, &storages)
 }
 
+/// Pickle opcodes the writer emits.
+mod op {
+    pub const PROTO: u8 = 0x80;
+    pub const STOP: u8 = b'.';
+    pub const LONG1: u8 = 0x8a;
+    pub const BININT: u8 = b'J';
+    pub const BINUNICODE: u8 = b'X';
+    pub const EMPTY_DICT: u8 = b'}';
+    pub const EMPTY_LIST: u8 = b']';
+    pub const EMPTY_TUPLE: u8 = b')';
+    pub const MARK: u8 = b'(';
+    pub const TUPLE: u8 = b't';
+    pub const SETITEM: u8 = b's';
+    pub const SETITEMS: u8 = b'u';
+    pub const APPENDS: u8 = b'e';
+    pub const GLOBAL: u8 = b'c';
+    pub const BINPERSID: u8 = b'Q';
+    pub const REDUCE: u8 = b'R';
+    pub const NEWFALSE: u8 = 0x89;
+    pub const NEWTRUE: u8 = 0x88;
+    pub const NONE: u8 = b'N';
+}
+
+/// A protocol-2 pickle being written.
+struct Pickler(Vec<u8>);
+
+impl Pickler {
+    fn new() -> Self {
+        Self(vec![op::PROTO, 2])
+    }
+    fn op(&mut self, code: u8) -> &mut Self {
+        self.0.push(code);
+        self
+    }
+    fn str(&mut self, s: &str) -> &mut Self {
+        self.0.push(op::BINUNICODE);
+        self.0.extend_from_slice(&(s.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+    fn int(&mut self, v: i64) -> &mut Self {
+        match i32::try_from(v) {
+            Ok(small) => {
+                self.0.push(op::BININT);
+                self.0.extend_from_slice(&small.to_le_bytes());
+            }
+            Err(_) => {
+                self.0.extend_from_slice(&[op::LONG1, 8]);
+                self.0.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        self
+    }
+    fn global(&mut self, module: &str, name: &str) -> &mut Self {
+        self.0.push(op::GLOBAL);
+        self.0.extend_from_slice(format!("{module}\n{name}\n").as_bytes());
+        self
+    }
+    fn int_tuple(&mut self, values: &[i64]) -> &mut Self {
+        self.op(op::MARK);
+        values.iter().for_each(|&v| {
+            self.int(v);
+        });
+        self.op(op::TUPLE)
+    }
+    fn finish(mut self) -> Vec<u8> {
+        self.0.push(op::STOP);
+        self.0
+    }
+}
+
+fn storage_name(kind: Kind) -> Option<&'static str> {
+    Some(match kind {
+        Kind::Float => "FloatStorage",
+        Kind::Double => "DoubleStorage",
+        Kind::Half => "HalfStorage",
+        Kind::Int64 => "LongStorage",
+        Kind::Int => "IntStorage",
+        Kind::Uint8 => "ByteStorage",
+        _ => return None,
+    })
+}
+
+/// Write `{top: {name: tensor, ...}}` (e.g. `{'mapping': state_dict}`) as a legacy-format
+/// `torch.save` file that [`load`] and `torch.load` read. Tensors are stored contiguous, one
+/// storage each, in the order given.
+pub fn save_legacy(path: &std::path::Path, top: &str, tensors: &[(&str, &Tensor)]) -> Result<()> {
+    let file = path.display().to_string();
+    let bytes = legacy_bytes(top, tensors).map_err(|e| match e {
+        PipelineError::Checkpoint { reason, .. } => PipelineError::Checkpoint { file: file.clone(), reason },
+        other => other,
+    })?;
+    std::fs::write(path, bytes).map_err(|e| PipelineError::Checkpoint { file, reason: format!("cannot write: {e}") })
+}
+
+/// The bytes [`save_legacy`] writes.
+pub fn legacy_bytes(top: &str, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
+    let fail = bad;
+    let mut out = Vec::new();
+    // Magic number (0x1950a86a20f9469cfc6c as a 10-byte LONG1), protocol 1001, system info.
+    let mut magic = Pickler::new();
+    magic.0.extend_from_slice(&[op::LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19]);
+    out.extend(magic.finish());
+    let mut protocol = Pickler::new();
+    protocol.int(1001);
+    out.extend(protocol.finish());
+    let mut info = Pickler::new();
+    info.op(op::EMPTY_DICT).op(op::MARK).str("protocol_version").int(1001).str("little_endian").op(op::NEWTRUE);
+    info.str("type_sizes").op(op::EMPTY_DICT).op(op::MARK);
+    info.str("short").int(2).str("int").int(4).str("long").int(4).op(op::SETITEMS).op(op::SETITEMS);
+    out.extend(info.finish());
+
+    let mut root = Pickler::new();
+    root.op(op::EMPTY_DICT).str(top).op(op::EMPTY_DICT).op(op::MARK);
+    let mut keys = Vec::with_capacity(tensors.len());
+    for (i, (name, t)) in tensors.iter().enumerate() {
+        let kind = t.kind();
+        let storage = storage_name(kind).ok_or_else(|| fail(format!("`{name}`: cannot store {kind:?} tensors")))?;
+        let key = i.to_string();
+        let size = t.size();
+        let mut stride = vec![1i64; size.len()];
+        for d in (0..size.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1] * size[d + 1].max(1);
+        }
+        root.str(name).global("torch._utils", "_rebuild_tensor_v2").op(op::MARK);
+        root.op(op::MARK).str("storage").global("torch", storage).str(&key).str("cpu").int(t.numel() as i64);
+        root.op(op::NONE).op(op::TUPLE).op(op::BINPERSID);
+        root.int(0).int_tuple(&size).int_tuple(&stride).op(op::NEWFALSE);
+        root.global("collections", "OrderedDict").op(op::EMPTY_TUPLE).op(op::REDUCE);
+        root.op(op::TUPLE).op(op::REDUCE);
+        keys.push(key);
+    }
+    root.op(op::SETITEMS).op(op::SETITEM);
+    out.extend(root.finish());
+    let mut list = Pickler::new();
+    list.op(op::EMPTY_LIST).op(op::MARK);
+    keys.iter().for_each(|k| {
+        list.str(k);
+    });
+    list.op(op::APPENDS);
+    out.extend(list.finish());
+    for (name, t) in tensors {
+        let flat = t.contiguous().to_device(tch::Device::Cpu);
+        let mut bytes = vec![0u8; flat.numel() * element_size(flat.kind())];
+        flat.f_copy_data_u8(&mut bytes, flat.numel()).map_err(|e| fail(format!("`{name}`: {e}")))?;
+        out.extend_from_slice(&(flat.numel() as u64).to_le_bytes());
+        out.extend_from_slice(&bytes);
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> Vec<u8> {
+        let a = Tensor::from_slice(&[1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5]).reshape([2, 3]);
+        let b = Tensor::from_slice(&[4i64, 5, 6]);
+        legacy_bytes("mapping", &[("first.weight", &a), ("count", &b)]).unwrap()
+    }
+
+    #[test]
+    fn saved_legacy_files_read_back_equal() {
+        let loaded = load_bytes(&sample()).unwrap();
+        let names: Vec<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["mapping.first.weight", "mapping.count"]);
+        assert_eq!(loaded[0].1.size(), [2, 3]);
+        assert_eq!(Vec::<f32>::try_from(loaded[0].1.flatten(0, -1)).unwrap(), [1.5, -2.0, 3.25, 0.0, 7.0, -0.5]);
+        assert_eq!(loaded[1].1.kind(), Kind::Int64);
+        assert_eq!(Vec::<i64>::try_from(&loaded[1].1).unwrap(), [4, 5, 6]);
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10000, ..Default::default() })]
+        /// Truncated or byte-mutated files are errors, never panics, and never allocate more than
+        /// the file itself holds (a tensor's bytes come out of the file).
+        #[test]
+        fn mutated_pickles_never_panic(
+            cut in 0usize..400,
+            flips in proptest::collection::vec((0usize..400, proptest::prelude::any::<u8>()), 0..6),
+        ) {
+            let mut bytes = sample();
+            for (at, value) in flips {
+                let n = bytes.len();
+                bytes[at % n] = value;
+            }
+            let keep = bytes.len().saturating_sub(cut % bytes.len());
+            bytes.truncate(keep);
+            if let Ok(tensors) = load_bytes(&bytes) {
+                let total: usize = tensors.iter().map(|(_, t)| t.numel()).sum();
+                proptest::prop_assert!(total <= bytes.len());
+            }
+        }
+    }
 
     #[test]
     fn garbage_is_a_checkpoint_error_not_a_panic() {

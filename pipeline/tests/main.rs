@@ -31,5 +31,6 @@ mod sadtalker_facerender_paste;
 mod sadtalker_layout;
 mod sadtalker_mel;
 mod sadtalker_recon;
+mod sadtalker_standin;
 mod sadtalker_timing;
 mod video_encoder;

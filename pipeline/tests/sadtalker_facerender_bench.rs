@@ -236,3 +236,57 @@ fn sadtalker_facerender_stage_timings() {
         eprintln!("sadtalker facerender stage {stage:<26} {layout:<14} batch {batch}: {t:.3} s");
     }
 }
+
+/// Seconds per frame and time to the first finished batch of the full-size renderer for each
+/// batch size in `VIPAVATAR_BENCH_BATCHES` (default `1,2,4,8`) over `VIPAVATAR_BENCH_FRAMES`
+/// frames (default 8): what the renderer's batch policy is chosen from.
+#[test]
+#[ignore = "full-size renderer timings; run with --ignored --nocapture"]
+fn sadtalker_facerender_batch_sizes() {
+    let frames = env_usize("VIPAVATAR_BENCH_FRAMES", 8) as i64;
+    let threads = env_usize("VIPAVATAR_BENCH_THREADS", 2);
+    let batches: Vec<usize> = std::env::var("VIPAVATAR_BENCH_BATCHES")
+        .unwrap_or_else(|_| "1,2,4,8".into())
+        .split(',')
+        .filter_map(|b| b.trim().parse().ok())
+        .collect();
+    tch::set_num_threads(threads as i32);
+    let device = vipavatar_pipeline::device::device_from_env().expect("device");
+    let settings = RenderSettings { device, ..RenderSettings::default() };
+    let mut renderer = FaceRenderer::new(&FaceRenderConfig::official(70), &settings).expect("renderer");
+    randomize(&mut renderer, 7);
+    tch::manual_seed(8);
+    let image = Tensor::rand([1, 3, 256, 256], (Kind::Float, Device::Cpu)).to_device(device);
+    let source_coeff: Vec<f32> = Vec::try_from(Tensor::randn([73], (Kind::Float, Device::Cpu)) * 0.3).unwrap();
+    let coeffs = Tensor::randn([frames, 70], (Kind::Float, Device::Cpu)) * 0.3;
+    let windows = DrivingWindows::build(&coeffs, &source_coeff, &WindowOptions::new(1.0)).unwrap();
+    let state = renderer.prepare_source(&image, &source_coeff).unwrap();
+    let warm = DrivingWindows::build(&coeffs.narrow(0, 0, 1), &source_coeff, &WindowOptions::new(1.0)).unwrap();
+    let _ = renderer.render_all(&state, &warm, Some(1)).unwrap();
+    let mut first: Option<Tensor> = None;
+    for batch in batches {
+        let t = Instant::now();
+        let mut first_ms = None;
+        let mut parts = Vec::new();
+        renderer
+            .render(&state, &windows, Some(batch), &mut |b| {
+                first_ms.get_or_insert(t.elapsed().as_secs_f64() * 1e3);
+                parts.push(b.frames.to_device(Device::Cpu));
+                Ok(())
+            })
+            .unwrap();
+        let total = t.elapsed().as_secs_f64();
+        let all = Tensor::cat(&parts, 0);
+        eprintln!(
+            "sadtalker facerender batch {batch}: {:.2} s per frame, first batch after {:.0} ms ({frames} frames, {threads} threads)",
+            total / frames as f64,
+            first_ms.unwrap_or(0.0)
+        );
+        // Batched kernels may sum in another order: the frame tolerance of the parity tests.
+        if let Some(reference) = &first {
+            let err = (&all - reference).abs().max().double_value(&[]);
+            assert!(err < 5e-3, "batch {batch} renders other frames (max abs difference {err})");
+        }
+        first.get_or_insert(all);
+    }
+}

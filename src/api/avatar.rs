@@ -31,7 +31,7 @@ use vipavatar_pipeline::engine::PreprocessMode;
         UploadResponse,
         AvatarStatusResponse,
         ModeStatus,
-        PreprocessModeDoc,
+        PreprocessMode,
         AvatarStatus,
         WebhookState,
         Erased,
@@ -48,73 +48,34 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/{image_id}", web::delete().to(delete));
 }
 
-/// SadTalker's framing of the source picture.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-#[schema(as = PreprocessMode)]
-pub enum PreprocessModeDoc {
-    /// Face crop only (default).
-    Crop,
-    /// Whole image resized.
-    Resize,
-    /// Animate the face and paste it back into the full picture.
-    Full,
-}
-
-/// Multipart form of an upload: the portrait as exactly one of `image_file`, `image_url` and
-/// `image_base64`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct UploadForm {
-    /// The portrait: PNG, JPEG or WebP.
-    #[schema(value_type = String, format = Binary, required = false)]
-    image_file: Vec<u8>,
-    /// An http(s) URL the server fetches the portrait from (same limits and checks as a file).
-    #[schema(required = false)]
-    image_url: String,
-    /// The portrait's bytes in base64 (standard or URL-safe, padding optional, a `data:` URL
-    /// accepted).
-    #[schema(required = false)]
-    image_base64: String,
-    /// Framing to precompute (default `crop`).
-    #[schema(required = false)]
-    preprocess_mode: PreprocessModeDoc,
-    /// Precompute again even though this image already failed for this mode because of its
-    /// content (default false: that failure is answered at once, for the avatar's TTL).
-    #[schema(required = false)]
-    retry: bool,
-    /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
-    #[schema(required = false)]
-    callback_url: String,
-    /// A JSON object sent back in every webhook of this request (without `callback_url` there
-    /// is no webhook, and it is not kept).
-    #[schema(required = false, example = json!("{\"order\": 42}"))]
-    metadata: String,
-}
-
-/// JSON body of an upload: the portrait as exactly one of `image_url` and `image_base64`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct UploadJson {
-    /// An http(s) URL the server fetches the portrait from.
-    #[schema(required = false)]
-    image_url: String,
-    /// The portrait's bytes in base64.
-    #[schema(required = false)]
-    image_base64: String,
-    /// Framing to precompute (default `crop`).
-    #[schema(required = false)]
-    preprocess_mode: PreprocessModeDoc,
-    /// Precompute again even though this image already failed for this mode.
-    #[schema(required = false)]
-    retry: bool,
-    /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
-    #[schema(required = false)]
-    callback_url: String,
-    /// A JSON object sent back in every webhook of this request (without `callback_url` there
-    /// is no webhook, and it is not kept).
-    #[schema(required = false, value_type = Object)]
-    metadata: serde_json::Value,
+super::body::request_bodies! {
+    /// Multipart form of an upload: the portrait as exactly one of `image_file`, `image_url` and
+    /// `image_base64`.
+    form UploadForm;
+    /// JSON body of an upload: the portrait as exactly one of `image_url` and `image_base64`.
+    json UploadJson;
+    head {}
+    form_only {
+        /// The portrait: PNG, JPEG or WebP.
+        #[schema(value_type = String, format = Binary, required = false)]
+        image_file: Vec<u8>,
+    }
+    shared {
+        /// An http(s) URL the server fetches the portrait from (same limits and checks as a file).
+        #[schema(required = false)]
+        image_url: String,
+        /// The portrait's bytes in base64 (standard or URL-safe, padding optional, a `data:` URL
+        /// accepted).
+        #[schema(required = false)]
+        image_base64: String,
+        /// Framing to precompute (default `crop`).
+        #[schema(required = false)]
+        preprocess_mode: PreprocessMode,
+        /// Precompute again even though this image already failed for this mode because of its
+        /// content (default false: that failure is answered at once, for the avatar's TTL).
+        #[schema(required = false)]
+        retry: bool,
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -163,7 +124,7 @@ pub async fn upload(
 ) -> Result<HttpResponse, ApiError> {
     let input = Input::image(state.config.limits.max_image_bytes);
     let mut form = read_body(&req, payload, &input.limits()).await?;
-    let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?.unwrap_or_default();
+    let mode = form.parse("preprocess_mode", &PreprocessMode::expected(), PreprocessMode::parse)?.unwrap_or_default();
     let retry = form.parse("retry", "true or false", parse_bool)?.unwrap_or(false);
     let callback = callbacks::parse(&state, &form)?;
     let source = inputs::pick(&mut form, &input, &state.fetcher)?;
@@ -277,7 +238,7 @@ async fn estimate_precompute(state: &AppState) -> f64 {
 #[into_params(parameter_in = Query)]
 pub struct StatusQuery {
     /// Which mode to report (default: the most recently uploaded one).
-    #[param(value_type = Option<PreprocessModeDoc>)]
+    #[param(value_type = Option<PreprocessMode>)]
     preprocess_mode: Option<String>,
 }
 
@@ -287,7 +248,10 @@ impl StatusQuery {
         match self.preprocess_mode.as_deref() {
             None | Some("") => Ok(None),
             Some(m) => Ok(Some(PreprocessMode::parse(m).ok_or_else(|| {
-                ApiError::new(Code::InvalidField, format!("`preprocess_mode`: {m:?} is not one of crop, resize, full"))
+                ApiError::new(
+                    Code::InvalidField,
+                    format!("`preprocess_mode`: {m:?} is not {}", PreprocessMode::expected()),
+                )
             })?)),
         }
     }

@@ -98,6 +98,53 @@ fn json_form(body: &[u8], limits: &[FileLimit]) -> Result<Form, ApiError> {
     Ok(form)
 }
 
+/// Declares the documented shapes of one POST body for the OpenAPI document, the multipart form
+/// and the JSON object, from one field list (handlers read the fields through [`Form`], so these
+/// structs exist for the schema only). `head` fields open both, `form_only` ones (files) follow
+/// in the form alone, `shared` ones follow in both; both end with `callback_url` and `metadata`
+/// (a JSON text in the form, an object in the JSON body).
+macro_rules! request_bodies {
+    (
+        $(#[$form_meta:meta])* form $form:ident;
+        $(#[$json_meta:meta])* json $json:ident;
+        head { $($(#[$hm:meta])* $hf:ident: $ht:ty,)* }
+        form_only { $($(#[$fm:meta])* $ff:ident: $ft:ty,)* }
+        shared { $($(#[$sm:meta])* $sf:ident: $st:ty,)* }
+    ) => {
+        $(#[$form_meta])*
+        #[derive(utoipa::ToSchema)]
+        #[allow(dead_code)]
+        pub struct $form {
+            $($(#[$hm])* $hf: $ht,)*
+            $($(#[$fm])* $ff: $ft,)*
+            $($(#[$sm])* $sf: $st,)*
+            /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
+            #[schema(required = false)]
+            callback_url: String,
+            /// A JSON object sent back in every webhook of this request (without `callback_url`
+            /// there is no webhook, and it is not kept).
+            #[schema(required = false, example = json!("{\"order\": 42}"))]
+            metadata: String,
+        }
+
+        $(#[$json_meta])*
+        #[derive(utoipa::ToSchema)]
+        #[allow(dead_code)]
+        pub struct $json {
+            $($(#[$hm])* $hf: $ht,)*
+            $($(#[$sm])* $sf: $st,)*
+            /// Where to POST signed webhooks when this finishes (http/https; Standard Webhooks).
+            #[schema(required = false)]
+            callback_url: String,
+            /// A JSON object sent back in every webhook of this request (without `callback_url`
+            /// there is no webhook, and it is not kept).
+            #[schema(required = false, value_type = Object)]
+            metadata: serde_json::Value,
+        }
+    };
+}
+pub(crate) use request_bodies;
+
 #[cfg(test)]
 mod tests {
     use super::*;

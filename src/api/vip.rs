@@ -11,7 +11,7 @@ use super::multipart::{parse_bool, Form};
 use super::vip_docs::{GenerateForm, GenerateJson};
 use super::{parse_image_id, seconds_map, Guard};
 use crate::blobs::BlobStore;
-use crate::config::Config;
+use crate::config::{Config, EngineChoice};
 use crate::errors::{ApiError, Code, ErrorBody};
 use crate::jobs::generate::cached_video;
 use crate::jobs::{counters, Job, Queue};
@@ -50,6 +50,10 @@ use vipavatar_pipeline::engine::{EngineKind, Enhancer, GenerateOptions, Preproce
         Performance,
         SessionStatus,
         WebhookState,
+        Enhancer,
+        Quality,
+        EngineChoice,
+        PreprocessMode,
         ErrorBody
     ))
 )]
@@ -100,29 +104,11 @@ pub fn hls_url(id: &SessionId) -> String {
     format!("/api/vip/stream/{id}/index.m3u8")
 }
 
-fn parse_engine(s: &str) -> Option<Option<EngineKind>> {
-    match s {
-        "auto" => Some(None),
-        "classic" => Some(Some(EngineKind::Classic)),
-        "sadtalker" => Some(Some(EngineKind::Sadtalker)),
-        _ => None,
-    }
-}
-
 /// Read the option fields (syntax only; ranges are checked by `GenerateOptions::validate`).
 fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Option<PreprocessMode>), ApiError> {
     let d = GenerateOptions::default();
-    let enhancer = form.parse("enhancer", "one of none, gfpgan", |s| match s {
-        "none" => Some(Enhancer::None),
-        "gfpgan" => Some(Enhancer::Gfpgan),
-        _ => None,
-    })?;
-    let quality = form.parse("quality", "one of low, medium, high", |s| match s {
-        "low" => Some(Quality::Low),
-        "medium" => Some(Quality::Medium),
-        "high" => Some(Quality::High),
-        _ => None,
-    })?;
+    let enhancer = form.parse("enhancer", &Enhancer::expected(), Enhancer::parse)?;
+    let quality = form.parse("quality", &Quality::expected(), Quality::parse)?;
     let opts = GenerateOptions {
         size: form.parse("size", "256 or 512", |s| s.parse().ok())?.unwrap_or(d.size),
         preprocess: d.preprocess,
@@ -135,8 +121,8 @@ fn options_from(form: &Form) -> Result<(GenerateOptions, Option<EngineKind>, Opt
         quality: quality.unwrap_or(d.quality),
         seed: form.parse("seed", "a non-negative integer", |s| s.parse().ok())?.unwrap_or(d.seed),
     };
-    let engine = form.parse("engine", "one of auto, classic, sadtalker", parse_engine)?.flatten();
-    let mode = form.parse("preprocess_mode", "one of crop, resize, full", PreprocessMode::parse)?;
+    let engine = form.parse("engine", &EngineChoice::expected(), EngineChoice::parse)?.and_then(EngineChoice::fixed);
+    let mode = form.parse("preprocess_mode", &PreprocessMode::expected(), PreprocessMode::parse)?;
     Ok((opts, engine, mode))
 }
 

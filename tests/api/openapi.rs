@@ -59,6 +59,16 @@ fn spec_lists_the_contract() {
     ] {
         assert!(schemas["GenerateForm"]["properties"][field].is_object(), "GenerateForm.{field}");
     }
+    // The option enums are documented with exactly the values the server parses.
+    use vipavatar_pipeline::engine::{EngineChoice, Enhancer, PreprocessMode, Quality};
+    for (name, values) in [
+        ("Enhancer", Enhancer::NAMES),
+        ("Quality", Quality::NAMES),
+        ("EngineChoice", EngineChoice::NAMES),
+        ("PreprocessMode", PreprocessMode::NAMES),
+    ] {
+        assert_eq!(schemas[name]["enum"], serde_json::json!(values), "{name}");
+    }
     assert_eq!(doc["components"]["securitySchemes"]["api_key"]["name"], "X-API-Key");
 }
 

@@ -31,7 +31,7 @@ use lipsync::LipSyncTrack;
 use mesh::FaceMesh;
 use motion::MotionTrack;
 use mouth::MouthPalette;
-use opencv::core::{Size, Vector};
+use opencv::core::Vector;
 use opencv::prelude::*;
 use render::SourceState;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -262,13 +262,13 @@ pub fn build_canvas(
         }
         PreprocessMode::Resize => {
             let m = render::region_mat(img, [0, 0, img.width as i32, img.height as i32])?;
-            let out = resize(&m, size, size)?;
+            let out = mat_to_rgb(&crate::image::resize_mat(&m, size, size)?)?;
             Ok((out, [size as f32 / img.width as f32, size as f32 / img.height as f32], [0.0, 0.0]))
         }
         PreprocessMode::Crop => {
             let b = clamp_box(crop.face_box, img)?;
             let m = render::region_mat(img, [b[0], b[1], b[2] - b[0], b[3] - b[1]])?;
-            let out = resize(&m, size, size)?;
+            let out = mat_to_rgb(&crate::image::resize_mat(&m, size, size)?)?;
             let scale = [size as f32 / (b[2] - b[0]) as f32, size as f32 / (b[3] - b[1]) as f32];
             Ok((out, scale, [b[0] as f32, b[1] as f32]))
         }
@@ -285,14 +285,6 @@ fn clamp_box(b: [i64; 4], img: &RgbImage) -> Result<[i32; 4]> {
         return Err(PipelineError::Internal(format!("face box {b:?} is too small")));
     }
     Ok([x0 as i32, y0 as i32, x1 as i32, y1 as i32])
-}
-
-fn resize(m: &opencv::core::Mat, w: u32, h: u32) -> Result<RgbImage> {
-    let mut out = opencv::core::Mat::default();
-    let shrink = (w as i32) < m.cols() || (h as i32) < m.rows();
-    let interp = if shrink { opencv::imgproc::INTER_AREA } else { opencv::imgproc::INTER_CUBIC };
-    opencv::imgproc::resize(m, &mut out, Size::new(w as i32, h as i32), 0.0, 0.0, interp).ctx("resize canvas")?;
-    mat_to_rgb(&out)
 }
 
 /// Copy an 8-bit 3-channel `Mat` whose channels are already RGB.

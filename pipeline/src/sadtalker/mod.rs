@@ -16,6 +16,7 @@ pub mod paths;
 pub mod recon;
 pub mod rng;
 pub mod savgol;
+pub mod standin;
 pub mod weights;
 
 pub use audio2coeff::{Audio2Coeff, MotionCoefficients, MotionOptions};
