@@ -188,7 +188,7 @@ impl EndToEnd<'_> {
         let image_id = self.server.upload(image).await?;
         let (sid, _) = self.server.generate(&image_id, audio, self.engine).await?;
         let session = self.server.wait_session(&sid).await?;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         let avatar = self.server.wait_avatar(&image_id).await?;
         self.server.wait_idle(&image_id).await?;
         let mut st = stages(&avatar, "/timings");
@@ -206,7 +206,7 @@ impl EndToEnd<'_> {
             bail!("the live stream of {sid} answered {} (complete: {})", live.status, live.complete);
         }
         let session = self.server.wait_session(&sid).await?;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         Ok(Sample {
             wall_ms,
             stages_ms: stages(&session, "/performance/stages"),
@@ -218,7 +218,7 @@ impl EndToEnd<'_> {
     async fn hot(&self, image_id: &str, audio: &[u8]) -> anyhow::Result<Sample> {
         let start = Instant::now();
         let (_, cached) = self.server.generate(image_id, audio, self.engine).await?;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         if !cached {
             bail!("the repeated request was not answered from the video cache");
         }

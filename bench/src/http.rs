@@ -52,7 +52,7 @@ impl Client {
                 Ok(Some(chunk)) => {
                     let pieces = splitter.push(&chunk).map_err(|e| anyhow!("stream: {e}"))?;
                     if first_media_ms.is_none() && pieces.iter().any(|p| matches!(p, Fragment::Media(_))) {
-                        first_media_ms = Some(since.elapsed().as_secs_f64() * 1e3);
+                        first_media_ms = Some(vipavatar_pipeline::ms_since(since));
                     }
                     bytes.extend_from_slice(&chunk);
                 }

@@ -77,9 +77,9 @@ impl InProcess<'_> {
         let (bytes, limits) = (audio.to_vec(), self.limits());
         let clip = tokio::task::spawn_blocking(move || decode_audio(&bytes, &limits)).await??;
         self.ctx.cache.put(&Key::audio_pcm(&ah), &clip.samples[..]).await?;
-        let decode_ms = start.elapsed().as_secs_f64() * 1e3;
+        let decode_ms = vipavatar_pipeline::ms_since(start);
         run_generate(self.ctx, &id, 1).await.map_err(job_err)?;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         let mut rec: SessionRecord =
             self.ctx.cache.peek(&Key::session(&id)).await?.ok_or_else(|| anyhow!("session {id} vanished"))?;
         if rec.status != SessionStatus::Ready {
@@ -96,7 +96,7 @@ impl InProcess<'_> {
         let start = Instant::now();
         let ah = AudioHash::of(audio);
         let found = cached_video(&self.ctx.cache, &self.ctx.blobs, image, &ah, &self.options_hash()?).await?;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         if found.is_none() {
             bail!("the hot case found no cached video");
         }
@@ -122,10 +122,10 @@ impl InProcess<'_> {
                 let avatar = AvatarInput { image: &img, analysis: &analysis };
                 let t = Instant::now();
                 let prepared = engine.prepare(&avatar, opts.size)?;
-                stages.push(("prepare".to_string(), t.elapsed().as_secs_f64() * 1e3));
+                stages.push(("prepare".to_string(), vipavatar_pipeline::ms_since(t)));
                 let t = Instant::now();
                 let clip = decode_audio(&audio, &limits)?;
-                stages.push(("audio_decode".to_string(), t.elapsed().as_secs_f64() * 1e3));
+                stages.push(("audio_decode".to_string(), vipavatar_pipeline::ms_since(t)));
                 let req = GenerateRequest {
                     engine: engine.as_ref(),
                     avatar,
@@ -144,7 +144,7 @@ impl InProcess<'_> {
                 Ok(stages)
             })
             .await;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         let _ = self.ctx.blobs.remove_temp(&out).await;
         Ok(Sample { wall_ms, stages_ms: stages?, peak_rss_mb: 0.0, first_frame_ms: None })
     }
@@ -164,7 +164,7 @@ impl InProcess<'_> {
         let engine = self.engine.clone();
         let start = Instant::now();
         let stats = self.ctx.model.run(move || generate_local(engine.as_ref(), &job, &mut |_| {})).await;
-        let wall_ms = start.elapsed().as_secs_f64() * 1e3;
+        let wall_ms = vipavatar_pipeline::ms_since(start);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Sample { wall_ms, stages_ms: stats?.stage_ms, peak_rss_mb: 0.0, first_frame_ms: None })
     }

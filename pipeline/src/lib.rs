@@ -16,3 +16,9 @@ pub mod torch_pickle;
 pub mod video;
 
 pub use error::{codes, PipelineError, Result};
+
+/// Milliseconds since `t`: the one way every stage time of the pipeline, the service and the
+/// bench is taken.
+pub fn ms_since(t: std::time::Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}

@@ -88,11 +88,9 @@ impl Precomputer {
         if short < ABSOLUTE_MIN_SIDE {
             return Err(too_small());
         }
-        let faces = self
-            .detector
-            .lock()
-            .map_err(|_| PipelineError::Internal("face detector poisoned by an earlier panic".into()))?
-            .detect(&image)?;
+        // A panic inside an earlier detection poisons the lock but leaves the network as it was
+        // (inference only reads its weights), so the detector stays usable.
+        let faces = self.detector.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(&image)?;
         timer.lap("detect");
         let Some(mut face) = faces.first().cloned() else {
             return Err(if short < self.limits.min_side { too_small() } else { PipelineError::NoFace });

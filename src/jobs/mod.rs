@@ -147,7 +147,7 @@ impl Tracker {
         self.misses.push(kind.name().to_string());
     }
     pub fn stage(&mut self, name: &str, since: Instant) {
-        self.stages_ms.push((name.to_string(), since.elapsed().as_secs_f64() * 1e3));
+        self.stages_ms.push((name.to_string(), vipavatar_pipeline::ms_since(since)));
     }
 }
 

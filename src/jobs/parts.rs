@@ -132,7 +132,7 @@ pub(super) async fn render_split(
         };
         done += r.len();
         progress.send_modify(|l| l.frames_done = done as u64);
-        stage_ms.push((format!("part{index}.{how}"), t.elapsed().as_secs_f64() * 1e3));
+        stage_ms.push((format!("part{index}.{how}"), vipavatar_pipeline::ms_since(t)));
     }
     drop(tx);
     let fed = tokio::task::spawn_blocking(move || forwarder.join().unwrap_or(false)).await.map_err(internal)?;
@@ -142,9 +142,9 @@ pub(super) async fn render_split(
     if !fed {
         return Err(internal("the muxer stopped reading the parts"));
     }
-    stage_ms.push(("mux_finish".into(), t.elapsed().as_secs_f64() * 1e3));
+    stage_ms.push(("mux_finish".into(), vipavatar_pipeline::ms_since(t)));
     let first = first.ok_or_else(|| internal("no part of the split session was rendered here"))?;
-    let total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let total_ms = vipavatar_pipeline::ms_since(t0);
     let audio_seconds = input.clip.duration_s();
     Ok(GenerateOutput {
         stats: GenerateStats {

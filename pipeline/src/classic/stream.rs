@@ -142,7 +142,7 @@ impl<'a> ClassicMotion<'a> {
             }
         };
         self.frames.extend_from_slice(&out);
-        self.busy_ms += t.elapsed().as_secs_f64() * 1e3;
+        self.busy_ms += crate::ms_since(t);
         out
     }
 }
@@ -207,7 +207,7 @@ impl ClassicRenderer {
         }
         let (canvas, _, _) = build_canvas(avatar.image, &avatar.analysis.crop, state.mode, state.size)?;
         let renderer = Renderer::new(state, &visemes, canvas)?;
-        Ok(Self { renderer, setup_ms: t0.elapsed().as_secs_f64() * 1e3, render_ms: 0.0, sink_ms: 0.0 })
+        Ok(Self { renderer, setup_ms: crate::ms_since(t0), render_ms: 0.0, sink_ms: 0.0 })
     }
 
     /// Render `frames` in order into `sink`, calling `progress(i)` after each.
@@ -223,7 +223,7 @@ impl ClassicRenderer {
             let t1 = Instant::now();
             self.render_ms += (t1 - t).as_secs_f64() * 1e3;
             sink.push(frame)?;
-            self.sink_ms += t1.elapsed().as_secs_f64() * 1e3;
+            self.sink_ms += crate::ms_since(t1);
             progress(i + 1);
         }
         Ok(())

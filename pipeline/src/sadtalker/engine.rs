@@ -118,8 +118,13 @@ impl SadTalkerEngine {
         Ok(engine)
     }
 
+    /// The models. The lock is uncontended (one device owner thread drives this engine; the
+    /// Mutex only makes the engine `Sync`). A panic inside an earlier model call poisons it but
+    /// leaves the models as they were (inference only reads weights; a renderer whose loading
+    /// panicked was never inserted), so a poisoned lock is taken over, not turned into an error
+    /// for every later job.
     fn lock(&self) -> Result<MutexGuard<'_, Models>> {
-        self.models.lock().map_err(|_| PipelineError::Internal("sadtalker models poisoned by an earlier panic".into()))
+        Ok(self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
 
     /// Run `f` with the renderer for (`size`, `full`), loading it on first use.
@@ -309,7 +314,7 @@ impl Engine for SadTalkerEngine {
         let mut last = Instant::now();
         self.with_renderer(opts.size, full, |renderer| {
             renderer.render(&state, &windows, None, &mut |batch| {
-                render_ms += last.elapsed().as_secs_f64() * 1e3;
+                render_ms += crate::ms_since(last);
                 let t = Instant::now();
                 let frames = match &paste {
                     Some(p) => p.apply(&batch.frames)?,
@@ -331,7 +336,7 @@ impl Engine for SadTalkerEngine {
                     done += 1;
                     progress(done, total);
                 }
-                paste_ms += t.elapsed().as_secs_f64() * 1e3;
+                paste_ms += crate::ms_since(t);
                 last = Instant::now();
                 Ok(())
             })

@@ -184,7 +184,7 @@ fn run_chunks(
 ) -> Result<GenerateOutput> {
     let t0 = Instant::now();
     req.engine.check_options(req.options)?;
-    let ms_since = |t: Instant| t.elapsed().as_secs_f64() * 1e3;
+    use crate::ms_since;
     let (stream, elementary, frames) = match output {
         Output::Mp4 { stream } => (stream, None, None),
         Output::Part { frames, sink } => (None, Some(sink), Some(frames)),
@@ -345,7 +345,7 @@ impl FrameSink for Tee<'_> {
         if self.first.is_none() {
             // Kept even without a thumbnail path: its size goes into the stats.
             self.first = Some(if self.want_first { frame.clone() } else { RgbImage::new(frame.width, frame.height) });
-            self.first_ms = Some(self.started.elapsed().as_secs_f64() * 1e3);
+            self.first_ms = Some(crate::ms_since(self.started));
         }
         if let Some(s) = self.sheet.as_mut() {
             s.offer(frame)?;
@@ -405,13 +405,13 @@ pub fn generate_local(
     let audio_bytes = read(&job.audio)?;
     let t = Instant::now();
     let clip = decode_audio(&audio_bytes, &job.audio_limits)?;
-    let decode_ms = t.elapsed().as_secs_f64() * 1e3;
+    let decode_ms = crate::ms_since(t);
     let t = Instant::now();
     let pre = Precomputer::load(&job.checkpoints, job.image_limits)?;
     let (image, analysis) = pre.run(&image_bytes, job.options.preprocess)?;
     let avatar = AvatarInput { image: &image, analysis: &analysis };
     let prepared = engine.prepare(&avatar, job.options.size)?;
-    let precompute_ms = t.elapsed().as_secs_f64() * 1e3;
+    let precompute_ms = crate::ms_since(t);
     progress(Progress { stage: "precompute", done: 1, total: 1 });
     let thumb = job.thumbnail_path();
     let req = GenerateRequest {
@@ -430,7 +430,7 @@ pub fn generate_local(
     let mut out = generate_video(&req, progress)?.stats;
     out.stage_ms.insert(0, ("precompute".into(), precompute_ms));
     out.stage_ms.insert(0, ("audio_decode".into(), decode_ms));
-    out.total_ms = t0.elapsed().as_secs_f64() * 1e3;
+    out.total_ms = crate::ms_since(t0);
     out.realtime_factor = out.audio_seconds / (out.total_ms / 1e3).max(1e-9);
     Ok(out)
 }

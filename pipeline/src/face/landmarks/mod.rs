@@ -165,13 +165,13 @@ impl ShapePredictor {
         let start = Instant::now();
         let bytes = std::fs::read(path)
             .map_err(|e| PipelineError::Checkpoint { file: file.clone(), reason: format!("cannot read: {e}") })?;
-        let read_ms = start.elapsed().as_secs_f64() * 1e3;
+        let read_ms = crate::ms_since(start);
         let model = Self::from_bytes(&bytes, &file)?;
         tracing::info!(
             file,
             bytes = bytes.len(),
             read_ms,
-            total_ms = start.elapsed().as_secs_f64() * 1e3,
+            total_ms = crate::ms_since(start),
             "loaded 68-point shape predictor"
         );
         Ok(model)
