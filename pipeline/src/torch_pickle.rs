@@ -252,20 +252,26 @@ impl<'a> Unpickler<'a> {
     }
 }
 
+/// The storage classes of a state dict and their element kinds (the reader's and the writer's table).
+const STORAGES: [(&str, Kind); 10] = [
+    ("FloatStorage", Kind::Float),
+    ("DoubleStorage", Kind::Double),
+    ("HalfStorage", Kind::Half),
+    ("BFloat16Storage", Kind::BFloat16),
+    ("LongStorage", Kind::Int64),
+    ("IntStorage", Kind::Int),
+    ("ShortStorage", Kind::Int16),
+    ("CharStorage", Kind::Int8),
+    ("ByteStorage", Kind::Uint8),
+    ("BoolStorage", Kind::Bool),
+];
+
 fn storage_kind(name: &str) -> Option<Kind> {
-    Some(match name {
-        "FloatStorage" => Kind::Float,
-        "DoubleStorage" => Kind::Double,
-        "HalfStorage" => Kind::Half,
-        "BFloat16Storage" => Kind::BFloat16,
-        "LongStorage" => Kind::Int64,
-        "IntStorage" => Kind::Int,
-        "ShortStorage" => Kind::Int16,
-        "CharStorage" => Kind::Int8,
-        "ByteStorage" => Kind::Uint8,
-        "BoolStorage" => Kind::Bool,
-        _ => return None,
-    })
+    STORAGES.iter().find(|(n, _)| *n == name).map(|(_, k)| *k)
+}
+
+fn storage_name(kind: Kind) -> Option<&'static str> {
+    STORAGES.iter().find(|(_, k)| *k == kind).map(|(n, _)| *n)
 }
 
 fn ints(v: &Value) -> Result<Vec<i64>> {
@@ -376,14 +382,18 @@ fn materialize(
 
 /// Read every tensor of a `torch.save` file as `(dotted name, tensor)` on the CPU.
 pub fn load(path: &std::path::Path) -> Result<Vec<(String, Tensor)>> {
-    let file = path.display().to_string();
-    let with_file = |e: PipelineError| match e {
-        PipelineError::Checkpoint { reason, .. } => PipelineError::Checkpoint { file: file.clone(), reason },
+    let bytes = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}"))).map_err(in_file(path))?;
+    load_bytes(&bytes).map_err(in_file(path))
+}
+
+/// Name `path` in a checkpoint error (the byte-level reader and writer do not know the file).
+fn in_file(path: &std::path::Path) -> impl Fn(PipelineError) -> PipelineError + '_ {
+    move |e| match e {
+        PipelineError::Checkpoint { reason, .. } => {
+            PipelineError::Checkpoint { file: path.display().to_string(), reason }
+        }
         other => other,
-    };
-    let bytes = std::fs::read(path)
-        .map_err(|e| PipelineError::Checkpoint { file: file.clone(), reason: format!("cannot read: {e}") })?;
-    load_bytes(&bytes).map_err(with_file)
+    }
 }
 
 /// Parse `torch.save` bytes (legacy or zip format).
@@ -557,33 +567,16 @@ impl Pickler {
     }
 }
 
-fn storage_name(kind: Kind) -> Option<&'static str> {
-    Some(match kind {
-        Kind::Float => "FloatStorage",
-        Kind::Double => "DoubleStorage",
-        Kind::Half => "HalfStorage",
-        Kind::Int64 => "LongStorage",
-        Kind::Int => "IntStorage",
-        Kind::Uint8 => "ByteStorage",
-        _ => return None,
-    })
-}
-
 /// Write `{top: {name: tensor, ...}}` (e.g. `{'mapping': state_dict}`) as a legacy-format
 /// `torch.save` file that [`load`] and `torch.load` read. Tensors are stored contiguous, one
 /// storage each, in the order given.
 pub fn save_legacy(path: &std::path::Path, top: &str, tensors: &[(&str, &Tensor)]) -> Result<()> {
-    let file = path.display().to_string();
-    let bytes = legacy_bytes(top, tensors).map_err(|e| match e {
-        PipelineError::Checkpoint { reason, .. } => PipelineError::Checkpoint { file: file.clone(), reason },
-        other => other,
-    })?;
-    std::fs::write(path, bytes).map_err(|e| PipelineError::Checkpoint { file, reason: format!("cannot write: {e}") })
+    let bytes = legacy_bytes(top, tensors).map_err(in_file(path))?;
+    std::fs::write(path, bytes).map_err(|e| bad(format!("cannot write: {e}"))).map_err(in_file(path))
 }
 
 /// The bytes [`save_legacy`] writes.
 pub fn legacy_bytes(top: &str, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
-    let fail = bad;
     let mut out = Vec::new();
     // Magic number (0x1950a86a20f9469cfc6c as a 10-byte LONG1), protocol 1001, system info.
     let mut magic = Pickler::new();
@@ -603,7 +596,7 @@ pub fn legacy_bytes(top: &str, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     let mut keys = Vec::with_capacity(tensors.len());
     for (i, (name, t)) in tensors.iter().enumerate() {
         let kind = t.kind();
-        let storage = storage_name(kind).ok_or_else(|| fail(format!("`{name}`: cannot store {kind:?} tensors")))?;
+        let storage = storage_name(kind).ok_or_else(|| bad(format!("`{name}`: cannot store {kind:?} tensors")))?;
         let key = i.to_string();
         let size = t.size();
         let mut stride = vec![1i64; size.len()];
@@ -630,7 +623,7 @@ pub fn legacy_bytes(top: &str, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     for (name, t) in tensors {
         let flat = t.contiguous().to_device(tch::Device::Cpu);
         let mut bytes = vec![0u8; flat.numel() * element_size(flat.kind())];
-        flat.f_copy_data_u8(&mut bytes, flat.numel()).map_err(|e| fail(format!("`{name}`: {e}")))?;
+        flat.f_copy_data_u8(&mut bytes, flat.numel()).map_err(|e| bad(format!("`{name}`: {e}")))?;
         out.extend_from_slice(&(flat.numel() as u64).to_le_bytes());
         out.extend_from_slice(&bytes);
     }

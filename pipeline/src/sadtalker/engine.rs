@@ -123,13 +123,13 @@ impl SadTalkerEngine {
     /// leaves the models as they were (inference only reads weights; a renderer whose loading
     /// panicked was never inserted), so a poisoned lock is taken over, not turned into an error
     /// for every later job.
-    fn lock(&self) -> Result<MutexGuard<'_, Models>> {
-        Ok(self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    fn lock(&self) -> MutexGuard<'_, Models> {
+        self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Run `f` with the renderer for (`size`, `full`), loading it on first use.
     fn with_renderer<T>(&self, size: u32, full: bool, f: impl FnOnce(&FaceRenderer) -> Result<T>) -> Result<T> {
-        let mut models = self.lock()?;
+        let mut models = self.lock();
         if let std::collections::hash_map::Entry::Vacant(slot) = models.renderers.entry((size, full)) {
             let checkpoint = self.paths.checkpoint_for_size(size)?;
             let (mapping, name) =
@@ -231,7 +231,7 @@ impl Engine for SadTalkerEngine {
         let flipped: Vec<[f32; 2]> = lm.iter().map(|p| [p[0], canvas.height as f32 - 1.0 - p[1]]).collect();
         let aligned = align_img(&canvas, &flipped, &LM3D_STD);
         let trans_params = aligned.trans_params.map(|v| v as f32);
-        let coeffs = self.lock()?.recon.coeffs_of_image(&aligned.image)?;
+        let coeffs = self.lock().recon.coeffs_of_image(&aligned.image)?;
         let coeff_3dmm = SplitCoeffs::new(&coeffs).coeff_3dmm(trans_params);
         let coeff_3dmm =
             Vec::<f32>::try_from(coeff_3dmm.to_device(Device::Cpu).flatten(0, -1)).ctx("3dmm coefficients")?;
@@ -264,7 +264,7 @@ impl Engine for SadTalkerEngine {
             still: opts.still_mode,
             ..Default::default()
         };
-        let coeffs = self.lock()?.audio.generate(&features, &source.coeff_3dmm, &motion_opts)?;
+        let coeffs = self.lock().audio.generate(&features, &source.coeff_3dmm, &motion_opts)?;
         encode(&coeffs)
     }
 

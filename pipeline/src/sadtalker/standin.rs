@@ -94,6 +94,18 @@ fn mapping_tensors(coeff_nc: i64) -> BTreeMap<String, Tensor> {
     out
 }
 
+fn named(tensors: &BTreeMap<String, Tensor>) -> Vec<(&str, &Tensor)> {
+    tensors.iter().map(|(k, t)| (k.as_str(), t)).collect()
+}
+
+/// Write `dir/name` through `write` under a temporary name, then rename it into place.
+fn write_renamed(dir: &Path, name: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+    let (target, partial) = (dir.join(name), dir.join(format!("{name}.partial")));
+    write(&partial)?;
+    std::fs::rename(&partial, &target).map_err(|e| io_err(&target, e))?;
+    Ok(target)
+}
+
 /// Write `SadTalker_V0.0.2_256.safetensors`, `mapping_00229-model.pth.tar` and
 /// `mapping_00109-model.pth.tar` with the official layout and random weights drawn from `seed`
 /// into `dir` (created if needed), plus [`MARKER`]. Files are written under temporary names and
@@ -118,26 +130,17 @@ pub fn write_stand_ins(dir: &Path, seed: i64) -> Result<StandIns> {
     }
     fix_spectral_norms(&mut main);
 
-    let mut files = Vec::new();
     let mut tensors = main.len();
-    let target = dir.join(CHECKPOINT_256);
-    let partial = dir.join(format!("{CHECKPOINT_256}.partial"));
-    let named: Vec<(&str, &Tensor)> = main.iter().map(|(k, t)| (k.as_str(), t)).collect();
-    Tensor::write_safetensors(&named, &partial).map_err(|e| io_err(&partial, e))?;
-    drop(named);
+    let mut files = vec![write_renamed(dir, CHECKPOINT_256, |partial| {
+        Tensor::write_safetensors(&named(&main), partial).map_err(|e| io_err(partial, e))
+    })?];
     drop(main);
-    std::fs::rename(&partial, &target).map_err(|e| io_err(&target, e))?;
-    files.push(target);
-
     for (name, coeff_nc) in [(MAPPING_CROP, 70), (MAPPING_FULL, 73)] {
-        let target = dir.join(name);
-        let partial = dir.join(format!("{name}.partial"));
         let mapping = mapping_tensors(coeff_nc);
         tensors += mapping.len();
-        let named: Vec<(&str, &Tensor)> = mapping.iter().map(|(k, t)| (k.as_str(), t)).collect();
-        crate::torch_pickle::save_legacy(&partial, "mapping", &named)?;
-        std::fs::rename(&partial, &target).map_err(|e| io_err(&target, e))?;
-        files.push(target);
+        files.push(write_renamed(dir, name, |partial| {
+            crate::torch_pickle::save_legacy(partial, "mapping", &named(&mapping))
+        })?);
     }
     let marker = dir.join(MARKER);
     let text = format!(
