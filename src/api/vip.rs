@@ -379,7 +379,9 @@ async fn single_flight(
     }
 }
 
-/// Past generation speed (ms per audio second) times this audio, plus the jobs ahead.
+/// Past generation speed (ms per audio second) times this audio, plus the jobs ahead. Called
+/// after this request's job is queued: while no worker has claimed it, it is one of the waiting
+/// jobs, and not ahead of itself.
 async fn estimate_generate(state: &AppState, audio_seconds: f64, queue: Queue) -> f64 {
     let c = state.cache.counters().await.unwrap_or_default();
     let ms = c.get(counters::GENERATE_MS).copied().unwrap_or(0) as f64;
@@ -387,8 +389,8 @@ async fn estimate_generate(state: &AppState, audio_seconds: f64, queue: Queue) -
     let per_audio_second = if audio_ms > 0.0 { ms / audio_ms } else { 1.0 };
     let this = per_audio_second * audio_seconds.max(0.1);
     let ahead = match state.queue.depth().await {
-        Ok(d) if queue == Queue::Vip => d.vip,
-        Ok(d) => d.vip + d.standard,
+        Ok(d) if queue == Queue::Vip => d.vip.saturating_sub(1),
+        Ok(d) => (d.vip + d.standard).saturating_sub(1),
         Err(_) => 0,
     };
     ((this * (1.0 + ahead as f64)) * 10.0).round() / 10.0
