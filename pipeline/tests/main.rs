@@ -32,5 +32,6 @@ mod sadtalker_layout;
 mod sadtalker_mel;
 mod sadtalker_recon;
 mod sadtalker_standin;
+mod sadtalker_stream;
 mod sadtalker_timing;
 mod video_encoder;

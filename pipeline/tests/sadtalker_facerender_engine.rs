@@ -127,6 +127,25 @@ fn sadtalker_engine_generates_frames_end_to_end() {
         assert!(sink.0.iter().all(|f| (f.width, f.height) == (w, h)));
         assert!(sink.0.windows(2).any(|p| p[0].data != p[1].data), "{mode:?}: the frames do not change");
         eprintln!("sadtalker engine {mode:?}: {} frames of {w}x{h}, stages {:?}", stats.frames, stats.stage_ms);
+        if mode == PreprocessMode::Crop {
+            // The engine's stream renders the same frames chunk by chunk, and a part of the clip
+            // renders the whole clip's frames for its range.
+            for frames in [None, Some((2, 5))] {
+                let input =
+                    vipavatar_pipeline::engine::MotionInput { clip: &clip, features: None, motion: None, frames };
+                let (mut motion, mut chunks) =
+                    engine.stream(avatar, &prepared, input, &opts).expect("stream").expect("sadtalker streams");
+                let mut streamed = Frames(Vec::new());
+                for size in [2, 3] {
+                    if let Some(chunk) = motion.next_chunk(size).expect("motion chunk") {
+                        chunks.render_chunk(&chunk, &mut streamed).expect("render chunk");
+                    }
+                }
+                assert!(motion.next_chunk(3).expect("end").is_none());
+                let (a, b) = frames.unwrap_or((0, 5));
+                assert!(streamed.0 == sink.0[a..b], "streamed frames {a}..{b} differ from the whole render's");
+            }
+        }
     }
     let _ = std::fs::remove_dir_all(&stand_ins);
 }

@@ -74,26 +74,30 @@ impl Audio2Exp {
 
     /// Expression coefficients for every frame of the batch: (1, T, 64).
     pub fn predict(&self, batch: &CoeffBatch) -> Tensor {
-        let _guard = tch::no_grad_guard();
         let t = batch.num_frames as i64;
-        let device = self.vs.device();
-        let mels = batch.indiv_mels.to_device(device).reshape([t, 1, 80, 16]);
-        let ref_exp = batch.ref_coeff.to_device(device).reshape([t, -1]).narrow(1, 0, EXP_DIM as i64);
-        let ratio = batch.ratio.to_device(device).reshape([t, 1]);
         if t == 0 {
-            return Tensor::zeros([1, 0, EXP_DIM as i64], (tch::Kind::Float, device));
+            return Tensor::zeros([1, 0, EXP_DIM as i64], (tch::Kind::Float, self.vs.device()));
         }
         let mut parts = Vec::new();
         let mut start = 0;
         while start < t {
             let len = FRAMES_PER_PASS.min(t - start);
-            parts.push(self.net.forward(
-                &mels.narrow(0, start, len),
-                &ref_exp.narrow(0, start, len),
-                &ratio.narrow(0, start, len),
-            ));
+            parts.push(self.predict_frames(batch, start as usize, len as usize));
             start += len;
         }
         Tensor::cat(&parts, 0).reshape([1, t, EXP_DIM as i64])
+    }
+
+    /// Expression coefficients of frames `start..start + len` in one pass: (len, 64).
+    pub fn predict_frames(&self, batch: &CoeffBatch, start: usize, len: usize) -> Tensor {
+        let _guard = tch::no_grad_guard();
+        let t = batch.num_frames as i64;
+        let device = self.vs.device();
+        let (start, len) = (start as i64, len as i64);
+        let mels = batch.indiv_mels.to_device(device).reshape([t, 1, 80, 16]).narrow(0, start, len);
+        let ref_exp =
+            batch.ref_coeff.to_device(device).reshape([t, -1]).narrow(1, 0, EXP_DIM as i64).narrow(0, start, len);
+        let ratio = batch.ratio.to_device(device).reshape([t, 1]).narrow(0, start, len);
+        self.net.forward(&mels, &ref_exp, &ratio)
     }
 }

@@ -210,32 +210,14 @@ impl Audio2Pose {
     pub fn predict(&self, batch: &CoeffBatch, pose_style: u32, noise: &Tensor) -> Result<PosePrediction> {
         let _guard = tch::no_grad_guard();
         let device = self.vs.device();
-        if pose_style as usize >= NUM_CLASSES {
-            return Err(PipelineError::InvalidOption {
-                field: "pose_style",
-                reason: format!("{pose_style} is outside 0..={}", NUM_CLASSES - 1),
-            });
-        }
         let t = batch.num_frames;
-        let n = t.saturating_sub(1);
-        let (full, rest) = (n / SEQ_LEN, n % SEQ_LEN);
+        let (full, rest) = window_counts(t);
         let draws = noise_draws(t);
-        let noise = noise.to_device(device).to_kind(Kind::Float);
-        if noise.size() != [draws as i64, LATENT as i64] && noise.size() != [draws as i64, 1, LATENT as i64] {
-            return Err(PipelineError::Internal(format!(
-                "audio2pose needs {draws} noise rows of {LATENT} for {t} frames, got {:?}",
-                noise.size()
-            )));
-        }
-        let noise = noise.reshape([draws as i64, LATENT as i64]);
-        let ref_pose =
-            batch.ref_coeff.to_device(device).f_narrow(1, 0, 1).ctx("ref pose")?.reshape([1, COEFF_DIM as i64]).narrow(
-                1,
-                EXP_DIM as i64,
-                POSE_DIM as i64,
-            );
+        let noise = check_noise(noise, t, device)?;
+        let ref_pose = reference_pose(batch, device)?;
         let zero_row = Tensor::zeros([1, POSE_DIM as i64], (Kind::Float, device));
         if draws == 0 {
+            check_style(pose_style)?;
             let motion = zero_row.unsqueeze(0);
             let pose = &ref_pose.unsqueeze(0) + &motion;
             let chunk_motion = Tensor::zeros([0, SEQ_LEN as i64, POSE_DIM as i64], (Kind::Float, device));
@@ -243,28 +225,17 @@ impl Audio2Pose {
         }
 
         // One encoder pass over frames 1..T (frame 0 is the reference).
-        let mels = batch.indiv_mels.to_device(device).f_reshape([t as i64, 1, 80, 16]).ctx("mel windows")?;
+        let n = t - 1;
+        let mels = mel_windows(batch, device)?;
         let emb = self.audio_encoder.forward(&mels.narrow(0, 1, n as i64)); // (n, 512)
-        let mut chunk_embeddings: Vec<Tensor> =
-            (0..full).map(|i| emb.narrow(0, (i * SEQ_LEN) as i64, SEQ_LEN as i64)).collect();
-        if rest != 0 {
-            let len = n.min(SEQ_LEN);
-            chunk_embeddings.push(emb.narrow(0, (n - len) as i64, len as i64));
-        }
-        let padded: Vec<Tensor> = chunk_embeddings
-            .iter()
-            .map(|e| {
-                let missing = SEQ_LEN as i64 - e.size()[0];
-                if missing > 0 {
-                    Tensor::cat(&[e.narrow(0, 0, 1).repeat([missing, 1]), e.shallow_clone()], 0)
-                } else {
-                    e.shallow_clone()
-                }
+        let chunk_embeddings: Vec<Tensor> = (0..draws)
+            .map(|w| {
+                let (start, len) = window_frames(t, w);
+                emb.narrow(0, (start - 1) as i64, len as i64)
             })
             .collect();
-        let audio = Tensor::stack(&padded, 0); // (draws, 32, 512)
-        let class = Tensor::full([draws as i64], i64::from(pose_style), (Kind::Int64, device));
-        let chunk_motion = self.decoder.forward(&noise, &class, &ref_pose.expand([draws as i64, -1], false), &audio);
+        let audio = Tensor::stack(&chunk_embeddings.iter().map(pad_window).collect::<Vec<_>>(), 0); // (draws, 32, 512)
+        let chunk_motion = self.decode(&noise, pose_style, &ref_pose, &audio)?;
 
         let mut rows = vec![zero_row];
         rows.extend((0..full).map(|i| chunk_motion.get(i as i64)));
@@ -275,6 +246,110 @@ impl Audio2Pose {
         let pose = &ref_pose.unsqueeze(0) + &motion;
         Ok(PosePrediction { chunk_embeddings, chunk_motion, motion, pose })
     }
+
+    /// The pose motion of chunk `window` alone (0..[`noise_draws`]): its rows of the clip's
+    /// `motion` as (rows, 6), for frames [`window_rows`]. The same computation as
+    /// [`Audio2Pose::predict`] for that chunk, one chunk per network call, so a clip's pose does
+    /// not depend on how many chunks are asked for at once.
+    pub fn predict_window(&self, batch: &CoeffBatch, pose_style: u32, noise: &Tensor, window: usize) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let device = self.vs.device();
+        let t = batch.num_frames;
+        if window >= noise_draws(t) {
+            return Err(PipelineError::Internal(format!("audio2pose chunk {window} of a {t}-frame clip")));
+        }
+        let noise = check_noise(noise, t, device)?.narrow(0, window as i64, 1);
+        let ref_pose = reference_pose(batch, device)?;
+        let (start, len) = window_frames(t, window);
+        let emb = self.audio_encoder.forward(&mel_windows(batch, device)?.narrow(0, start as i64, len as i64));
+        let motion = self.decode(&noise, pose_style, &ref_pose, &pad_window(&emb).unsqueeze(0))?.get(0);
+        let rows = window_rows(t, window);
+        Ok(motion.narrow(0, (SEQ_LEN - rows.len()) as i64, rows.len() as i64))
+    }
+
+    /// The CVAE decoder on `audio` (draws, 32, 512) with one noise row per chunk.
+    fn decode(&self, noise: &Tensor, pose_style: u32, ref_pose: &Tensor, audio: &Tensor) -> Result<Tensor> {
+        check_style(pose_style)?;
+        let draws = audio.size()[0];
+        let class = Tensor::full([draws], i64::from(pose_style), (Kind::Int64, audio.device()));
+        Ok(self.decoder.forward(noise, &class, &ref_pose.expand([draws, -1], false), audio))
+    }
+}
+
+fn check_style(pose_style: u32) -> Result<()> {
+    if pose_style as usize >= NUM_CLASSES {
+        return Err(PipelineError::InvalidOption {
+            field: "pose_style",
+            reason: format!("{pose_style} is outside 0..={}", NUM_CLASSES - 1),
+        });
+    }
+    Ok(())
+}
+
+/// (full 32-frame chunks, frames in the remainder chunk) of a `t`-frame clip's frames 1..t.
+fn window_counts(t: usize) -> (usize, usize) {
+    let n = t.saturating_sub(1);
+    (n / SEQ_LEN, n % SEQ_LEN)
+}
+
+/// Clip frames whose audio feeds chunk `window`: (first frame, count). Full chunks take frames
+/// `1 + 32 w ..`; the remainder chunk takes the last (up to) 32 frames of the clip.
+fn window_frames(t: usize, window: usize) -> (usize, usize) {
+    let (full, _) = window_counts(t);
+    let n = t.saturating_sub(1);
+    if window < full {
+        (1 + window * SEQ_LEN, SEQ_LEN)
+    } else {
+        let len = n.min(SEQ_LEN);
+        (1 + n - len, len)
+    }
+}
+
+/// Clip frames whose pose motion chunk `window` gives: `1 + 32 w ..` for a full chunk, the
+/// frames after the last full chunk for the remainder chunk (frame 0 is the reference, zero).
+pub fn window_rows(t: usize, window: usize) -> std::ops::Range<usize> {
+    let (full, rest) = window_counts(t);
+    let start = 1 + window * SEQ_LEN;
+    if window < full {
+        start..start + SEQ_LEN
+    } else {
+        start..start + rest
+    }
+}
+
+/// A chunk's embeddings padded to 32 rows with copies of its first row (clips under 33 frames).
+fn pad_window(e: &Tensor) -> Tensor {
+    let missing = SEQ_LEN as i64 - e.size()[0];
+    if missing > 0 {
+        Tensor::cat(&[e.narrow(0, 0, 1).repeat([missing, 1]), e.shallow_clone()], 0)
+    } else {
+        e.shallow_clone()
+    }
+}
+
+fn check_noise(noise: &Tensor, t: usize, device: Device) -> Result<Tensor> {
+    let draws = noise_draws(t);
+    let noise = noise.to_device(device).to_kind(Kind::Float);
+    if noise.size() != [draws as i64, LATENT as i64] && noise.size() != [draws as i64, 1, LATENT as i64] {
+        return Err(PipelineError::Internal(format!(
+            "audio2pose needs {draws} noise rows of {LATENT} for {t} frames, got {:?}",
+            noise.size()
+        )));
+    }
+    Ok(noise.reshape([draws as i64, LATENT as i64]))
+}
+
+/// The source pose (1, 6): the pose columns of the first reference row.
+fn reference_pose(batch: &CoeffBatch, device: Device) -> Result<Tensor> {
+    Ok(batch.ref_coeff.to_device(device).f_narrow(1, 0, 1).ctx("ref pose")?.reshape([1, COEFF_DIM as i64]).narrow(
+        1,
+        EXP_DIM as i64,
+        POSE_DIM as i64,
+    ))
+}
+
+fn mel_windows(batch: &CoeffBatch, device: Device) -> Result<Tensor> {
+    batch.indiv_mels.to_device(device).f_reshape([batch.num_frames as i64, 1, 80, 16]).ctx("mel windows")
 }
 
 /// Names and shapes of the `audio2pose.*` keys that the official checkpoint stores but inference

@@ -4,26 +4,26 @@
 //! 5-point alignment + 3DMM recon net -> the 73-d source coefficients (`3dmm_coeffs:`), and the
 //! face renderer's source state (`source_state:`: keypoints + encoded feature volume).
 //! Generate (per audio): mel features -> audio2exp + audio2pose (+ smoothing) -> 27-frame
-//! coefficient windows -> batched face rendering -> paste-back (`full`) or aspect resize.
+//! coefficient windows -> batched face rendering -> paste-back (`full`) or aspect resize, a chunk
+//! of frames at a time ([`super::stream`]): the first frames render while later audio is still
+//! going through the audio networks, and a long clip's parts render on several workers.
 //!
 //! Models load from `checkpoints/` only; a missing checkpoint is a [`PipelineError::Checkpoint`]
 //! at load time (so `engine=auto` falls back to classic). `enhancer=gfpgan` is refused.
 
-use super::audio2coeff::{Audio2Coeff, MotionCoefficients, MotionOptions};
-use super::facerender::paste::PasteBack;
+use super::audio2coeff::{Audio2Coeff, MotionCoefficients};
+use super::coeff_stream::CoeffStream;
 use super::facerender::renderer::source_image_tensor;
-use super::facerender::{
-    DrivingWindows, FaceRenderConfig, FaceRenderer, MappingWeights, RenderSettings, RendererWeights, SourceState,
-    WindowOptions,
-};
+use super::facerender::{FaceRenderConfig, FaceRenderer, MappingWeights, RenderSettings, RendererWeights};
 use super::mel::MelFeatures;
 use super::paths::{sadtalker_checkpoints_status, SadTalkerPaths, MAPPING_CROP, MAPPING_FULL};
 use super::recon::{FaceRecon, SplitCoeffs};
+use super::stream::{motion_options, MotionChunk, SadTalkerChunks, SadTalkerMotion};
 use crate::audio::AudioClip;
 use crate::classic::{build_canvas, FaceCrop};
 use crate::engine::{
-    AvatarInput, Engine, EngineKind, Enhancer, FrameSink, GenerateOptions, PreparedAvatar, PreprocessMode, RenderStats,
-    StateKind,
+    AvatarInput, Engine, EngineKind, Enhancer, FrameSink, GenerateOptions, MotionInput, PreparedAvatar, PreprocessMode,
+    RenderStats, StateKind, StreamParts,
 };
 use crate::error::{PipelineError, Result, ResultExt};
 use crate::face::align::{align_img, LM3D_STD};
@@ -34,8 +34,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
-use std::time::Instant;
-use tch::{Device, Kind, Tensor};
+use tch::Device;
 
 /// Set to `1` to run the face renderer's generator in float16 on CUDA (the other networks stay
 /// float32).
@@ -54,20 +53,18 @@ pub struct SourceCoeffs {
     pub trans_params: [f32; 5],
 }
 
-/// Loaded networks; tch modules are not `Sync`, so they live behind one lock (the service drives
-/// engines from one worker thread anyway).
-struct Models {
-    audio: Audio2Coeff,
-    recon: FaceRecon,
-    /// Renderers by (size, full mode), loaded on first use.
-    renderers: HashMap<(u32, bool), FaceRenderer>,
-}
+/// Renderers by (size, full mode), loaded on first use.
+type Renderers = HashMap<(u32, bool), FaceRenderer>;
 
+/// The loaded networks. tch modules are not `Sync`, so each group lives behind its own lock: the
+/// audio networks (a session's motion thread) and the renderers (its model thread) run at once.
 pub struct SadTalkerEngine {
     paths: SadTalkerPaths,
     device: Device,
     settings: RenderSettings,
-    models: Mutex<Models>,
+    audio: Mutex<Audio2Coeff>,
+    recon: Mutex<FaceRecon>,
+    renderers: Mutex<Renderers>,
 }
 
 impl std::fmt::Debug for SadTalkerEngine {
@@ -79,15 +76,17 @@ impl std::fmt::Debug for SadTalkerEngine {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+/// A sadtalker cache blob (`(STATE_VERSION, value)` in bincode).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     crate::engine::encode_blob("sadtalker", STATE_VERSION, value)
 }
 
-fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
+/// The value of an [`encode`] blob; another version or bytes that do not decode are stale.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     crate::engine::decode_blob("sadtalker", STATE_VERSION, bytes, what)
 }
 
-fn part(prepared: &PreparedAvatar, kind: StateKind) -> Result<&[u8]> {
+pub(super) fn part(prepared: &PreparedAvatar, kind: StateKind) -> Result<&[u8]> {
     prepared.get(kind).ok_or_else(|| PipelineError::Internal(format!("prepared avatar lacks its {kind:?} part")))
 }
 
@@ -110,27 +109,38 @@ impl SadTalkerEngine {
         let recon = FaceRecon::from_checkpoint(any, device)?;
         let half = std::env::var(HALF_ENV).map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
         let settings = RenderSettings { device, half, ..RenderSettings::default() };
-        let engine =
-            Self { paths, device, settings, models: Mutex::new(Models { audio, recon, renderers: HashMap::new() }) };
+        let engine = Self {
+            paths,
+            device,
+            settings,
+            audio: Mutex::new(audio),
+            recon: Mutex::new(recon),
+            renderers: Mutex::new(HashMap::new()),
+        };
         let default_size = if engine.paths.checkpoint_256.is_some() { 256 } else { 512 };
         engine.with_renderer(default_size, false, |_| Ok(()))?;
         tracing::info!(dir = %checkpoints.display(), ?device, "sadtalker engine loaded");
         Ok(engine)
     }
 
-    /// The models. The lock is uncontended (one device owner thread drives this engine; the
-    /// Mutex only makes the engine `Sync`). A panic inside an earlier model call poisons it but
-    /// leaves the models as they were (inference only reads weights; a renderer whose loading
-    /// panicked was never inserted), so a poisoned lock is taken over, not turned into an error
-    /// for every later job.
-    fn lock(&self) -> MutexGuard<'_, Models> {
-        self.models.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Run `f` with the audio networks.
+    pub(super) fn with_audio<T>(&self, f: impl FnOnce(&Audio2Coeff) -> T) -> T {
+        f(&lock(&self.audio))
     }
 
     /// Run `f` with the renderer for (`size`, `full`), loading it on first use.
-    fn with_renderer<T>(&self, size: u32, full: bool, f: impl FnOnce(&FaceRenderer) -> Result<T>) -> Result<T> {
-        let mut models = self.lock();
-        if let std::collections::hash_map::Entry::Vacant(slot) = models.renderers.entry((size, full)) {
+    pub(super) fn with_renderer<T>(
+        &self,
+        size: u32,
+        full: bool,
+        f: impl FnOnce(&FaceRenderer) -> Result<T>,
+    ) -> Result<T> {
+        let mut renderers = lock(&self.renderers);
+        if let std::collections::hash_map::Entry::Vacant(slot) = renderers.entry((size, full)) {
             let checkpoint = self.paths.checkpoint_for_size(size)?;
             let (mapping, name) =
                 if full { (&self.paths.mapping_full, MAPPING_FULL) } else { (&self.paths.mapping_crop, MAPPING_CROP) };
@@ -147,7 +157,7 @@ impl SadTalkerEngine {
             slot.insert(FaceRenderer::load(&config, &weights, &self.settings)?);
         }
         let renderer =
-            models.renderers.get(&(size, full)).ok_or_else(|| PipelineError::Internal("renderer missing".into()))?;
+            renderers.get(&(size, full)).ok_or_else(|| PipelineError::Internal("renderer missing".into()))?;
         f(renderer)
     }
 
@@ -185,30 +195,13 @@ pub fn check_options(paths: &SadTalkerPaths, opts: &GenerateOptions) -> Result<(
     Ok(())
 }
 
-/// Output frame size for the crop / resize modes: the reference resizes the square render to
-/// `(size, size * h / w)` of the cropped region; both sides even for H.264.
-fn output_size(reference: [i64; 2], size: u32) -> (u32, u32) {
-    let [w, h] = reference;
-    let height = if w > 0 && h > 0 { (size as f64 * h as f64 / w as f64) as u32 } else { size };
-    (size & !1, height.max(2) & !1)
-}
-
-/// (n, 3, S, S) float [0, 1] -> (n, S, S, 3) uint8 on the CPU (`img_as_ubyte`).
-fn to_u8_frames(frames: &Tensor) -> Tensor {
-    (frames.to_kind(Kind::Float) * 255.0)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .permute([0, 2, 3, 1])
-        .contiguous()
-        .to_device(Device::Cpu)
-}
-
-/// Frame `i` of an (n, H, W, 3) uint8 tensor, cropped to (width, height).
-fn frame_image(frames: &Tensor, i: i64, width: u32, height: u32) -> Result<RgbImage> {
-    let f = frames.get(i).narrow(0, 0, height as i64).narrow(1, 0, width as i64).contiguous();
-    let data = Vec::<u8>::try_from(f.flatten(0, -1)).ctx("reading rendered frames")?;
-    RgbImage::from_raw(width, height, data)
+/// A lock of the engine. Each is uncontended per kind of work (one device owner thread drives
+/// this engine; a session's motion thread takes only the audio lock). A panic inside an earlier
+/// model call poisons a lock but leaves the models as they were (inference only reads weights; a
+/// renderer whose loading panicked was never inserted), so a poisoned lock is taken over, not
+/// turned into an error for every later job.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Engine for SadTalkerEngine {
@@ -231,7 +224,7 @@ impl Engine for SadTalkerEngine {
         let flipped: Vec<[f32; 2]> = lm.iter().map(|p| [p[0], canvas.height as f32 - 1.0 - p[1]]).collect();
         let aligned = align_img(&canvas, &flipped, &LM3D_STD);
         let trans_params = aligned.trans_params.map(|v| v as f32);
-        let coeffs = self.lock().recon.coeffs_of_image(&aligned.image)?;
+        let coeffs = lock(&self.recon).coeffs_of_image(&aligned.image)?;
         let coeff_3dmm = SplitCoeffs::new(&coeffs).coeff_3dmm(trans_params);
         let coeff_3dmm =
             Vec::<f32>::try_from(coeff_3dmm.to_device(Device::Cpu).flatten(0, -1)).ctx("3dmm coefficients")?;
@@ -258,14 +251,8 @@ impl Engine for SadTalkerEngine {
         self.check_options(opts)?;
         let features: MelFeatures = decode(features, "audio features")?;
         let source: SourceCoeffs = decode(part(prepared, StateKind::Coeffs3dmm)?, "3dmm coefficients")?;
-        let motion_opts = MotionOptions {
-            seed: opts.seed,
-            pose_style: opts.pose_style,
-            still: opts.still_mode,
-            ..Default::default()
-        };
-        let coeffs = self.lock().audio.generate(&features, &source.coeff_3dmm, &motion_opts)?;
-        encode(&coeffs)
+        let coeffs = CoeffStream::new(&features, &source.coeff_3dmm, &motion_options(opts), self.device)?;
+        encode(&self.with_audio(|model| coeffs.finish(model))?)
     }
 
     fn render(
@@ -278,69 +265,29 @@ impl Engine for SadTalkerEngine {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<RenderStats> {
         self.check_options(opts)?;
-        let a = avatar.analysis;
-        if opts.preprocess != a.preprocess {
-            return Err(PipelineError::InvalidOption {
-                field: "preprocess",
-                reason: format!(
-                    "the avatar was prepared for {}, not {}",
-                    a.preprocess.as_str(),
-                    opts.preprocess.as_str()
-                ),
-            });
-        }
         let coeffs: MotionCoefficients = decode(motion, "motion")?;
-        let source: SourceCoeffs = decode(part(prepared, StateKind::Coeffs3dmm)?, "3dmm coefficients")?;
-        if source.size != opts.size {
-            return Err(PipelineError::InvalidOption {
-                field: "size",
-                reason: format!("the avatar was prepared at {} px, not {}", source.size, opts.size),
-            });
-        }
-        let state_bytes: Vec<u8> = decode(part(prepared, StateKind::SourceState)?, "source state")?;
-        let state = SourceState::from_bytes(&state_bytes, self.device)?;
-        let full = a.preprocess == PreprocessMode::Full;
-        let window_opts =
-            WindowOptions { still_mode: opts.still_mode, full, ..WindowOptions::new(opts.expression_scale) };
-        let windows = DrivingWindows::build(&coeffs.to_tensor(Device::Cpu), &source.coeff_3dmm, &window_opts)?;
         let total = coeffs.num_frames;
+        let mut chunks = SadTalkerChunks::new(self, avatar, prepared, opts)?;
+        let frames =
+            chunks.render_frames(&MotionChunk::of(&coeffs, 0, total), sink, &mut |done| progress(done, total))?;
+        Ok(RenderStats { frames, stage_ms: chunks.stage_ms() })
+    }
 
-        let paste = if full { Some(PasteBack::new(avatar.image, a.crop.face_box, self.device)?) } else { None };
-        let (out_w, out_h) = match &paste {
-            Some(_) => (avatar.image.width & !1, avatar.image.height & !1),
-            None => output_size(a.crop.reference_size, opts.size),
-        };
-        let (mut render_ms, mut paste_ms, mut done) = (0.0, 0.0, 0usize);
-        let mut last = Instant::now();
-        self.with_renderer(opts.size, full, |renderer| {
-            renderer.render(&state, &windows, None, &mut |batch| {
-                render_ms += crate::ms_since(last);
-                let t = Instant::now();
-                let frames = match &paste {
-                    Some(p) => p.apply(&batch.frames)?,
-                    None => to_u8_frames(&batch.frames),
-                };
-                for i in 0..frames.size()[0] {
-                    let frame = match &paste {
-                        Some(_) => frame_image(&frames, i, out_w, out_h)?,
-                        None => {
-                            let square = frame_image(&frames, i, opts.size, opts.size)?;
-                            if (out_w, out_h) == (opts.size, opts.size) {
-                                square
-                            } else {
-                                crate::image::resize(&square, out_w, out_h)?
-                            }
-                        }
-                    };
-                    sink.push(&frame)?;
-                    done += 1;
-                    progress(done, total);
-                }
-                paste_ms += crate::ms_since(t);
-                last = Instant::now();
-                Ok(())
-            })
-        })?;
-        Ok(RenderStats { frames: done, stage_ms: vec![("render".into(), render_ms), ("output".into(), paste_ms)] })
+    /// Every frame depends only on motion near it (see [`super::stream`]), so parts of a clip
+    /// render the frames of the whole.
+    fn renders_parts(&self) -> bool {
+        true
+    }
+
+    fn stream<'a>(
+        &'a self,
+        avatar: AvatarInput<'a>,
+        prepared: &'a PreparedAvatar,
+        input: MotionInput<'a>,
+        opts: &'a GenerateOptions,
+    ) -> Result<Option<StreamParts<'a>>> {
+        let motion = SadTalkerMotion::new(self, prepared, input, opts)?;
+        let chunks = SadTalkerChunks::new(self, &avatar, prepared, opts)?;
+        Ok(Some((Box::new(motion), Box::new(chunks))))
     }
 }

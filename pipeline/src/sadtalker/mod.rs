@@ -8,6 +8,7 @@ pub mod audio2coeff;
 pub mod audio2exp;
 pub mod audio2pose;
 pub mod batch;
+pub mod coeff_stream;
 pub mod engine;
 pub mod facerender;
 pub mod layers;
@@ -17,6 +18,7 @@ pub mod recon;
 pub mod rng;
 pub mod savgol;
 pub mod standin;
+pub mod stream;
 pub mod weights;
 
 pub use audio2coeff::{Audio2Coeff, MotionCoefficients, MotionOptions};

@@ -134,11 +134,38 @@ pub fn driving_coeffs(coeffs: &Tensor, source_coeff: &[f32], opts: &WindowOption
 /// `transform_semantic_target` for every frame: (T, nc) -> (T, nc, 27) with clamped indices.
 pub fn target_windows(driving: &Tensor) -> Tensor {
     let t = driving.size()[0];
+    gather_windows(driving, 0, t, 0..t)
+}
+
+/// The windows of frames `frames` of a `total`-frame clip when `driving` (rows, nc) holds only
+/// the clip's rows `first_row..first_row + rows`: (frames, nc, 27), the same values as those
+/// frames of [`target_windows`] over the whole clip. The rows must cover every frame the windows
+/// reach (13 each side, clamped at the clip edges).
+pub fn target_windows_range(
+    driving: &Tensor,
+    first_row: usize,
+    total: usize,
+    frames: std::ops::Range<usize>,
+) -> Result<Tensor> {
+    let rows = driving.size().first().copied().unwrap_or(0) as usize;
+    let radius = SEMANTIC_RADIUS as usize;
+    let need = frames.start.saturating_sub(radius)..(frames.end + radius).min(total);
+    if frames.is_empty() || frames.end > total || first_row > need.start || first_row + rows < need.end {
+        return Err(PipelineError::Internal(format!(
+            "windows of frames {frames:?} of {total} need rows {need:?}, got {first_row}..{}",
+            first_row + rows
+        )));
+    }
+    Ok(gather_windows(driving, first_row as i64, total as i64, frames.start as i64..frames.end as i64))
+}
+
+fn gather_windows(driving: &Tensor, first_row: i64, total: i64, frames: std::ops::Range<i64>) -> Tensor {
+    let len = frames.end - frames.start;
     let offsets = Tensor::arange_start(-SEMANTIC_RADIUS, SEMANTIC_RADIUS + 1, (Kind::Int64, driving.device()));
-    let frames = Tensor::arange(t, (Kind::Int64, driving.device()));
-    let index = (frames.unsqueeze(1) + offsets.unsqueeze(0)).clamp(0, (t - 1).max(0));
-    let gathered = driving.index_select(0, &index.flatten(0, -1)); // (T * 27, nc)
-    gathered.view([t, 2 * SEMANTIC_RADIUS + 1, -1]).transpose(1, 2).contiguous()
+    let frames = Tensor::arange_start(frames.start, frames.end, (Kind::Int64, driving.device()));
+    let index = (frames.unsqueeze(1) + offsets.unsqueeze(0)).clamp(0, (total - 1).max(0)) - first_row;
+    let gathered = driving.index_select(0, &index.flatten(0, -1)); // (len * 27, nc)
+    gathered.view([len, 2 * SEMANTIC_RADIUS + 1, -1]).transpose(1, 2).contiguous()
 }
 
 /// `gen_camera_pose` without the batch padding: one angle per frame (float64 arithmetic as in
