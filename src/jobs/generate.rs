@@ -139,7 +139,7 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
         false => None,
     };
     let split = match split {
-        Some(parts) if live_consumers(ctx).await >= 2 => Some(parts),
+        Some(parts) if live_consumers(ctx, engine.kind()).await >= 2 => Some(parts),
         _ => None,
     };
     let s = Instant::now();
@@ -375,8 +375,10 @@ async fn store_thumbnail(ctx: &JobContext, mp4: &std::path::Path, jpg: &std::pat
 }
 
 /// Job consumers in every live worker process of the namespace.
-async fn live_consumers(ctx: &JobContext) -> usize {
-    super::registry::live_workers(&ctx.cache).await.iter().map(|w| w.workers).sum()
+/// Job consumers in live worker processes that offer `engine` (a part job may go to any of them).
+async fn live_consumers(ctx: &JobContext, engine: EngineKind) -> usize {
+    let live = super::registry::live_workers(&ctx.cache).await;
+    live.iter().filter(|w| w.engines.iter().any(|e| e.engine == engine.as_str())).map(|w| w.workers).sum()
 }
 
 /// The session's decoded audio: the samples the API left under `audio_pcm:`, or (when they
