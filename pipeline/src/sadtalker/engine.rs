@@ -7,7 +7,8 @@
 //! coefficient windows -> batched face rendering -> paste-back (`full`) or aspect resize.
 //!
 //! Models load from `checkpoints/` only; a missing checkpoint is a [`PipelineError::Checkpoint`]
-//! at load time (so `engine=auto` falls back to classic). `enhancer=gfpgan` is refused.
+//! at load time (so `engine=auto` falls back to classic). `enhancer=gfpgan` needs `GFPGANv1.4.pth`
+//! there too (else a 422); it runs on each rendered batch (`super::enhance`).
 
 use super::audio2coeff::{Audio2Coeff, MotionCoefficients, MotionOptions};
 use super::facerender::paste::PasteBack;
@@ -27,6 +28,7 @@ use crate::engine::{
 };
 use crate::error::{PipelineError, Result, ResultExt};
 use crate::face::align::{align_img, LM3D_STD};
+use crate::gfpgan::{check_weights_file, EnhancerSlot, GFPGAN_V1_4_FILE};
 use crate::image::RgbImage;
 use opencv::core::Vector;
 use opencv::prelude::VectorToVec;
@@ -68,6 +70,8 @@ pub struct SadTalkerEngine {
     device: Device,
     settings: RenderSettings,
     models: Mutex<Models>,
+    /// `enhancer=gfpgan`: loaded on first use.
+    pub(super) enhancer: EnhancerSlot,
 }
 
 impl std::fmt::Debug for SadTalkerEngine {
@@ -110,8 +114,9 @@ impl SadTalkerEngine {
         let recon = FaceRecon::from_checkpoint(any, device)?;
         let half = std::env::var(HALF_ENV).map(|v| v == "1" || v.eq_ignore_ascii_case("true")).unwrap_or(false);
         let settings = RenderSettings { device, half, ..RenderSettings::default() };
-        let engine =
-            Self { paths, device, settings, models: Mutex::new(Models { audio, recon, renderers: HashMap::new() }) };
+        let models = Mutex::new(Models { audio, recon, renderers: HashMap::new() });
+        let enhancer = EnhancerSlot::official(checkpoints, device);
+        let engine = Self { paths, device, settings, models, enhancer };
         let default_size = if engine.paths.checkpoint_256.is_some() { 256 } else { 512 };
         engine.with_renderer(default_size, false, |_| Ok(()))?;
         tracing::info!(dir = %checkpoints.display(), ?device, "sadtalker engine loaded");
@@ -165,15 +170,12 @@ impl SadTalkerEngine {
     }
 }
 
-/// Whether the checkpoints in `paths` can honour `opts`: `enhancer=gfpgan` is refused (422), the
-/// renderer for `size` and, for `full`, the 73-input mapping net must be present.
+/// Whether the checkpoints in `paths` can honour `opts`: the renderer for `size`, for `full` the
+/// 73-input mapping net, and for `enhancer=gfpgan` `GFPGANv1.4.pth` must be present (else 422).
 pub fn check_options(paths: &SadTalkerPaths, opts: &GenerateOptions) -> Result<()> {
     opts.validate()?;
     if opts.enhancer == Enhancer::Gfpgan {
-        return Err(PipelineError::Unsupported {
-            engine: "sadtalker",
-            what: "enhancer=gfpgan is not available in this engine yet".into(),
-        });
+        check_weights_file("sadtalker", &paths.dir.join(GFPGAN_V1_4_FILE))?;
     }
     paths.checkpoint_for_size(opts.size)?;
     if opts.preprocess == PreprocessMode::Full && paths.mapping_full.is_none() {
@@ -310,6 +312,7 @@ impl Engine for SadTalkerEngine {
             Some(_) => (avatar.image.width & !1, avatar.image.height & !1),
             None => output_size(a.crop.reference_size, opts.size),
         };
+        let enhance = super::enhance::FrameEnhance::new(&self.enhancer, avatar, opts)?;
         let (mut render_ms, mut paste_ms, mut done) = (0.0, 0.0, 0usize);
         let mut last = Instant::now();
         self.with_renderer(opts.size, full, |renderer| {
@@ -320,6 +323,7 @@ impl Engine for SadTalkerEngine {
                     Some(p) => p.apply(&batch.frames)?,
                     None => to_u8_frames(&batch.frames),
                 };
+                let frames = enhance.apply(frames)?;
                 for i in 0..frames.size()[0] {
                     let frame = match &paste {
                         Some(_) => frame_image(&frames, i, out_w, out_h)?,

@@ -9,6 +9,7 @@ pub mod audio2exp;
 pub mod audio2pose;
 pub mod batch;
 pub mod engine;
+pub mod enhance;
 pub mod facerender;
 pub mod layers;
 pub mod mel;
