@@ -99,7 +99,8 @@ option_enum! {
 }
 
 option_enum! {
-    /// Face restoration after rendering: `none` (default) or `gfpgan` (engines that support it).
+    /// Face restoration after rendering: `none` (default) or `gfpgan` (GFPGAN v1.4; the server
+    /// needs `checkpoints/GFPGANv1.4.pth`, else 422).
     #[derive(Default)]
     pub enum Enhancer {
         #[default]

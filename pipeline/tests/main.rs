@@ -14,6 +14,7 @@ mod classic_options;
 mod classic_render;
 mod gfpgan;
 mod gfpgan_bench;
+mod gfpgan_engines;
 mod gfpgan_helper;
 mod gfpgan_layout;
 mod gfpgan_warp;

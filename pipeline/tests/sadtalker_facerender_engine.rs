@@ -1,11 +1,12 @@
 //! The sadtalker engine's behaviour without the official checkpoints: loading fails with a
 //! checkpoint error naming the missing file (so `engine=auto` falls back to classic), and the
-//! option check refuses `enhancer=gfpgan` with the 422-class `unsupported_option` error instead
-//! of ignoring it.
+//! option check refuses `enhancer=gfpgan` without `GFPGANv1.4.pth` with the 422-class
+//! `unsupported_option` error naming the file instead of ignoring it.
 
 use std::path::PathBuf;
 use tch::Device;
 use vipavatar_pipeline::engine::{Enhancer, GenerateOptions, PreprocessMode};
+use vipavatar_pipeline::gfpgan::GFPGAN_V1_4_FILE;
 use vipavatar_pipeline::sadtalker::engine::{check_options, SadTalkerEngine};
 use vipavatar_pipeline::sadtalker::paths::{SadTalkerPaths, CHECKPOINT_256, MAPPING_CROP};
 use vipavatar_pipeline::PipelineError;
@@ -38,7 +39,7 @@ fn sadtalker_engine_without_checkpoints_is_a_checkpoint_error() {
 }
 
 #[test]
-fn sadtalker_engine_refuses_gfpgan_and_missing_renderers() {
+fn sadtalker_engine_checks_gfpgan_and_refuses_missing_renderers() {
     let dir = scratch_dir("paths");
     let paths = SadTalkerPaths {
         dir: dir.clone(),
@@ -49,11 +50,14 @@ fn sadtalker_engine_refuses_gfpgan_and_missing_renderers() {
     };
     assert!(check_options(&paths, &GenerateOptions::default()).is_ok());
 
+    // enhancer=gfpgan: a 422 naming GFPGANv1.4.pth until the file is in the directory.
     let gfpgan = GenerateOptions { enhancer: Enhancer::Gfpgan, ..GenerateOptions::default() };
     let err = check_options(&paths, &gfpgan).unwrap_err();
     assert_eq!(err.code(), "unsupported_option");
     assert!(err.is_user_error());
-    assert!(err.to_string().contains("gfpgan"), "{err}");
+    assert!(err.to_string().contains(GFPGAN_V1_4_FILE), "{err}");
+    std::fs::write(dir.join(GFPGAN_V1_4_FILE), b"read on first use").unwrap();
+    assert!(check_options(&paths, &gfpgan).is_ok());
 
     let big = GenerateOptions { size: 512, ..GenerateOptions::default() };
     assert_eq!(check_options(&paths, &big).unwrap_err().code(), "unsupported_option");

@@ -31,7 +31,7 @@ request_bodies! {
         /// accepted).
         #[schema(required = false)]
         audio_base64: String,
-        /// `none` (default) or `gfpgan` (only engines that support it).
+        /// `none` (default) or `gfpgan` (needs `GFPGANv1.4.pth` in the server's checkpoints, else 422).
         #[schema(required = false)]
         enhancer: Enhancer,
         /// Encoder quality: `low`, `medium` (default) or `high`.

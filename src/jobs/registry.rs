@@ -24,7 +24,7 @@ pub struct EngineOffer {
     pub sizes: Vec<u32>,
     /// `crop`, `resize`, `full`.
     pub preprocess: Vec<String>,
-    /// `none`, `gfpgan`.
+    /// `none`, and `gfpgan` when the worker has `GFPGANv1.4.pth`.
     pub enhancers: Vec<String>,
 }
 
@@ -47,7 +47,8 @@ fn key(ns: &Namespace, id: &str) -> String {
     ns.name(&format!("worker:{id}"))
 }
 
-/// The offers of the engines on `owner`: every size / mode / enhancer its option check accepts.
+/// The offers of the engines on `owner`: every size / mode / enhancer its option check accepts
+/// (so `gfpgan` only where the engine found `GFPGANv1.4.pth` in its checkpoints directory).
 pub fn offers(owner: &DeviceOwner) -> Vec<EngineOffer> {
     let engines = owner.models.engines();
     engines
@@ -65,10 +66,10 @@ pub fn offers(owner: &DeviceOwner) -> Vec<EngineOffer> {
                     .filter(|&preprocess| ok(GenerateOptions { preprocess, ..base.clone() }))
                     .map(|m| m.as_str().to_string())
                     .collect(),
-                enhancers: [("none", Enhancer::None), ("gfpgan", Enhancer::Gfpgan)]
+                enhancers: [Enhancer::None, Enhancer::Gfpgan]
                     .into_iter()
-                    .filter(|(_, enhancer)| ok(GenerateOptions { enhancer: *enhancer, ..base.clone() }))
-                    .map(|(n, _)| n.to_string())
+                    .filter(|&enhancer| ok(GenerateOptions { enhancer, ..base.clone() }))
+                    .map(|e| e.as_str().to_string())
                     .collect(),
             }
         })
@@ -117,10 +118,7 @@ pub async fn pick_engine(
     if offers.is_empty() {
         return Err(no_worker(&format!("engine `{}`", kind.as_str())));
     }
-    let enhancer = match opts.enhancer {
-        Enhancer::None => "none",
-        Enhancer::Gfpgan => "gfpgan",
-    };
+    let enhancer = opts.enhancer.as_str();
     if !offers.iter().any(|e| e.sizes.contains(&opts.size) && e.enhancers.iter().any(|x| x == enhancer)) {
         return Err(ApiError::new(
             Code::UnsupportedOption,

@@ -1,6 +1,7 @@
 //! Model owners per device: workers spread over the configured devices never share an engine
 //! instance, and a model call that panics fails its own job only; the owner rebuilds its engines
-//! and the next job on that device succeeds.
+//! and the next job on that device succeeds. What a worker advertises follows its model files
+//! (`gfpgan` only with `GFPGANv1.4.pth`).
 
 use crate::helpers::*;
 use serde_json::Value;
@@ -115,6 +116,10 @@ async fn workers_advertise_their_engines_in_redis_with_a_ttl() {
     let classic =
         ad["engines"].as_array().unwrap().iter().find(|e| e["engine"] == "classic").expect("classic offered").clone();
     assert_eq!(classic["sizes"], serde_json::json!([256, 512]), "{classic}");
+    // gfpgan only where its weights file is (the repository's checkpoints do not carry it).
+    let gfpgan = repo().join("checkpoints/GFPGANv1.4.pth").is_file();
+    let enhancers = if gfpgan { serde_json::json!(["none", "gfpgan"]) } else { serde_json::json!(["none"]) };
+    assert_eq!(classic["enhancers"], enhancers, "{classic}");
     assert!(classic["preprocess"].as_array().unwrap().contains(&"crop".into()), "{classic}");
     let (s, ready) = app.get_json("/readyz").await;
     assert_eq!(s, 200, "{ready}");
@@ -125,4 +130,47 @@ async fn workers_advertise_their_engines_in_redis_with_a_ttl() {
     let key = format!("{}:worker:{}", app.config.namespace.as_str(), ad["id"].as_str().unwrap());
     let ttl: i64 = redis::cmd("PTTL").arg(&key).query_async(&mut conn).await.unwrap();
     assert!(ttl > 0 && ttl <= 15_000, "{key} has PTTL {ttl}");
+}
+
+/// A checkpoints folder with the repository's files (links) and a `GFPGANv1.4.pth` that is
+/// present but is not a checkpoint.
+fn checkpoints_with_unloadable_gfpgan() -> std::path::PathBuf {
+    let dir = scratch("gfpgan-checkpoints");
+    for entry in std::fs::read_dir(repo().join("checkpoints")).expect("checkpoints") {
+        let entry = entry.expect("entry");
+        if entry.file_name() != "GFPGANv1.4.pth" {
+            std::os::unix::fs::symlink(entry.path(), dir.join(entry.file_name())).expect("link");
+        }
+    }
+    std::fs::write(dir.join("GFPGANv1.4.pth"), b"present, but not a checkpoint").expect("write");
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gfpgan_is_offered_where_its_file_is_and_a_file_that_does_not_load_fails_the_job() {
+    let Some(data) = testdata() else { return };
+    let dir = checkpoints_with_unloadable_gfpgan();
+    let app = spawn_app_with(1, |c| c.checkpoints = dir.clone()).await;
+    let mut classic = Value::Null;
+    for _ in 0..100 {
+        let (_, info) = app.get_json("/").await;
+        let engines = info["live_workers"][0]["engines"].as_array().cloned().unwrap_or_default();
+        if let Some(c) = engines.into_iter().find(|e| e["engine"] == "classic") {
+            classic = c;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(classic["enhancers"], serde_json::json!(["none", "gfpgan"]), "{classic}");
+
+    // The option is accepted (the file is there); the engine reads it on first use, and a file
+    // that does not load fails the session with a checkpoint error naming it.
+    let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
+    let audio = read(data.join("audio/chinese_poem1.wav"));
+    let (s, body) = app.generate(&id, audio, &[("enhancer", "gfpgan")]).await;
+    assert_eq!(s, 202, "{body}");
+    let done = app.wait_session(body["session_id"].as_str().unwrap(), Duration::from_secs(180)).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"]["code"], "checkpoint_error", "{done}");
+    assert!(done["error"]["message"].as_str().unwrap_or("").contains("GFPGANv1.4.pth"), "{done}");
 }

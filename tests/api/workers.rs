@@ -274,8 +274,14 @@ async fn an_api_node_without_models_serves_what_a_worker_process_renders() {
     let done = app.wait_session(body["session_id"].as_str().unwrap(), Duration::from_secs(180)).await;
     assert_eq!(done["status"], "ready", "{done}");
     // The worker offers classic only: sadtalker has no live worker.
-    let got = app.generate(&id_before, audio, &[("engine", "sadtalker")]).await;
+    let got = app.generate(&id_before, audio.clone(), &[("engine", "sadtalker")]).await;
     assert_error(&got, 503, "no_worker");
+    // Its checkpoints have no GFPGANv1.4.pth, so it does not offer gfpgan: the API node says so.
+    if !repo().join("checkpoints/GFPGANv1.4.pth").is_file() {
+        let got = app.generate(&id_before, audio, &[("enhancer", "gfpgan")]).await;
+        assert_error(&got, 422, "unsupported_option");
+        assert!(got.1["message"].as_str().unwrap_or("").contains("gfpgan"), "{got:?}");
+    }
     let (_, info) = app.get_json("/").await;
     assert_eq!(info["live_workers"].as_array().map(Vec::len), Some(1), "{info}");
 }

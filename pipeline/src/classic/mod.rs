@@ -4,9 +4,11 @@
 //! 68 landmarks + forehead/ring/boundary points ([`mesh`]), mouth palette ([`mouth`]), 14 visemes
 //! and blink/brow shapes ([`visemes`]), 5 gesture curves ([`gestures`]).
 //! Generate (per audio): lip-sync analysis ([`lipsync`]) -> per-frame motion ([`motion`]) ->
-//! piecewise-affine mesh warp of the source region per frame ([`render`]).
+//! piecewise-affine mesh warp of the source region per frame ([`render`]) -> with
+//! `enhancer=gfpgan`, GFPGAN face restoration in batches at the warped landmarks (`enhance`).
 
 pub mod dsp;
+mod enhance;
 pub mod gestures;
 pub mod idle;
 pub mod lipsync;
@@ -20,11 +22,12 @@ pub mod visemes;
 
 use crate::audio::AudioClip;
 use crate::engine::{
-    AvatarInput, ChunkRenderer, Engine, EngineKind, FrameSink, GenerateOptions, MotionInput, PreparedAvatar,
+    AvatarInput, ChunkRenderer, Engine, EngineKind, Enhancer, FrameSink, GenerateOptions, MotionInput, PreparedAvatar,
     PreprocessMode, RenderStats, StateKind, StreamParts,
 };
 use crate::error::{PipelineError, Result, ResultExt};
 use crate::face::crop::CropInfo;
+use crate::gfpgan::{EnhancerSlot, GFPGAN_V1_4_FILE};
 use crate::image::RgbImage;
 use gestures::GestureSet;
 use lipsync::LipSyncTrack;
@@ -35,6 +38,7 @@ use opencv::core::Vector;
 use opencv::prelude::*;
 use render::SourceState;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::sync::Arc;
 use stream::{ClassicMotion, ClassicRenderer};
 use visemes::VisemeSet;
 
@@ -56,13 +60,36 @@ impl FaceCrop {
     }
 }
 
-/// The classic engine. Stateless; cheap to share.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ClassicEngine;
+/// The classic engine. Stateless apart from the optional GFPGAN enhancer (loaded on first use);
+/// cheap to share.
+#[derive(Debug, Clone, Default)]
+pub struct ClassicEngine {
+    enhancer: Option<Arc<EnhancerSlot>>,
+}
+
+/// The refusal of `enhancer=gfpgan` by an engine built without a checkpoints directory.
+fn no_enhancer() -> PipelineError {
+    PipelineError::Unsupported {
+        engine: "classic",
+        what: format!("enhancer=gfpgan needs {GFPGAN_V1_4_FILE} in the checkpoints directory, and none was configured"),
+    }
+}
 
 impl ClassicEngine {
+    /// The engine without a face enhancer (`enhancer=gfpgan` is refused).
     pub fn new() -> Self {
-        Self
+        Self::default()
+    }
+
+    /// The engine whose `enhancer=gfpgan` uses `GFPGANv1.4.pth` from `checkpoints` when that file
+    /// is present, loaded on first use onto `device`.
+    pub fn with_checkpoints(checkpoints: &std::path::Path, device: tch::Device) -> Self {
+        Self::with_enhancer(EnhancerSlot::official(checkpoints, device))
+    }
+
+    /// The engine with this enhancer (tests use stand-in weights of reduced width).
+    pub fn with_enhancer(slot: EnhancerSlot) -> Self {
+        Self { enhancer: Some(Arc::new(slot)) }
     }
 
     /// The animated region `[x, y, w, h]` in output-frame pixels: pixels outside it are the
@@ -92,10 +119,11 @@ impl Engine for ClassicEngine {
 
     fn check_options(&self, opts: &GenerateOptions) -> Result<()> {
         opts.validate()?;
-        if opts.enhancer != crate::engine::Enhancer::None {
-            return Err(PipelineError::Unsupported { engine: "classic", what: "face enhancer (gfpgan)".into() });
+        match (opts.enhancer, &self.enhancer) {
+            (Enhancer::None, _) => Ok(()),
+            (Enhancer::Gfpgan, Some(slot)) => slot.check("classic"),
+            (Enhancer::Gfpgan, None) => Err(no_enhancer()),
         }
-        Ok(())
     }
 
     fn prepare(&self, avatar: &AvatarInput<'_>, size: u32) -> Result<PreparedAvatar> {
@@ -173,7 +201,7 @@ impl Engine for ClassicEngine {
     ) -> Result<RenderStats> {
         self.check_options(opts)?;
         let track: MotionTrack = decode(motion, "motion")?;
-        let mut renderer = ClassicRenderer::new(avatar, prepared, opts)?;
+        let mut renderer = ClassicRenderer::new(avatar, prepared, opts, self.enhancer.as_ref())?;
         let total = track.frames.len();
         renderer.render_frames(&track.frames, sink, &mut |i| progress(i, total))?;
         Ok(RenderStats { frames: total, stage_ms: renderer.stage_ms() })
@@ -197,7 +225,7 @@ impl Engine for ClassicEngine {
         opts: &'a GenerateOptions,
     ) -> Result<Option<StreamParts<'a>>> {
         self.check_options(opts)?;
-        let renderer = ClassicRenderer::new(&avatar, prepared, opts)?;
+        let renderer = ClassicRenderer::new(&avatar, prepared, opts, self.enhancer.as_ref())?;
         let motion = ClassicMotion::new(prepared, input, opts)?;
         Ok(Some((Box::new(motion), Box::new(renderer))))
     }

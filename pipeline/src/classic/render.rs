@@ -117,6 +117,17 @@ impl Renderer {
         self.state.mesh.region
     }
 
+    /// The last rendered frame (the canvas before the first [`Self::render`]).
+    pub fn frame(&self) -> &RgbImage {
+        &self.frame
+    }
+
+    /// The 68 landmarks as the last [`Self::render`] moved them, in output-frame pixels.
+    pub fn frame_landmarks(&self) -> Vec<Point> {
+        let [rx, ry, _, _] = self.state.mesh.region;
+        self.dst.iter().take(68).map(|p| [p[0] + rx as f32, p[1] + ry as f32]).collect()
+    }
+
     /// Render one frame; the returned image is reused by the next call.
     pub fn render(&mut self, m: &FrameMotion) -> Result<&RgbImage> {
         self.move_vertices(m);

@@ -3,6 +3,7 @@
 //! ([`ClassicRenderer`]). The whole-clip `audio_features` / `motion` / `render` calls are these
 //! same pieces run to the end.
 
+use super::enhance::EnhanceBuffer;
 use super::gestures::GestureSet;
 use super::lipsync::{LipSyncStream, LipSyncTrack};
 use super::motion::{FrameMotion, MotionPlanner, MotionTrack};
@@ -10,10 +11,12 @@ use super::render::{Renderer, SourceState};
 use super::visemes::{self, VisemeSet};
 use super::{build_canvas, decode, encode, part, source_state};
 use crate::engine::{
-    AvatarInput, ChunkRenderer, FrameSink, GenerateOptions, MotionInput, MotionStream, PreparedAvatar, PreprocessMode,
-    StateKind, StreamBlobs,
+    AvatarInput, ChunkRenderer, Enhancer, FrameSink, GenerateOptions, MotionInput, MotionStream, PreparedAvatar,
+    PreprocessMode, StateKind, StreamBlobs,
 };
 use crate::error::{PipelineError, Result};
+use crate::gfpgan::EnhancerSlot;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Where the motion comes from. One per stream, so the variants' sizes need no boxing.
@@ -176,13 +179,21 @@ impl MotionStream for ClassicMotion<'_> {
 /// The classic engine's renderer: one mesh warp per frame, buffers kept across chunks.
 pub struct ClassicRenderer {
     renderer: Renderer,
+    /// `enhancer=gfpgan`: frames wait here for a batch of the face enhancer.
+    enhance: Option<EnhanceBuffer>,
     setup_ms: f64,
     render_ms: f64,
     sink_ms: f64,
 }
 
 impl ClassicRenderer {
-    pub fn new(avatar: &AvatarInput<'_>, prepared: &PreparedAvatar, opts: &GenerateOptions) -> Result<Self> {
+    /// `enhancer` is the engine's GFPGAN slot, used when `opts` asks for `enhancer=gfpgan`.
+    pub fn new(
+        avatar: &AvatarInput<'_>,
+        prepared: &PreparedAvatar,
+        opts: &GenerateOptions,
+        enhancer: Option<&Arc<EnhancerSlot>>,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         let state: SourceState = source_state(prepared)?;
         if state.mode != opts.preprocess || (state.mode != PreprocessMode::Full && state.size != opts.size) {
@@ -207,7 +218,12 @@ impl ClassicRenderer {
         }
         let (canvas, _, _) = build_canvas(avatar.image, &avatar.analysis.crop, state.mode, state.size)?;
         let renderer = Renderer::new(state, &visemes, canvas)?;
-        Ok(Self { renderer, setup_ms: crate::ms_since(t0), render_ms: 0.0, sink_ms: 0.0 })
+        let enhance = match (opts.enhancer, enhancer) {
+            (Enhancer::None, _) => None,
+            (Enhancer::Gfpgan, Some(slot)) => Some(EnhanceBuffer::new(slot.clone(), opts.seed)),
+            (Enhancer::Gfpgan, None) => return Err(super::no_enhancer()),
+        };
+        Ok(Self { renderer, enhance, setup_ms: crate::ms_since(t0), render_ms: 0.0, sink_ms: 0.0 })
     }
 
     /// Render `frames` in order into `sink`, calling `progress(i)` after each.
@@ -217,14 +233,32 @@ impl ClassicRenderer {
         sink: &mut dyn FrameSink,
         progress: &mut dyn FnMut(usize),
     ) -> Result<()> {
-        for (i, m) in frames.iter().enumerate() {
+        let mut pushed = 0;
+        for m in frames {
             let t = Instant::now();
-            let frame = self.renderer.render(m)?;
+            self.renderer.render(m)?;
             let t1 = Instant::now();
             self.render_ms += (t1 - t).as_secs_f64() * 1e3;
-            sink.push(frame)?;
+            match &mut self.enhance {
+                None => {
+                    sink.push(self.renderer.frame())?;
+                    pushed += 1;
+                    progress(pushed);
+                }
+                Some(buffer) => {
+                    if buffer.push(self.renderer.frame(), &self.renderer.frame_landmarks())? {
+                        pushed += buffer.flush(sink)?;
+                        progress(pushed);
+                    }
+                }
+            }
             self.sink_ms += crate::ms_since(t1);
-            progress(i + 1);
+        }
+        if let Some(buffer) = &mut self.enhance {
+            let t = Instant::now();
+            pushed += buffer.flush(sink)?;
+            self.sink_ms += crate::ms_since(t);
+            progress(pushed);
         }
         Ok(())
     }
@@ -238,7 +272,13 @@ impl ChunkRenderer for ClassicRenderer {
     }
 
     fn stage_ms(&self) -> Vec<(String, f64)> {
-        vec![("render_setup".into(), self.setup_ms), ("render".into(), self.render_ms), ("sink".into(), self.sink_ms)]
+        let mut stages = vec![("render_setup".into(), self.setup_ms), ("render".into(), self.render_ms)];
+        match &self.enhance {
+            // the enhancer runs inside the sink step: report it apart from the rest of it
+            Some(e) => stages.extend([("enhance".into(), e.ms), ("sink".into(), self.sink_ms - e.ms)]),
+            None => stages.push(("sink".into(), self.sink_ms)),
+        }
+        stages
     }
 }
 

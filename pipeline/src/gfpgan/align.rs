@@ -63,3 +63,20 @@ pub fn fit_affine(points: &FacePoints, face_size: i64) -> Result<Affine> {
     }
     Ok(Affine(out))
 }
+
+/// The five points of the 68-point iBUG / dlib layout (image left/right, as [`FacePoints`]):
+/// left eye = mean of the eye contour 36..=41, right eye = mean of 42..=47, nose tip = 30,
+/// mouth corners = the outer lip corners 48 and 54. These are the points the five-point
+/// detectors (RetinaFace, MTCNN) mark, which the FFHQ template was laid out for.
+pub fn points_from_68(landmarks: &[[f32; 2]]) -> Result<FacePoints> {
+    if landmarks.len() != 68 {
+        return Err(PipelineError::Internal(format!("expected 68 landmarks, got {}", landmarks.len())));
+    }
+    let mean = |range: std::ops::RangeInclusive<usize>| {
+        let n = range.clone().count() as f64;
+        let (sx, sy) = range.fold((0.0, 0.0), |(x, y), i| (x + landmarks[i][0] as f64, y + landmarks[i][1] as f64));
+        [sx / n, sy / n]
+    };
+    let at = |i: usize| [landmarks[i][0] as f64, landmarks[i][1] as f64];
+    Ok([mean(36..=41), mean(42..=47), at(30), at(48), at(54)])
+}

@@ -49,6 +49,20 @@ impl PasteMasks {
     pub fn affines(&self) -> &[Affine] {
         &self.affines
     }
+
+    /// The masks of the first frame for `n` frames of the same geometry, as expanded views (no
+    /// copy): how a face that does not move reuses one computation for every batch.
+    pub fn repeat_first(&self, n: usize) -> Result<PasteMasks> {
+        let first = *self.affines.first().ok_or_else(|| bad_input("no paste masks to repeat".into()))?;
+        let (h, w) = self.frame_hw;
+        let view = |t: &Tensor| t.narrow(0, 0, 1).expand([n as i64, h, w, 1], false);
+        Ok(PasteMasks {
+            affines: vec![first; n],
+            frame_hw: self.frame_hw,
+            eroded: view(&self.eroded),
+            soft: view(&self.soft),
+        })
+    }
 }
 
 /// GFPGAN restoration of one face per frame.

@@ -14,20 +14,28 @@
 //! let out = enhancer.enhance(&frames, &points, &Noise::Seeded(request_seed))?;
 //! ```
 //! A missing or mismatched file is a [`crate::PipelineError::Checkpoint`] naming the file and key.
+//!
+//! The engines hold an [`EnhancerSlot`] ([`slot`]): the file is looked for when a request asks for
+//! `enhancer=gfpgan` (absent: a 422 naming it) and loaded on first use. [`standin`] writes a
+//! stand-in file with the same layout and random weights for tests and timing.
 
 pub mod align;
 pub mod config;
 pub mod enhancer;
 pub mod network;
 pub mod noise;
+pub mod slot;
+pub mod standin;
 pub mod stylegan;
 pub mod warp;
 pub mod weights;
 
-pub use align::{fit_affine, FacePoints};
+pub use align::{fit_affine, points_from_68, FacePoints};
 pub use config::GfpganConfig;
 pub use enhancer::{AlignedFaces, FaceEnhancer, PasteMasks};
 pub use network::{GfpganNet, Intermediates};
 pub use noise::Noise;
+pub use slot::{check_weights_file, EnhancerSlot};
+pub use standin::write_stand_in;
 pub use warp::Affine;
 pub use weights::{expected_layout, load_network, GFPGAN_V1_4_FILE};

@@ -9,7 +9,8 @@
 //! going through the audio networks, and a long clip's parts render on several workers.
 //!
 //! Models load from `checkpoints/` only; a missing checkpoint is a [`PipelineError::Checkpoint`]
-//! at load time (so `engine=auto` falls back to classic). `enhancer=gfpgan` is refused.
+//! at load time (so `engine=auto` falls back to classic). `enhancer=gfpgan` needs `GFPGANv1.4.pth`
+//! there too (else a 422); it runs on each rendered batch (`super::enhance`).
 
 use super::audio2coeff::{Audio2Coeff, MotionCoefficients};
 use super::coeff_stream::CoeffStream;
@@ -27,6 +28,7 @@ use crate::engine::{
 };
 use crate::error::{PipelineError, Result, ResultExt};
 use crate::face::align::{align_img, LM3D_STD};
+use crate::gfpgan::{check_weights_file, EnhancerSlot, GFPGAN_V1_4_FILE};
 use crate::image::RgbImage;
 use opencv::core::Vector;
 use opencv::prelude::VectorToVec;
@@ -65,6 +67,8 @@ pub struct SadTalkerEngine {
     audio: Mutex<Audio2Coeff>,
     recon: Mutex<FaceRecon>,
     renderers: Mutex<Renderers>,
+    /// `enhancer=gfpgan`: loaded on first use.
+    pub(super) enhancer: EnhancerSlot,
 }
 
 impl std::fmt::Debug for SadTalkerEngine {
@@ -116,6 +120,7 @@ impl SadTalkerEngine {
             audio: Mutex::new(audio),
             recon: Mutex::new(recon),
             renderers: Mutex::new(HashMap::new()),
+            enhancer: EnhancerSlot::official(checkpoints, device),
         };
         let default_size = if engine.paths.checkpoint_256.is_some() { 256 } else { 512 };
         engine.with_renderer(default_size, false, |_| Ok(()))?;
@@ -175,15 +180,12 @@ impl SadTalkerEngine {
     }
 }
 
-/// Whether the checkpoints in `paths` can honour `opts`: `enhancer=gfpgan` is refused (422), the
-/// renderer for `size` and, for `full`, the 73-input mapping net must be present.
+/// Whether the checkpoints in `paths` can honour `opts`: the renderer for `size`, for `full` the
+/// 73-input mapping net, and for `enhancer=gfpgan` `GFPGANv1.4.pth` must be present (else 422).
 pub fn check_options(paths: &SadTalkerPaths, opts: &GenerateOptions) -> Result<()> {
     opts.validate()?;
     if opts.enhancer == Enhancer::Gfpgan {
-        return Err(PipelineError::Unsupported {
-            engine: "sadtalker",
-            what: "enhancer=gfpgan is not available in this engine yet".into(),
-        });
+        check_weights_file("sadtalker", &paths.dir.join(GFPGAN_V1_4_FILE))?;
     }
     paths.checkpoint_for_size(opts.size)?;
     if opts.preprocess == PreprocessMode::Full && paths.mapping_full.is_none() {

@@ -10,6 +10,7 @@ pub mod audio2pose;
 pub mod batch;
 pub mod coeff_stream;
 pub mod engine;
+pub mod enhance;
 pub mod facerender;
 pub mod layers;
 pub mod mel;

@@ -11,6 +11,7 @@ use super::audio2coeff::{MotionCoefficients, MotionOptions};
 use super::batch::COEFF_DIM;
 use super::coeff_stream::CoeffStream;
 use super::engine::{decode, encode, part, SadTalkerEngine, SourceCoeffs};
+use super::enhance::FrameEnhance;
 use super::facerender::keypoints::PoseOverride;
 use super::facerender::paste::PasteBack;
 use super::facerender::renderer::PreparedSource;
@@ -186,6 +187,8 @@ pub struct SadTalkerChunks<'a> {
     size: u32,
     full: bool,
     paste: Option<PasteBack>,
+    /// `enhancer=gfpgan` on each batch of output frames (a no-op otherwise).
+    enhance: FrameEnhance<'a>,
     out: (u32, u32),
     /// Frames in the next generator pass: 1, 2, 4, ... up to the device's batch size, so the
     /// first frame waits for a one-frame pass.
@@ -193,6 +196,7 @@ pub struct SadTalkerChunks<'a> {
     setup_ms: f64,
     render_ms: f64,
     output_ms: f64,
+    enhance_ms: f64,
 }
 
 impl<'a> SadTalkerChunks<'a> {
@@ -231,6 +235,7 @@ impl<'a> SadTalkerChunks<'a> {
             Some(_) => (avatar.image.width & !1, avatar.image.height & !1),
             None => output_size(a.crop.reference_size, opts.size),
         };
+        let enhance = FrameEnhance::new(&engine.enhancer, avatar, opts)?;
         Ok(Self {
             engine,
             state,
@@ -240,11 +245,13 @@ impl<'a> SadTalkerChunks<'a> {
             size: opts.size,
             full,
             paste,
+            enhance,
             out,
             batch: 1,
             setup_ms: crate::ms_since(t0),
             render_ms: 0.0,
             output_ms: 0.0,
+            enhance_ms: 0.0,
         })
     }
 
@@ -283,7 +290,11 @@ impl<'a> SadTalkerChunks<'a> {
                 let frames = renderer.render_keypoints(source, &kp.value).prediction.to_kind(Kind::Float);
                 let t1 = Instant::now();
                 self.render_ms += crate::ms_since(t);
-                for frame in output_frames(&frames, self.paste.as_ref(), self.size, self.out)? {
+                let frames = output_tensor(&frames, self.paste.as_ref())?;
+                let t2 = Instant::now();
+                let frames = self.enhance.apply(frames)?;
+                self.enhance_ms += crate::ms_since(t2);
+                for frame in output_frames(&frames, self.paste.is_some(), self.size, self.out)? {
                     sink.push(&frame)?;
                     done += 1;
                     progress(done);
@@ -300,7 +311,8 @@ impl<'a> SadTalkerChunks<'a> {
         vec![
             ("render_setup".into(), self.setup_ms),
             ("render".into(), self.render_ms),
-            ("output".into(), self.output_ms),
+            ("output".into(), self.output_ms - self.enhance_ms),
+            ("enhance".into(), self.enhance_ms),
         ]
     }
 }
@@ -324,19 +336,24 @@ fn output_size(reference: [i64; 2], size: u32) -> (u32, u32) {
     (size & !1, height.max(2) & !1)
 }
 
-/// Rendered faces (n, 3, S, S) float in [0, 1] -> output frames: pasted into the original
-/// (`full`), or the square render resized to the crop's aspect.
-fn output_frames(faces: &Tensor, paste: Option<&PasteBack>, size: u32, out: (u32, u32)) -> Result<Vec<RgbImage>> {
+/// Rendered faces (n, 3, S, S) float in [0, 1] -> (n, H, W, 3) uint8: pasted into the original
+/// (`full`), or the square render.
+fn output_tensor(faces: &Tensor, paste: Option<&PasteBack>) -> Result<Tensor> {
+    match paste {
+        Some(p) => p.apply(faces),
+        None => Ok(to_u8_frames(faces)),
+    }
+}
+
+/// Output frames of [`output_tensor`]'s frames: the pasted frames, or the square render resized
+/// to the crop's aspect.
+fn output_frames(frames: &Tensor, pasted: bool, size: u32, out: (u32, u32)) -> Result<Vec<RgbImage>> {
     let (out_w, out_h) = out;
-    let frames = match paste {
-        Some(p) => p.apply(faces)?,
-        None => to_u8_frames(faces),
-    };
     (0..frames.size()[0])
-        .map(|i| match paste {
-            Some(_) => frame_image(&frames, i, out_w, out_h),
-            None => {
-                let square = frame_image(&frames, i, size, size)?;
+        .map(|i| match pasted {
+            true => frame_image(frames, i, out_w, out_h),
+            false => {
+                let square = frame_image(frames, i, size, size)?;
                 if (out_w, out_h) == (size, size) {
                     Ok(square)
                 } else {

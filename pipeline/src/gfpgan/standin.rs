@@ -1,0 +1,76 @@
+//! A stand-in `GFPGANv1.4.pth` for tests and timing on machines without the official file: a
+//! `torch.save` pickle whose `params_ema` holds every key and shape of [`expected_layout`] for a
+//! given architecture (the official one, 349 MB, or reduced widths), filled with seeded random
+//! values. The loader accepts it like the official file; a pass costs the same whatever the
+//! weights hold; the faces it "restores" are noise.
+//!
+//! Values are scaled so activations stay finite: weights uniform in +-1/sqrt(fan_in) (the fan-in
+//! of a modulated conv is its input channels x kernel area), style-modulation biases near 1 (so
+//! the styles do not vanish), other biases and the per-layer noise strengths small, stored noise
+//! maps and the constant input standard normal. Draws come from the crate's SplitMix64 stream,
+//! so a seed gives the same file on every machine, independent of torch's global generator.
+
+use super::config::GfpganConfig;
+use super::noise::{normals, SplitMix64};
+use super::weights::expected_layout;
+use crate::{PipelineError, Result};
+use std::path::Path;
+use tch::Tensor;
+
+/// What [`write_stand_in`] wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StandIn {
+    pub tensors: usize,
+    pub values: u64,
+    pub bytes: u64,
+}
+
+/// Uniform in [-1, 1), 24 bits.
+fn unit(rng: &mut SplitMix64) -> f32 {
+    (rng.next_u64() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+}
+
+/// Random values for the variable `name` of `shape` (see the module docs).
+fn stand_in_value(name: &str, shape: &[i64], rng: &mut SplitMix64) -> Tensor {
+    let numel = shape.iter().product::<i64>().max(0) as usize;
+    if name.contains("noises.") || name.contains("constant_input") {
+        return Tensor::from_slice(&normals(rng, numel)).view(shape);
+    }
+    let (centre, spread) = if name.ends_with("modulation.bias") {
+        (1.0, 0.1)
+    } else if name.ends_with("bias") || shape.len() <= 1 {
+        (0.0, 0.05)
+    } else {
+        let fan_in: i64 = if shape.len() == 5 { shape[2..].iter().product() } else { shape[1..].iter().product() };
+        (0.0, 1.0 / (fan_in.max(1) as f32).sqrt())
+    };
+    let values: Vec<f32> = (0..numel).map(|_| centre + spread * unit(rng)).collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
+/// Write a stand-in checkpoint of architecture `config` to `path`, values drawn from `seed`.
+/// The file is written under a temporary name and renamed, so an interrupted run leaves no
+/// half-written checkpoint.
+pub fn write_stand_in(path: &Path, config: &GfpganConfig, seed: u64) -> Result<StandIn> {
+    let fail = |e: &dyn std::fmt::Display| PipelineError::Checkpoint {
+        file: path.display().to_string(),
+        reason: format!("cannot write: {e}"),
+    };
+    let mut rng = SplitMix64(seed ^ 0x5354_414E_4449_4E00); // "STANDIN" tag
+    let tensors: Vec<(String, Tensor)> = expected_layout(config)?
+        .into_iter()
+        .map(|(name, shape)| {
+            let value = stand_in_value(&name, &shape, &mut rng);
+            (name, value)
+        })
+        .collect();
+    let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    crate::torch_pickle::save_legacy(&partial, "params_ema", &named)?;
+    std::fs::rename(&partial, path).map_err(|e| fail(&e))?;
+    let bytes = std::fs::metadata(path).map_err(|e| fail(&e))?.len();
+    let values = tensors.iter().map(|(_, t)| t.numel() as u64).sum();
+    Ok(StandIn { tensors: tensors.len(), values, bytes })
+}
