@@ -333,72 +333,6 @@ pub trait ChunkRenderer {
     fn stage_ms(&self) -> Vec<(String, f64)>;
 }
 
-/// The fallback stream of engines without incremental motion: the whole motion as one chunk.
-struct WholeMotion<'a> {
-    engine: &'a dyn Engine,
-    prepared: &'a PreparedAvatar,
-    input: MotionInput<'a>,
-    opts: &'a GenerateOptions,
-    done: Option<StreamBlobs>,
-}
-
-impl MotionStream for WholeMotion<'_> {
-    fn total_frames(&self) -> usize {
-        self.input.clip.num_frames()
-    }
-    fn next_chunk(&mut self, _frames: usize) -> Result<Option<Vec<u8>>> {
-        if self.done.is_some() {
-            return Ok(None);
-        }
-        if self.input.frames.is_some() {
-            return Err(crate::PipelineError::Internal(format!(
-                "the {} engine cannot render one part of a clip",
-                self.engine.kind().as_str()
-            )));
-        }
-        let blobs = match (self.input.motion, self.input.features) {
-            (Some(m), _) => StreamBlobs { features: None, motion: m.to_vec() },
-            (None, Some(f)) => StreamBlobs { features: None, motion: self.engine.motion(self.prepared, f, self.opts)? },
-            (None, None) => {
-                let f = self.engine.audio_features(self.input.clip)?;
-                let motion = self.engine.motion(self.prepared, &f, self.opts)?;
-                StreamBlobs { features: Some(f), motion }
-            }
-        };
-        let chunk = blobs.motion.clone();
-        self.done = Some(blobs);
-        Ok(Some(chunk))
-    }
-    fn finish(self: Box<Self>) -> Result<StreamBlobs> {
-        self.done.ok_or_else(|| crate::PipelineError::Internal("motion stream finished before it ran".into()))
-    }
-}
-
-/// The fallback renderer: one `Engine::render` call per (whole-motion) chunk.
-struct WholeRender<'a> {
-    engine: &'a dyn Engine,
-    avatar: AvatarInput<'a>,
-    prepared: &'a PreparedAvatar,
-    opts: &'a GenerateOptions,
-    stages: Vec<(String, f64)>,
-}
-
-impl ChunkRenderer for WholeRender<'_> {
-    fn render_chunk(&mut self, motion: &[u8], sink: &mut dyn FrameSink) -> Result<usize> {
-        let stats = self.engine.render(&self.avatar, self.prepared, motion, self.opts, sink, &mut |_, _| {})?;
-        for (name, ms) in stats.stage_ms {
-            match self.stages.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, total)) => *total += ms,
-                None => self.stages.push((name, ms)),
-            }
-        }
-        Ok(stats.frames)
-    }
-    fn stage_ms(&self) -> Vec<(String, f64)> {
-        self.stages.clone()
-    }
-}
-
 /// One talking-head engine. Implementations are synchronous; the service calls them from a
 /// dedicated worker thread.
 pub trait Engine: Send + Sync {
@@ -439,39 +373,19 @@ pub trait Engine: Send + Sync {
         false
     }
 
-    /// Incremental generation: a motion stream and the renderer of its chunks. `None` (the
-    /// default) makes the caller use [`whole_stream`]: the whole motion as one chunk.
+    /// Incremental generation: a motion stream and the renderer of its chunks (the whole-clip
+    /// `motion` / `render` calls are the same pieces run to the end).
     fn stream<'a>(
         &'a self,
-        _avatar: AvatarInput<'a>,
-        _prepared: &'a PreparedAvatar,
-        _input: MotionInput<'a>,
-        _opts: &'a GenerateOptions,
-    ) -> Result<Option<StreamParts<'a>>> {
-        Ok(None)
-    }
+        avatar: AvatarInput<'a>,
+        prepared: &'a PreparedAvatar,
+        input: MotionInput<'a>,
+        opts: &'a GenerateOptions,
+    ) -> Result<StreamParts<'a>>;
 }
 
 /// A motion stream and the renderer that reads its chunks.
 pub type StreamParts<'a> = (Box<dyn MotionStream + 'a>, Box<dyn ChunkRenderer + 'a>);
-
-/// The engine's own stream, or the whole-motion fallback built on `motion` and `render`.
-pub fn stream_parts<'a>(
-    engine: &'a dyn Engine,
-    avatar: AvatarInput<'a>,
-    prepared: &'a PreparedAvatar,
-    input: MotionInput<'a>,
-    opts: &'a GenerateOptions,
-) -> Result<StreamParts<'a>> {
-    let own = engine.stream(avatar, prepared, input, opts)?;
-    Ok(match own {
-        Some(parts) => parts,
-        None => (
-            Box::new(WholeMotion { engine, prepared, input, opts, done: None }),
-            Box::new(WholeRender { engine, avatar, prepared, opts, stages: Vec::new() }),
-        ),
-    })
-}
 
 #[cfg(test)]
 mod tests {

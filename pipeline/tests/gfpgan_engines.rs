@@ -9,9 +9,7 @@ use std::path::Path;
 use tch::Device;
 use vipavatar_pipeline::audio::AudioClip;
 use vipavatar_pipeline::classic::ClassicEngine;
-use vipavatar_pipeline::engine::{
-    stream_parts, Engine, Enhancer, FrameSink, GenerateOptions, MotionInput, PreprocessMode,
-};
+use vipavatar_pipeline::engine::{Engine, Enhancer, FrameSink, GenerateOptions, MotionInput, PreprocessMode};
 use vipavatar_pipeline::gfpgan::{
     expected_layout, load_network, points_from_68, write_stand_in, EnhancerSlot, GfpganConfig, GFPGAN_V1_4_FILE,
 };
@@ -161,7 +159,7 @@ fn gfpgan_classic_engine_renders_through_the_enhancer() {
     // The streaming path (chunks of 2 frames) gives the frames of the whole render.
     let opts = gfpgan(1);
     let input = MotionInput { clip: &clip, features: None, motion: None, frames: None };
-    let (mut motion, mut renderer) = stream_parts(&engine, av.input(), &av.prepared, input, &opts).expect("stream");
+    let (mut motion, mut renderer) = engine.stream(av.input(), &av.prepared, input, &opts).expect("stream");
     let mut sink = Frames::default();
     while let Some(chunk) = motion.next_chunk(2).expect("chunk") {
         renderer.render_chunk(&chunk, &mut sink).expect("render chunk");

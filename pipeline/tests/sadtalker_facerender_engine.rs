@@ -137,8 +137,7 @@ fn sadtalker_engine_generates_frames_end_to_end() {
             for frames in [None, Some((2, 5))] {
                 let input =
                     vipavatar_pipeline::engine::MotionInput { clip: &clip, features: None, motion: None, frames };
-                let (mut motion, mut chunks) =
-                    engine.stream(avatar, &prepared, input, &opts).expect("stream").expect("sadtalker streams");
+                let (mut motion, mut chunks) = engine.stream(avatar, &prepared, input, &opts).expect("stream");
                 let mut streamed = Frames(Vec::new());
                 for size in [2, 3] {
                     if let Some(chunk) = motion.next_chunk(size).expect("motion chunk") {

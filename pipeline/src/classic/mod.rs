@@ -223,11 +223,11 @@ impl Engine for ClassicEngine {
         prepared: &'a PreparedAvatar,
         input: MotionInput<'a>,
         opts: &'a GenerateOptions,
-    ) -> Result<Option<StreamParts<'a>>> {
+    ) -> Result<StreamParts<'a>> {
         self.check_options(opts)?;
         let renderer = ClassicRenderer::new(&avatar, prepared, opts, self.enhancer.as_ref())?;
         let motion = ClassicMotion::new(prepared, input, opts)?;
-        Ok(Some((Box::new(motion), Box::new(renderer))))
+        Ok((Box::new(motion), Box::new(renderer)))
     }
 }
 

@@ -287,9 +287,9 @@ impl Engine for SadTalkerEngine {
         prepared: &'a PreparedAvatar,
         input: MotionInput<'a>,
         opts: &'a GenerateOptions,
-    ) -> Result<Option<StreamParts<'a>>> {
+    ) -> Result<StreamParts<'a>> {
         let motion = SadTalkerMotion::new(self, prepared, input, opts)?;
         let chunks = SadTalkerChunks::new(self, &avatar, prepared, opts)?;
-        Ok(Some((Box::new(motion), Box::new(chunks))))
+        Ok((Box::new(motion), Box::new(chunks)))
     }
 }

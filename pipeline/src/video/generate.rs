@@ -6,7 +6,7 @@ use super::encoder::{ByteSink, EncoderConfig, FragmentSink, Mp4Encoder, FPS};
 use super::fmp4::Fragment;
 use super::sheet::{write_jpeg, ContactSheet};
 use crate::audio::{decode_audio, AudioClip, AudioLimits};
-use crate::engine::{stream_parts, AvatarInput, Engine, FrameSink, GenerateOptions, MotionInput, PreparedAvatar};
+use crate::engine::{AvatarInput, Engine, FrameSink, GenerateOptions, MotionInput, PreparedAvatar};
 use crate::error::{PipelineError, Result};
 use crate::image::RgbImage;
 use crate::precompute::{ImageLimits, Precomputer};
@@ -195,7 +195,7 @@ fn run_chunks(
         motion: req.motion,
         frames: frames.as_ref().map(|r| (r.start, r.end)),
     };
-    let (motion_stream, mut renderer) = stream_parts(req.engine, req.avatar, req.prepared, input, req.options)?;
+    let (motion_stream, mut renderer) = req.engine.stream(req.avatar, req.prepared, input, req.options)?;
     let total = motion_stream.total_frames();
     if total == 0 {
         return Err(PipelineError::Encode("the audio yields no video frames".into()));
