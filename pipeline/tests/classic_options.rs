@@ -5,20 +5,11 @@
 use crate::classic_support as sup;
 use vipavatar_pipeline::audio::{decode_audio, AudioClip, AudioLimits};
 use vipavatar_pipeline::classic::{build_canvas, ClassicEngine};
-use vipavatar_pipeline::engine::{Engine, Enhancer, FrameSink, GenerateOptions, PreprocessMode};
+use vipavatar_pipeline::engine::{Engine, Enhancer, GenerateOptions, PreprocessMode};
 use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::PipelineError;
 
-/// Keeps every rendered frame in memory.
-#[derive(Default)]
-struct Frames(Vec<RgbImage>);
-
-impl FrameSink for Frames {
-    fn push(&mut self, frame: &RgbImage) -> vipavatar_pipeline::Result<()> {
-        self.0.push(frame.clone());
-        Ok(())
-    }
-}
+use crate::common::Frames;
 
 fn render(av: &sup::Avatar, clip: &AudioClip, opts: &GenerateOptions) -> (Vec<u8>, Vec<RgbImage>) {
     let engine = ClassicEngine::new();

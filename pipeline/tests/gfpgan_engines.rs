@@ -9,7 +9,7 @@ use std::path::Path;
 use tch::Device;
 use vipavatar_pipeline::audio::AudioClip;
 use vipavatar_pipeline::classic::ClassicEngine;
-use vipavatar_pipeline::engine::{Engine, Enhancer, FrameSink, GenerateOptions, MotionInput, PreprocessMode};
+use vipavatar_pipeline::engine::{Engine, Enhancer, GenerateOptions, MotionInput, PreprocessMode};
 use vipavatar_pipeline::gfpgan::{
     expected_layout, load_network, points_from_68, write_stand_in, EnhancerSlot, GfpganConfig, GFPGAN_V1_4_FILE,
 };
@@ -17,15 +17,7 @@ use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::sadtalker::enhance::rendered_points;
 use vipavatar_pipeline::PipelineError;
 
-#[derive(Default)]
-struct Frames(Vec<RgbImage>);
-
-impl FrameSink for Frames {
-    fn push(&mut self, frame: &RgbImage) -> vipavatar_pipeline::Result<()> {
-        self.0.push(frame.clone());
-        Ok(())
-    }
-}
+use crate::common::Frames;
 
 /// The parity fixtures' smallest network: 64 px faces, 1/16 of the official widths.
 fn tiny() -> GfpganConfig {

@@ -71,15 +71,7 @@ fn sadtalker_engine_checks_gfpgan_and_refuses_missing_renderers() {
 
 use crate::common;
 
-/// Collects frames.
-struct Frames(Vec<vipavatar_pipeline::image::RgbImage>);
-
-impl vipavatar_pipeline::engine::FrameSink for Frames {
-    fn push(&mut self, frame: &vipavatar_pipeline::image::RgbImage) -> vipavatar_pipeline::Result<()> {
-        self.0.push(frame.clone());
-        Ok(())
-    }
-}
+use crate::common::Frames;
 
 /// The whole engine on a checkpoint directory named by `VIPAVATAR_SADTALKER_CHECKPOINTS` (the
 /// official files), else on stand-ins it writes (official layout, random weights): prepare ->

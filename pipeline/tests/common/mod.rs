@@ -64,3 +64,14 @@ pub fn read_safetensors(path: &std::path::Path) -> std::collections::HashMap<Str
         .into_iter()
         .collect()
 }
+
+/// A frame sink that keeps every rendered frame in memory.
+#[derive(Default)]
+pub struct Frames(pub Vec<vipavatar_pipeline::image::RgbImage>);
+
+impl vipavatar_pipeline::engine::FrameSink for Frames {
+    fn push(&mut self, frame: &vipavatar_pipeline::image::RgbImage) -> vipavatar_pipeline::Result<()> {
+        self.0.push(frame.clone());
+        Ok(())
+    }
+}
