@@ -10,7 +10,15 @@ use vipavatar_pipeline::engine::BlobKind;
 /// The cache entry that holds `blob` for this job (evicting `source_state:` makes the next run
 /// prepare the avatar again, which rewrites every part it lists).
 async fn entry_of(ctx: &JobContext, job: &Job, blob: BlobKind) -> Option<Key> {
-    let Job::Generate { session } = job else { return None };
+    let session = match (job, blob) {
+        (Job::Generate { session }, _) => session,
+        // The idle loop renders with the default engine at the default size.
+        (Job::Idle { image, mode }, BlobKind::State(_)) => {
+            let engine = ctx.engines.get(None).ok()?.kind();
+            return Some(Key::source_state(image, mode.as_str(), super::avatar::default_size(), engine.as_str()));
+        }
+        _ => return None,
+    };
     let rec = ctx.cache.peek::<SessionRecord>(&Key::session(session)).await.ok().flatten()?;
     Some(match blob {
         BlobKind::Motion => Key::motion(&rec.audio, &rec.image, &rec.options_hash),

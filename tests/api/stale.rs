@@ -1,6 +1,6 @@
 //! Stale engine blobs heal: a cached `motion:` or `source_state:` entry whose engine blob no longer
 //! decodes (here: an older `STATE_VERSION`, the envelope still valid) is counted as stale,
-//! evicted and recomputed once, and the session succeeds without a retry.
+//! evicted and recomputed once, and the session (or the idle loop) succeeds without a retry.
 
 use crate::helpers::*;
 use std::time::Duration;
@@ -38,6 +38,9 @@ async fn corrupted_motion_and_source_state_entries_are_recomputed_and_the_sessio
     let Some(data) = testdata() else { return };
     let app = spawn_app().await;
     let id = app.ready_avatar(read(data.join("images/people_0.png"))).await;
+    // The idle loop reads the same source state: let it finish first, so that only the session
+    // below meets the stale entries.
+    app.wait_idle_rendered(&id).await;
     let audio = read(data.join("audio/chinese_poem1.wav"));
     let (s, body) = app.generate(&id, audio.clone(), &[]).await;
     assert_eq!(s, 202, "{body}");
@@ -64,6 +67,23 @@ async fn corrupted_motion_and_source_state_entries_are_recomputed_and_the_sessio
     assert_eq!(app.counter("stale:source_state").await, 1);
     assert_eq!(app.counter("computed:prepare").await, prepare + 1, "the avatar state was not prepared again");
     assert_eq!(app.counter("computed:motion").await, motion_runs + 1, "the motion was not computed again");
+    assert_eq!(app.counter("jobs:retried").await, 0, "healing is not a retry");
+    assert_eq!(app.counter("jobs:failed").await, 0);
+
+    // The idle job heals the same entry when it is the one that meets it.
+    let state = keys(&app, "source_state").await;
+    assert_eq!(state.len(), 1, "{state:?}");
+    rewrite::<SourceStateEntry>(&state[0], |e| older_version(e.state.as_mut().expect("classic source state"))).await;
+    for k in keys(&app, "idle").await {
+        let _: () = redis::cmd("DEL").arg(k).query_async(&mut conn().await).await.unwrap();
+    }
+    let start = std::time::Instant::now();
+    while app.get(&format!("/api/avatar/idle/{id}")).await.status() != 200 {
+        assert!(start.elapsed() < Duration::from_secs(120), "the idle loop was not rendered again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(app.counter("stale:source_state").await, 2);
+    assert_eq!(app.counter("computed:prepare").await, prepare + 2, "the idle job did not prepare the avatar again");
     assert_eq!(app.counter("jobs:retried").await, 0, "healing is not a retry");
     assert_eq!(app.counter("jobs:failed").await, 0);
 }
