@@ -40,6 +40,8 @@ async fn upload_precomputes_once_and_the_same_bytes_hit_the_cache() {
     }
     assert_eq!(app.counter("computed:precompute").await, 1);
     assert_eq!(app.counter("computed:prepare").await, 1);
+    // The idle job that follows the precompute reads the analysis too (a hit): let it finish.
+    app.wait_idle_rendered(&id).await;
     let hits_before = app.counter("hits:3dmm_coeffs").await;
     let misses_before = app.counter("misses:3dmm_coeffs").await;
 
