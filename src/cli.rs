@@ -169,7 +169,7 @@ fn precompute(args: PrecomputeArgs) -> anyhow::Result<()> {
     );
     let pts: Vec<String> = f.points.iter().map(|p| format!("({:.1}, {:.1})", p[0], p[1])).collect();
     println!("5 points     {}", pts.join(" "));
-    println!("landmarks    {} points", a.landmarks.0.len());
+    println!("landmarks    {} points ({})", a.landmarks.0.len(), a.landmark_model.as_str());
     println!("crop box     {:?} ({} mode)", a.crop.face_box, a.preprocess.as_str());
     println!("pose         yaw {:.1} pitch {:.1} roll {:.1} (degrees)", a.pose.yaw, a.pose.pitch, a.pose.roll);
     let t: Vec<String> = a.timings_ms.iter().map(|(n, ms)| format!("{n} {ms:.1} ms")).collect();

@@ -5,6 +5,7 @@ use crate::engine::PreprocessMode;
 use crate::error::{PipelineError, Result};
 use crate::face::crop::crop_info;
 use crate::face::crop::CropInfo;
+use crate::face::landmarks::facemesh::{self, FaceMesh};
 use crate::face::landmarks::{GrayImage, ShapePredictor};
 use crate::face::mtcnn::{Mtcnn, MtcnnConfig};
 use crate::face::{FaceDetection, HeadPose, Landmarks68};
@@ -25,6 +26,8 @@ pub struct AvatarAnalysis {
     pub faces_found: usize,
     /// 68 landmarks in original-image pixels.
     pub landmarks: Landmarks68,
+    /// The model that placed them.
+    pub landmark_model: LandmarkModel,
     pub crop: CropInfo,
     pub pose: HeadPose,
     /// Set when the image was below the minimum size and was upscaled by this factor.
@@ -48,11 +51,62 @@ impl Default for ImageLimits {
     }
 }
 
-/// The loaded precompute models (MTCNN + 68-point regression trees). Share it via `Arc`.
+/// Which model places the 68 landmarks: MediaPipe's face mesh (Apache-2.0, the default) or dlib's
+/// regression trees (trained on iBUG 300-W, not for commercial use: opt in with
+/// `VIPAVATAR_LANDMARKS=dlib`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LandmarkModel {
+    #[default]
+    Mediapipe,
+    Dlib,
+}
+
+impl LandmarkModel {
+    /// The environment variable that picks the model.
+    pub const ENV: &'static str = "VIPAVATAR_LANDMARKS";
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Mediapipe => "mediapipe",
+            Self::Dlib => "dlib",
+        }
+    }
+
+    /// From `VIPAVATAR_LANDMARKS` (unset or empty: the default).
+    pub fn from_env() -> Result<Self> {
+        match std::env::var(Self::ENV) {
+            Ok(v) if !v.trim().is_empty() => v.parse(),
+            _ => Ok(Self::default()),
+        }
+    }
+}
+
+impl std::str::FromStr for LandmarkModel {
+    type Err = PipelineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "mediapipe" => Ok(Self::Mediapipe),
+            "dlib" => Ok(Self::Dlib),
+            other => Err(PipelineError::Config {
+                what: "VIPAVATAR_LANDMARKS",
+                reason: format!("`{other}` is not a landmark model; use mediapipe (the default) or dlib"),
+            }),
+        }
+    }
+}
+
+/// A loaded landmark model. tch tensors are `Send` but not `Sync`: the mesh runs under a lock.
+enum Landmarker {
+    Mesh(std::sync::Mutex<FaceMesh>),
+    Dlib(ShapePredictor),
+}
+
+/// The loaded precompute models (MTCNN + a landmark model). Share it via `Arc`.
 pub struct Precomputer {
     /// tch tensors are `Send` but not `Sync`: detection is serialised (it takes tens of ms).
     detector: std::sync::Mutex<Mtcnn>,
-    predictor: ShapePredictor,
+    landmarker: Landmarker,
     limits: ImageLimits,
 }
 
@@ -61,15 +115,50 @@ pub struct Precomputer {
 pub const ABSOLUTE_MIN_SIDE: u32 = 48;
 
 impl Precomputer {
-    /// Load and verify the registry-fetched models from `checkpoints` (see checkpoints/manifest.json).
+    /// Load and verify the registry-fetched models from `checkpoints` (see
+    /// checkpoints/manifest.json), with the landmark model `VIPAVATAR_LANDMARKS` names.
     pub fn load(checkpoints: &Path, limits: ImageLimits) -> Result<Self> {
+        Self::load_with(checkpoints, limits, LandmarkModel::from_env()?)
+    }
+
+    /// Load with the given landmark model.
+    pub fn load_with(checkpoints: &Path, limits: ImageLimits, model: LandmarkModel) -> Result<Self> {
         let ck = Checkpoints::open(checkpoints)?;
         for f in ["mtcnn/pnet.pt", "mtcnn/rnet.pt", "mtcnn/onet.pt"] {
             ck.verified(f)?;
         }
         let detector = Mtcnn::load(&checkpoints.join("mtcnn"), MtcnnConfig::default())?;
-        let predictor = ShapePredictor::load(&ck.verified("shape_predictor_68_face_landmarks.dat")?)?;
-        Ok(Self { detector: std::sync::Mutex::new(detector), predictor, limits })
+        let landmarker = match model {
+            LandmarkModel::Mediapipe => {
+                Landmarker::Mesh(std::sync::Mutex::new(FaceMesh::load(&ck.verified(facemesh::FILE)?)?))
+            }
+            LandmarkModel::Dlib => {
+                Landmarker::Dlib(ShapePredictor::load(&ck.verified("shape_predictor_68_face_landmarks.dat")?)?)
+            }
+        };
+        Ok(Self { detector: std::sync::Mutex::new(detector), landmarker, limits })
+    }
+
+    /// The landmark model this precomputer runs.
+    pub fn landmark_model(&self) -> LandmarkModel {
+        match self.landmarker {
+            Landmarker::Mesh(_) => LandmarkModel::Mediapipe,
+            Landmarker::Dlib(_) => LandmarkModel::Dlib,
+        }
+    }
+
+    /// The 68 landmarks of a detected face.
+    pub fn landmarks(&self, image: &RgbImage, face: &FaceDetection) -> Result<Landmarks68> {
+        match &self.landmarker {
+            // As with the detector, a panic leaves the network's weights as they were.
+            Landmarker::Mesh(mesh) => {
+                Ok(mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(image, face)?.to_68())
+            }
+            Landmarker::Dlib(predictor) => {
+                let rect = predictor.rect_from_points5(&face.points)?;
+                Ok(predictor.predict(&GrayImage::from_rgb(image), rect))
+            }
+        }
     }
 
     pub fn limits(&self) -> ImageLimits {
@@ -105,9 +194,7 @@ impl Precomputer {
             upscaled = Some(f);
             timer.lap("upscale");
         }
-        let gray = GrayImage::from_rgb(&image);
-        let rect = self.predictor.rect_from_points5(&face.points)?;
-        let landmarks = self.predictor.predict(&gray, rect);
+        let landmarks = self.landmarks(&image, &face)?;
         timer.lap("landmarks");
         let lm64: Vec<[f64; 2]> = landmarks.0.iter().map(|p| [p[0] as f64, p[1] as f64]).collect();
         let crop = crop_info(&lm64, image.width, image.height, mode);
@@ -121,6 +208,7 @@ impl Precomputer {
             face,
             faces_found: faces.len(),
             landmarks,
+            landmark_model: self.landmark_model(),
             crop,
             pose,
             upscaled,

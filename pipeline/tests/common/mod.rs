@@ -42,7 +42,8 @@ pub fn sadtalker_fixtures() -> Option<PathBuf> {
 /// The registry-fetched model dir (checkpoints/), when fetch.sh has run.
 pub fn checkpoints() -> Option<PathBuf> {
     let dir = workspace().join("checkpoints");
-    if dir.join("mtcnn/pnet.pt").is_file() && dir.join("shape_predictor_68_face_landmarks.dat").is_file() {
+    let files = ["mtcnn/pnet.pt", "face_landmark.tflite", "shape_predictor_68_face_landmarks.dat"];
+    if files.iter().all(|f| dir.join(f).is_file()) {
         return Some(dir);
     }
     if in_ci() {

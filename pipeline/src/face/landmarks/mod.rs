@@ -1,9 +1,14 @@
-//! dlib's 68-point face landmark model (ensemble of regression trees, Kazemi & Sullivan 2014) in
-//! pure Rust: loads `shape_predictor_68_face_landmarks.dat` and runs dlib's
-//! `shape_predictor::operator()` on a face rectangle.
+//! The face landmark models. The default is MediaPipe's face mesh ([`facemesh`], Apache-2.0);
+//! this file is the opt-in one (`VIPAVATAR_LANDMARKS=dlib`): dlib's 68-point model (ensemble of
+//! regression trees, Kazemi & Sullivan 2014) in pure Rust, which loads
+//! `shape_predictor_68_face_landmarks.dat` and runs dlib's `shape_predictor::operator()` on a
+//! face rectangle.
 
 mod dlib_format;
+pub mod facemesh;
 mod geometry;
+mod graph;
+mod tflite;
 
 use crate::error::{PipelineError, Result};
 use crate::face::{Landmarks68, Point};
