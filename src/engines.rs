@@ -83,7 +83,7 @@ impl Engines {
 pub fn load_engine(kind: EngineKind, config: &Config, device: tch::Device) -> Result<Arc<dyn Engine>, PipelineError> {
     match kind {
         EngineKind::Classic => {
-            Ok(Arc::new(vipavatar_pipeline::classic::ClassicEngine::with_checkpoints(&config.checkpoints, device)))
+            Ok(Arc::new(vipavatar_pipeline::classic::ClassicEngine::with_checkpoints(&config.checkpoints, device)?))
         }
         EngineKind::Sadtalker => {
             Ok(Arc::new(vipavatar_pipeline::sadtalker::engine::SadTalkerEngine::load(&config.checkpoints, device)?))

@@ -5,7 +5,6 @@ use crate::common;
 
 use crate::classic_support as sup;
 use std::time::Instant;
-use vipavatar_pipeline::classic::ClassicEngine;
 use vipavatar_pipeline::engine::{GenerateOptions, PreprocessMode};
 use vipavatar_pipeline::video::{generate_local, LocalGenerate};
 
@@ -16,7 +15,7 @@ fn bench(image: &str, mode: PreprocessMode, size: u32) {
         LocalGenerate::new(data.join("images").join(image), data.join("audio/RD_Radio31_000.wav"), dir.join("out.mp4"));
     job.checkpoints = checkpoints;
     job.options = GenerateOptions { preprocess: mode, size, ..Default::default() };
-    let engine = ClassicEngine::new();
+    let engine = sup::engine();
     // Warm-up (page cache, model files), then three timed runs.
     generate_local(&engine, &job, &mut |_| {}).expect("generate");
     let mut walls = Vec::new();

@@ -12,7 +12,7 @@ use vipavatar_pipeline::PipelineError;
 use crate::common::Frames;
 
 fn render(av: &sup::Avatar, clip: &AudioClip, opts: &GenerateOptions) -> (Vec<u8>, Vec<RgbImage>) {
-    let engine = ClassicEngine::new();
+    let engine = sup::engine();
     let features = engine.audio_features(clip).expect("features");
     let motion = engine.motion(&av.prepared, &features, opts).expect("motion");
     let mut sink = Frames::default();
@@ -166,7 +166,7 @@ fn silent_and_very_short_audio() {
 #[test]
 fn invalid_options_and_corrupt_state_are_typed_errors() {
     let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
-    let engine = ClassicEngine::new();
+    let engine = sup::engine();
     let clip = AudioClip { samples: vec![0.0; 16000], sample_rate: 16000 };
     let features = engine.audio_features(&clip).expect("features");
     let bad = [

@@ -270,7 +270,7 @@ fn split_parts_join_into_the_whole_video_without_a_jump() {
     let parts = split_parts(&clip, clip.duration_s() / 2.5).expect("the clip splits");
     assert_eq!(parts.len(), 3, "{parts:?}");
 
-    let engine = ClassicEngine::new();
+    let engine = sup::engine();
     let part_out = dir.join("unused.mp4");
     let req = GenerateRequest {
         engine: &engine,
@@ -369,7 +369,7 @@ fn an_idle_render_stops_between_chunks_when_asked() {
     let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
     let dir = sup::scratch("idle-stop");
     let (out, thumb) = (dir.join("idle.mp4"), dir.join("idle.jpg"));
-    let engine = ClassicEngine::new();
+    let engine = sup::engine();
     let checks = AtomicUsize::new(0);
     // Asked to stop at its third chunk.
     let stop = || checks.fetch_add(1, Ordering::Relaxed) >= 2;

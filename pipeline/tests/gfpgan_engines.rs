@@ -48,7 +48,8 @@ fn gfpgan_five_points_from_68_landmarks() {
 #[test]
 fn gfpgan_without_the_weights_file_is_a_422_naming_it() {
     let dir = sup::scratch("gfpgan-absent");
-    for engine in [ClassicEngine::with_checkpoints(dir.path(), Device::Cpu), ClassicEngine::new()] {
+    for engine in [ClassicEngine::with_enhancer(EnhancerSlot::official(dir.path(), Device::Cpu)), ClassicEngine::new()]
+    {
         let err = engine.check_options(&gfpgan(0)).unwrap_err();
         assert!(matches!(err, PipelineError::Unsupported { .. }), "{err}");
         assert_eq!(err.code(), "unsupported_option");
@@ -56,12 +57,14 @@ fn gfpgan_without_the_weights_file_is_a_422_naming_it() {
         assert!(err.to_string().contains(GFPGAN_V1_4_FILE), "{err}");
         assert!(engine.check_options(&GenerateOptions::default()).is_ok());
     }
-    let err = ClassicEngine::with_checkpoints(dir.path(), Device::Cpu).check_options(&gfpgan(0)).unwrap_err();
+    let err = ClassicEngine::with_enhancer(EnhancerSlot::official(dir.path(), Device::Cpu))
+        .check_options(&gfpgan(0))
+        .unwrap_err();
     assert!(err.to_string().contains(&dir.path().display().to_string()), "where it goes: {err}");
 
     // Present: every size and preprocess mode accepts it (the file is only read on first use).
     std::fs::write(dir.join(GFPGAN_V1_4_FILE), b"not read yet").unwrap();
-    let engine = ClassicEngine::with_checkpoints(dir.path(), Device::Cpu);
+    let engine = ClassicEngine::with_enhancer(EnhancerSlot::official(dir.path(), Device::Cpu));
     for size in [256, 512] {
         for preprocess in [PreprocessMode::Crop, PreprocessMode::Resize, PreprocessMode::Full] {
             let opts = GenerateOptions { size, preprocess, ..gfpgan(0) };
@@ -168,7 +171,7 @@ fn gfpgan_classic_engine_renders_through_the_enhancer() {
 }
 
 /// The classic engine with a full-size stand-in `GFPGANv1.4.pth` (349 MB, official layout):
-/// `with_checkpoints` finds it, loads it once and enhances 5 frames at 512 px faces.
+/// `EnhancerSlot::official` finds it, loads it once and enhances 5 frames at 512 px faces.
 #[test]
 #[ignore = "writes 349 MB and restores 5 faces at 512 px (about 17 s each on 2 CPU cores)"]
 fn gfpgan_classic_engine_with_a_full_size_stand_in() {
@@ -177,7 +180,7 @@ fn gfpgan_classic_engine_with_a_full_size_stand_in() {
     let written = write_stand_in(&dir.join(GFPGAN_V1_4_FILE), &GfpganConfig::v1_4(), 9).expect("stand-in");
     eprintln!("stand-in: {written:?}");
     tch::set_num_threads(2);
-    let engine = ClassicEngine::with_checkpoints(dir.path(), Device::Cpu);
+    let engine = ClassicEngine::with_enhancer(EnhancerSlot::official(dir.path(), Device::Cpu));
     let t = std::time::Instant::now();
     let frames = classic_frames(&engine, &av, &short_clip(), &gfpgan(4));
     eprintln!("classic + gfpgan (full-size stand-in): {} frames in {:.1} s", frames.len(), t.elapsed().as_secs_f64());

@@ -12,6 +12,7 @@ mod audio_decode;
 mod classic_bench;
 mod classic_options;
 mod classic_render;
+mod classic_visemes;
 mod facemesh;
 mod gfpgan;
 mod gfpgan_bench;

@@ -15,6 +15,7 @@ pub mod lipsync;
 pub mod mesh;
 pub mod motion;
 pub mod mouth;
+pub mod prototypes;
 pub mod render;
 pub mod shape;
 pub mod stream;
@@ -36,6 +37,7 @@ use motion::MotionTrack;
 use mouth::MouthPalette;
 use opencv::core::Vector;
 use opencv::prelude::*;
+use prototypes::VisemeModel;
 use render::SourceState;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::sync::Arc;
@@ -65,6 +67,9 @@ impl FaceCrop {
 #[derive(Debug, Clone, Default)]
 pub struct ClassicEngine {
     enhancer: Option<Arc<EnhancerSlot>>,
+    /// The trained viseme prototypes; without them the mouth shapes come from the formant
+    /// templates alone.
+    visemes: Option<Arc<VisemeModel>>,
 }
 
 /// The refusal of `enhancer=gfpgan` by an engine built without a checkpoints directory.
@@ -81,15 +86,22 @@ impl ClassicEngine {
         Self::default()
     }
 
-    /// The engine whose `enhancer=gfpgan` uses `GFPGANv1.4.pth` from `checkpoints` when that file
-    /// is present, loaded on first use onto `device`.
-    pub fn with_checkpoints(checkpoints: &std::path::Path, device: tch::Device) -> Self {
-        Self::with_enhancer(EnhancerSlot::official(checkpoints, device))
+    /// The service's engine: the trained viseme model from `checkpoints` (fetched by the
+    /// set-up, verified against the manifest), and `enhancer=gfpgan` with `GFPGANv1.4.pth` from
+    /// there when that file is present, loaded on first use onto `device`.
+    pub fn with_checkpoints(checkpoints: &std::path::Path, device: tch::Device) -> Result<Self> {
+        let model = crate::checkpoints::Checkpoints::open(checkpoints)?.verified(prototypes::FILE)?;
+        Ok(Self::with_enhancer(EnhancerSlot::official(checkpoints, device)).with_visemes(VisemeModel::load(&model)?))
     }
 
     /// The engine with this enhancer (tests use stand-in weights of reduced width).
     pub fn with_enhancer(slot: EnhancerSlot) -> Self {
-        Self { enhancer: Some(Arc::new(slot)) }
+        Self { enhancer: Some(Arc::new(slot)), visemes: None }
+    }
+
+    /// The same engine with the trained viseme model.
+    pub fn with_visemes(self, model: VisemeModel) -> Self {
+        Self { visemes: Some(Arc::new(model)), ..self }
     }
 
     /// The animated region `[x, y, w, h]` in output-frame pixels: pixels outside it are the
@@ -177,7 +189,7 @@ impl Engine for ClassicEngine {
         if clip.sample_rate != crate::audio::SAMPLE_RATE {
             return Err(PipelineError::Internal(format!("audio must be 16 kHz, got {} Hz", clip.sample_rate)));
         }
-        encode(&lipsync::analyse(clip))
+        encode(&lipsync::analyse(clip, self.visemes.as_deref()))
     }
 
     fn motion(&self, prepared: &PreparedAvatar, features: &[u8], opts: &GenerateOptions) -> Result<Vec<u8>> {
@@ -226,7 +238,7 @@ impl Engine for ClassicEngine {
     ) -> Result<StreamParts<'a>> {
         self.check_options(opts)?;
         let renderer = ClassicRenderer::new(&avatar, prepared, opts, self.enhancer.as_ref())?;
-        let motion = ClassicMotion::new(prepared, input, opts)?;
+        let motion = ClassicMotion::new(prepared, input, opts, self.visemes.as_deref())?;
         Ok((Box::new(motion), Box::new(renderer)))
     }
 }

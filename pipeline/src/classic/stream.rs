@@ -7,6 +7,7 @@ use super::enhance::EnhanceBuffer;
 use super::gestures::GestureSet;
 use super::lipsync::{LipSyncStream, LipSyncTrack};
 use super::motion::{FrameMotion, MotionPlanner, MotionTrack};
+use super::prototypes::VisemeModel;
 use super::render::{Renderer, SourceState};
 use super::visemes::{self, VisemeSet};
 use super::{build_canvas, decode, encode, part, source_state};
@@ -45,7 +46,14 @@ pub struct ClassicMotion<'a> {
 }
 
 impl<'a> ClassicMotion<'a> {
-    pub fn new(prepared: &PreparedAvatar, input: MotionInput<'a>, opts: &GenerateOptions) -> Result<Self> {
+    /// The stream of one clip (or part); `visemes`: the trained viseme model, if the engine has
+    /// one.
+    pub fn new(
+        prepared: &PreparedAvatar,
+        input: MotionInput<'a>,
+        opts: &GenerateOptions,
+        visemes: Option<&'a VisemeModel>,
+    ) -> Result<Self> {
         let source = match (input.motion, input.features) {
             (Some(m), _) => {
                 let track: MotionTrack = decode(m, "motion")?;
@@ -71,7 +79,7 @@ impl<'a> ClassicMotion<'a> {
                         Source::Features { lips, planner }
                     }
                     None => {
-                        let lips = LipSyncStream::new(input.clip);
+                        let lips = LipSyncStream::new(input.clip, visemes);
                         let planner = MotionPlanner::new(lips.total(), gestures, opts);
                         Source::Analyse { lips, planner }
                     }
@@ -308,7 +316,7 @@ mod tests {
         motion: Option<&[u8]>,
     ) -> Vec<FrameMotion> {
         let input = MotionInput { clip, features: None, motion, frames };
-        let mut m = ClassicMotion::new(prepared, input, &GenerateOptions::default()).expect("motion stream");
+        let mut m = ClassicMotion::new(prepared, input, &GenerateOptions::default(), None).expect("motion stream");
         let mut out = Vec::new();
         loop {
             let chunk = m.next_frames(11);
@@ -335,7 +343,7 @@ mod tests {
         }
         for bad in [(5, 5), (10, whole.len() + 1)] {
             let input = MotionInput { clip: &clip, features: None, motion: None, frames: Some(bad) };
-            assert!(ClassicMotion::new(&prepared, input, &GenerateOptions::default()).is_err(), "{bad:?}");
+            assert!(ClassicMotion::new(&prepared, input, &GenerateOptions::default(), None).is_err(), "{bad:?}");
         }
     }
 }

@@ -21,6 +21,12 @@ pub fn models() -> Option<&'static Precomputer> {
         .as_ref()
 }
 
+/// The classic engine as the service builds it (trained viseme model, enhancer slot).
+pub fn engine() -> ClassicEngine {
+    let dir = common::checkpoints().expect("checkpoints fetched");
+    ClassicEngine::with_checkpoints(&dir, tch::Device::Cpu).expect("the classic engine loads")
+}
+
 /// Shared test data, or None (one skip line) when absent outside CI.
 pub fn testdata() -> Option<PathBuf> {
     common::shared_testdata()
@@ -45,8 +51,7 @@ pub fn avatar(name: &str, mode: PreprocessMode, size: u32) -> Option<Avatar> {
     let models = models()?;
     let bytes = std::fs::read(dir.join("images").join(name)).expect("read image");
     let (image, analysis) = models.run(&bytes, mode).expect("precompute");
-    let prepared =
-        ClassicEngine::new().prepare(&AvatarInput { image: &image, analysis: &analysis }, size).expect("prepare");
+    let prepared = engine().prepare(&AvatarInput { image: &image, analysis: &analysis }, size).expect("prepare");
     Some(Avatar { image, analysis, prepared })
 }
 
@@ -107,7 +112,7 @@ pub fn generate(
     output: &Path,
     sheet: Option<&Path>,
 ) -> GenerateOutput {
-    let engine = ClassicEngine::new();
+    let engine = engine();
     let thumb = output.with_extension("jpg");
     let req = GenerateRequest {
         engine: &engine,
