@@ -46,6 +46,8 @@ pub struct AvatarRecord {
     pub width: u32,
     pub height: u32,
     pub faces_found: u32,
+    /// The landmark model that placed the face's points (`mediapipe`, `dlib`), once ready.
+    pub landmark_model: Option<String>,
     /// Webhook deliveries for this avatar's events.
     pub webhook: Option<WebhookState>,
 }
@@ -64,6 +66,7 @@ impl AvatarRecord {
             width: 0,
             height: 0,
             faces_found: 0,
+            landmark_model: None,
             webhook: None,
         }
     }

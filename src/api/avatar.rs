@@ -280,6 +280,10 @@ pub struct AvatarStatusResponse {
     pub width: u32,
     pub height: u32,
     pub faces_found: u32,
+    /// The landmark model that placed the face's points: `mediapipe` (the default) or `dlib`
+    /// (an operator's opt-in); absent until ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub landmark_model: Option<String>,
     /// Every mode this image was uploaded for.
     pub modes: Vec<ModeStatus>,
     /// Cache entries present for this image (keys without the namespace and image id).
@@ -340,6 +344,7 @@ pub async fn avatar_body(
         width: rec.width,
         height: rec.height,
         faces_found: rec.faces_found,
+        landmark_model: rec.landmark_model.clone(),
         modes: records
             .iter()
             .map(|r| ModeStatus { preprocess_mode: r.mode.as_str().into(), status: r.status, error: r.error.clone() })

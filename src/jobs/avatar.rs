@@ -240,6 +240,7 @@ pub async fn run_precompute(ctx: &JobContext, image: &ImageHash, mode: Preproces
     record.width = avatar.analysis.width;
     record.height = avatar.analysis.height;
     record.faces_found = avatar.analysis.faces_found as u32;
+    record.landmark_model = Some(avatar.analysis.landmark_model.as_str().into());
     if erased_meanwhile(ctx, image).await {
         return Ok(());
     }

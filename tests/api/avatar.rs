@@ -23,6 +23,7 @@ async fn upload_precomputes_once_and_the_same_bytes_hit_the_cache() {
     assert_eq!(status["preprocess_mode"], "crop");
     assert_eq!((status["width"].as_u64(), status["height"].as_u64()), (Some(474), Some(474)));
     assert_eq!(status["faces_found"], 1);
+    assert_eq!(status["landmark_model"], "mediapipe", "{status}");
     for stage in ["decode", "detect", "landmarks", "prepare"] {
         assert!(status["timings"][stage].as_f64().is_some(), "no {stage} timing: {status}");
     }
