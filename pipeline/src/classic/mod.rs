@@ -148,10 +148,8 @@ impl Engine for ClassicEngine {
             return Err(PipelineError::Internal(format!("expected 68 landmarks, got {}", lm.len())));
         }
         let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, a.preprocess, size)?;
-        let to_canvas = |p: &crate::face::Point| {
-            [(p[0] - offset[0] + 0.5) * scale[0] - 0.5, (p[1] - offset[1] + 0.5) * scale[1] - 0.5]
-        };
-        let lm_canvas: Vec<_> = lm.iter().map(to_canvas).collect();
+        let map = CanvasMap { scale, offset };
+        let lm_canvas: Vec<_> = lm.iter().map(|p| map.to_canvas(*p)).collect();
         let mesh = FaceMesh::build(&lm_canvas, canvas.width as i32, canvas.height as i32)?;
         let palette = MouthPalette::measure(
             &canvas.data,
@@ -280,43 +278,71 @@ fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T> {
     crate::engine::decode_blob("classic", STATE_VERSION, bytes, what)
 }
 
-/// The unanimated output frame for a preprocess mode, and the original->canvas mapping
-/// (`canvas = (orig - offset) * scale`).
+/// How original-image pixels land on a canvas of [`build_canvas`]: with pixel centres,
+/// `canvas = (orig - offset + 0.5) * scale - 0.5`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanvasMap {
+    pub scale: [f32; 2],
+    pub offset: [f32; 2],
+}
+
+impl CanvasMap {
+    /// The map of `build_canvas(image, crop, mode, size)` for a `width` x `height` image, without
+    /// building the canvas.
+    pub fn of(width: u32, height: u32, crop: &CropInfo, mode: PreprocessMode, size: u32) -> Result<Self> {
+        Ok(match mode {
+            PreprocessMode::Full => Self { scale: [1.0, 1.0], offset: [0.0, 0.0] },
+            PreprocessMode::Resize => {
+                Self { scale: [size as f32 / width as f32, size as f32 / height as f32], offset: [0.0, 0.0] }
+            }
+            PreprocessMode::Crop => {
+                let b = clamp_box(crop.face_box, width, height)?;
+                let scale = [size as f32 / (b[2] - b[0]) as f32, size as f32 / (b[3] - b[1]) as f32];
+                Self { scale, offset: [b[0] as f32, b[1] as f32] }
+            }
+        })
+    }
+
+    pub fn to_canvas(&self, p: crate::face::Point) -> crate::face::Point {
+        [(p[0] - self.offset[0] + 0.5) * self.scale[0] - 0.5, (p[1] - self.offset[1] + 0.5) * self.scale[1] - 0.5]
+    }
+}
+
+/// The unanimated output frame for a preprocess mode, and its [`CanvasMap`]'s scale and offset.
 pub fn build_canvas(
     img: &RgbImage,
     crop: &CropInfo,
     mode: PreprocessMode,
     size: u32,
 ) -> Result<(RgbImage, [f32; 2], [f32; 2])> {
-    match mode {
+    let map = CanvasMap::of(img.width, img.height, crop, mode, size)?;
+    let canvas = match mode {
         PreprocessMode::Full => {
             let (w, h) = (img.width & !1, img.height & !1);
             if w < 16 || h < 16 {
                 return Err(PipelineError::Internal(format!("image {}x{} is too small", img.width, img.height)));
             }
             if (w, h) == (img.width, img.height) {
-                return Ok((img.clone(), [1.0, 1.0], [0.0, 0.0]));
+                img.clone()
+            } else {
+                mat_to_rgb(&render::region_mat(img, [0, 0, w as i32, h as i32])?)?
             }
-            let m = render::region_mat(img, [0, 0, w as i32, h as i32])?;
-            Ok((mat_to_rgb(&m)?, [1.0, 1.0], [0.0, 0.0]))
         }
         PreprocessMode::Resize => {
             let m = render::region_mat(img, [0, 0, img.width as i32, img.height as i32])?;
-            let out = mat_to_rgb(&crate::image::resize_mat(&m, size, size)?)?;
-            Ok((out, [size as f32 / img.width as f32, size as f32 / img.height as f32], [0.0, 0.0]))
+            mat_to_rgb(&crate::image::resize_mat(&m, size, size)?)?
         }
         PreprocessMode::Crop => {
-            let b = clamp_box(crop.face_box, img)?;
+            let b = clamp_box(crop.face_box, img.width, img.height)?;
             let m = render::region_mat(img, [b[0], b[1], b[2] - b[0], b[3] - b[1]])?;
-            let out = mat_to_rgb(&crate::image::resize_mat(&m, size, size)?)?;
-            let scale = [size as f32 / (b[2] - b[0]) as f32, size as f32 / (b[3] - b[1]) as f32];
-            Ok((out, scale, [b[0] as f32, b[1] as f32]))
+            mat_to_rgb(&crate::image::resize_mat(&m, size, size)?)?
         }
-    }
+    };
+    Ok((canvas, map.scale, map.offset))
 }
 
-fn clamp_box(b: [i64; 4], img: &RgbImage) -> Result<[i32; 4]> {
-    let (w, h) = (img.width as i64, img.height as i64);
+fn clamp_box(b: [i64; 4], width: u32, height: u32) -> Result<[i32; 4]> {
+    let (w, h) = (width as i64, height as i64);
     let x0 = b[0].clamp(0, w - 1);
     let y0 = b[1].clamp(0, h - 1);
     let x1 = b[2].clamp(x0 + 1, w);

@@ -26,7 +26,7 @@ pub struct SourceState {
     pub size: u32,
     /// Output frame size (even).
     pub canvas: [u32; 2],
-    /// Original pixels -> canvas pixels: `canvas = (orig - offset) * scale`.
+    /// Original pixels -> canvas pixels ([`super::CanvasMap`]).
     pub scale: [f32; 2],
     pub offset: [f32; 2],
     pub mesh: FaceMesh,
@@ -36,7 +36,7 @@ pub struct SourceState {
 impl SourceState {
     /// Map a point from original-image pixels to canvas pixels (pixel-centre convention).
     pub fn to_canvas(&self, p: Point) -> Point {
-        [(p[0] - self.offset[0] + 0.5) * self.scale[0] - 0.5, (p[1] - self.offset[1] + 0.5) * self.scale[1] - 0.5]
+        super::CanvasMap { scale: self.scale, offset: self.offset }.to_canvas(p)
     }
 }
 

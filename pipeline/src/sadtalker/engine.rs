@@ -21,7 +21,7 @@ use super::paths::{sadtalker_checkpoints_status, SadTalkerPaths, MAPPING_CROP, M
 use super::recon::{FaceRecon, SplitCoeffs};
 use super::stream::{motion_options, MotionChunk, SadTalkerChunks, SadTalkerMotion};
 use crate::audio::AudioClip;
-use crate::classic::{build_canvas, FaceCrop};
+use crate::classic::{build_canvas, CanvasMap, FaceCrop};
 use crate::engine::{
     AvatarInput, Engine, EngineKind, Enhancer, FrameSink, GenerateOptions, MotionInput, PreparedAvatar, PreprocessMode,
     RenderStats, StateKind, StreamParts,
@@ -171,12 +171,8 @@ impl SadTalkerEngine {
         let a = avatar.analysis;
         let mode = if a.preprocess == PreprocessMode::Resize { PreprocessMode::Resize } else { PreprocessMode::Crop };
         let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, mode, size)?;
-        let lm = a
-            .landmarks
-            .0
-            .iter()
-            .map(|p| [(p[0] - offset[0] + 0.5) * scale[0] - 0.5, (p[1] - offset[1] + 0.5) * scale[1] - 0.5]);
-        Ok((canvas, lm.collect()))
+        let map = CanvasMap { scale, offset };
+        Ok((canvas, a.landmarks.0.iter().map(|p| map.to_canvas(*p)).collect()))
     }
 }
 

@@ -13,7 +13,7 @@
 //! [`EnhancerSlot`]). The decoder noise is seeded by the request's `seed`.
 
 use super::engine::SadTalkerEngine;
-use crate::classic::build_canvas;
+use crate::classic::CanvasMap;
 use crate::engine::{AvatarInput, Enhancer, GenerateOptions, PreprocessMode};
 use crate::error::Result;
 use crate::gfpgan::{EnhancerSlot, FacePoints, GfpganConfig};
@@ -22,14 +22,12 @@ use tch::Tensor;
 /// The five source points of `avatar` in the frames the engine renders at `size` for `mode`.
 pub fn rendered_points(avatar: &AvatarInput<'_>, size: u32, mode: PreprocessMode) -> Result<FacePoints> {
     let a = avatar.analysis;
-    let points = a.face.points.map(|[x, y]| [x as f64, y as f64]);
     if mode == PreprocessMode::Full {
-        return Ok(points);
+        return Ok(a.face.points.map(|p| p.map(f64::from)));
     }
     let canvas_mode = if mode == PreprocessMode::Resize { PreprocessMode::Resize } else { PreprocessMode::Crop };
-    let (_, scale, offset) = build_canvas(avatar.image, &a.crop, canvas_mode, size)?;
-    let (scale, offset) = (scale.map(f64::from), offset.map(f64::from));
-    Ok(points.map(|[x, y]| [(x - offset[0] + 0.5) * scale[0] - 0.5, (y - offset[1] + 0.5) * scale[1] - 0.5]))
+    let map = CanvasMap::of(avatar.image.width, avatar.image.height, &a.crop, canvas_mode, size)?;
+    Ok(a.face.points.map(|p| map.to_canvas(p).map(f64::from)))
 }
 
 /// The enhancer step of one render call: does nothing unless `enhancer=gfpgan`.
