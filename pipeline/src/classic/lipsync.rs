@@ -16,7 +16,7 @@
 //! Viewers accept video slightly ahead of audio far more readily than behind it.
 
 use super::dsp;
-use super::prototypes::{Front, VisemeModel, HOP as HOP_TRAINED, WINDOW as WINDOW_TRAINED};
+use super::prototypes::{Front, VisemeModel, HOP as HOP_TRAINED, SILENCE, WINDOW as WINDOW_TRAINED};
 use super::visemes::NUM_VISEMES;
 use crate::audio::AudioClip;
 use serde::{Deserialize, Serialize};
@@ -113,7 +113,7 @@ pub struct LipSyncStream<'a> {
     open_y: f32,
     prev_w: [f32; NUM_VISEMES],
     quiet: usize,
-    /// Shapes from the trained prototypes instead of the formant templates.
+    /// The trained prototypes, whose weights are blended into the templates' ([`TRAINED_SHARE`]).
     trained: Option<Trained<'a>>,
 }
 
@@ -144,6 +144,10 @@ impl Trained<'_> {
             let j = self.frames.len();
             let end = j * HOP_TRAINED + WINDOW_TRAINED;
             let w = match end <= x.len() {
+                // A model without speech prototypes (only silence) has nothing to say.
+                true if self.model.prototypes().iter().all(|p| p.viseme == SILENCE) => {
+                    [1.0 / NUM_VISEMES as f32; NUM_VISEMES]
+                }
                 true => {
                     if self.filtered.len() < end {
                         let more = self.front.filter(x, self.filtered.len()..end);
@@ -641,6 +645,18 @@ mod tests {
             assert!((w.iter().sum::<f32>() - 1.0).abs() < 1e-3);
         }
         assert_eq!(tr.onsets.len(), 2, "{:?}", tr.onsets);
+    }
+
+    #[test]
+    fn a_model_of_silence_alone_leaves_finite_weights() {
+        // One prototype record (368 bytes) of viseme 14, zero mean, zero inverse covariance.
+        let mut record = vec![0u8; 368];
+        record[7] = 14;
+        let model = VisemeModel::parse(&record).unwrap();
+        let clip = tone_bursts(16000, 2.0, &[(0.3, 1.5)]);
+        let tr = analyse(&clip, Some(&model));
+        assert!(tr.weights.iter().flatten().all(|w| w.is_finite()));
+        assert!(tr.open.iter().any(|&o| o > 0.5));
     }
 
     #[test]
