@@ -30,25 +30,26 @@ def valid(path, entry):
 
 def archive_for(pkg, version, kind):
     d = os.path.join(cache, f"{pkg.replace('/', '+')}-{version}-{kind}")
-    if kind == "npm" and (not os.path.isdir(d) or not os.listdir(d)):
-        # The npm registry's tarball of the package (no npm needed).
-        import urllib.request
-        os.makedirs(d, exist_ok=True)
-        url = f"https://registry.npmjs.org/{pkg}/-/{pkg.split('/')[-1]}-{version}.tgz"
-        print(f"fetch: downloading {pkg}@{version} from the npm registry", flush=True)
-        tmp = os.path.join(d, "package.tgz.part")
-        with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as out:
-            shutil.copyfileobj(r, out)
-        os.replace(tmp, os.path.join(d, "package.tgz"))
     if not os.path.isdir(d) or not os.listdir(d):
         os.makedirs(d, exist_ok=True)
-        args = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", d, f"{pkg}=={version}"]
-        args += ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
-        print(f"fetch: downloading {pkg}=={version} ({kind}) from PyPI", flush=True)
-        subprocess.run(args, check=True)
+        if kind == "npm":
+            # The npm registry's tarball of the package (no npm needed). The partial download
+            # sits beside the folder, so a broken one is never taken for the archive.
+            import urllib.request
+            url = f"https://registry.npmjs.org/{pkg}/-/{pkg.split('/')[-1]}-{version}.tgz"
+            print(f"fetch: downloading {pkg}@{version} from the npm registry", flush=True)
+            tmp = d + ".part"
+            with urllib.request.urlopen(url, timeout=120) as r, open(tmp, "wb") as out:
+                shutil.copyfileobj(r, out)
+            os.replace(tmp, os.path.join(d, "package.tgz"))
+        else:
+            args = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", d, f"{pkg}=={version}"]
+            args += ["--no-binary", ":all:"] if kind == "sdist" else ["--only-binary", ":all:"]
+            print(f"fetch: downloading {pkg}=={version} ({kind}) from PyPI", flush=True)
+            subprocess.run(args, check=True)
     files = [os.path.join(d, f) for f in os.listdir(d)]
     if not files:
-        sys.exit(f"fetch: pip produced nothing for {pkg}=={version}")
+        sys.exit(f"fetch: nothing was downloaded for {pkg} {version} ({kind})")
     return files[0]
 
 def extract(archive, member, dest):
