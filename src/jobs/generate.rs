@@ -374,7 +374,6 @@ async fn store_thumbnail(ctx: &JobContext, mp4: &std::path::Path, jpg: &std::pat
     }
 }
 
-/// Job consumers in every live worker process of the namespace.
 /// Job consumers in live worker processes that offer `engine` (a part job may go to any of them).
 async fn live_consumers(ctx: &JobContext, engine: EngineKind) -> usize {
     let live = super::registry::live_workers(&ctx.cache).await;
