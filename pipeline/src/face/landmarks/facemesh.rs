@@ -21,9 +21,6 @@ const ROI_SCALE: f32 = 1.5;
 /// The mesh's square against MTCNN's box (see [`Roi::from_detection`]).
 const DETECTION_SCALE: f32 = 0.91;
 const DETECTION_SHIFT: f32 = 0.031;
-/// Mesh indices of the outer eye corners (image-left, image-right on a frontal face) that level
-/// the second crop.
-const EYE_CORNERS: [usize; 2] = [33, 263];
 
 /// For each of the 68 iBUG points, the one or two mesh points whose mean stands for it. This is
 /// the correspondence in common use (published by Peizhi Yan as `Mediapipe_2_Dlib_Landmarks`),
@@ -116,9 +113,10 @@ pub struct Roi {
 
 impl Roi {
     /// Around a detection: turned so that the eyes are level, the square that a mesh of the
-    /// face would give ([`Roi::from_mesh`]). MTCNN's box is not the mesh's extent: on the shared
-    /// portraits the mesh's square was 0.86-0.96 (mean 0.91) times the box's longer side times
-    /// 1.5, and its centre 0.6-4.8% (mean 3.1%) of that side lower; both are applied here.
+    /// face would give (its points' extent, levelled at the outer eye corners 33 and 263, times
+    /// 1.5, as MediaPipe re-crops around a mesh). MTCNN's box is not the mesh's extent: on the
+    /// shared portraits the mesh's square was 0.86-0.96 (mean 0.91) times the box's longer side
+    /// times 1.5, and its centre 0.6-4.8% (mean 3.1%) of that side lower; both are applied here.
     pub fn from_detection(face: &FaceDetection) -> Self {
         let [x1, y1, x2, y2] = face.bbox;
         let [l, r] = [face.points[0], face.points[1]];
@@ -127,28 +125,6 @@ impl Roi {
         let (s, c) = angle.sin_cos();
         let down = DETECTION_SHIFT * side;
         Self { center: [(x1 + x2) / 2.0 - s * down, (y1 + y2) / 2.0 + c * down], size: side * DETECTION_SCALE, angle }
-    }
-
-    /// Around a mesh (image pixels): turned so that the outer eye corners are level, the points'
-    /// extent in that frame, its longer side times 1.5.
-    pub fn from_mesh(points: &[[f32; 3]]) -> Self {
-        let [l, r] = EYE_CORNERS.map(|i| points[i]);
-        let angle = (r[1] - l[1]).atan2(r[0] - l[0]);
-        let (s, c) = angle.sin_cos();
-        let (mut lo, mut hi) = ([f32::MAX; 2], [f32::MIN; 2]);
-        for p in points {
-            let q = [c * p[0] + s * p[1], -s * p[0] + c * p[1]];
-            for k in 0..2 {
-                lo[k] = lo[k].min(q[k]);
-                hi[k] = hi[k].max(q[k]);
-            }
-        }
-        let mid = [(lo[0] + hi[0]) / 2.0, (lo[1] + hi[1]) / 2.0];
-        Self {
-            center: [c * mid[0] - s * mid[1], s * mid[0] + c * mid[1]],
-            size: (hi[0] - lo[0]).max(hi[1] - lo[1]) * ROI_SCALE,
-            angle,
-        }
     }
 
     /// A point of an `n`-pixel crop of this region (continuous coordinates, 0..n) in the image.
@@ -284,8 +260,8 @@ impl FaceMesh {
     }
 
     /// The mesh of a detected face, one pass around [`Roi::from_detection`] (as MediaPipe runs
-    /// a still image). A second pass around the first one's points ([`Roi::from_mesh`], as
-    /// MediaPipe's tracking does) came no closer to dlib's points on the shared portraits (mean
+    /// a still image). A second pass around the first one's points (as MediaPipe's tracking
+    /// does) came no closer to dlib's points on the shared portraits (mean
     /// normalised error 3.94% against 3.96% with one pass) for twice the time.
     pub fn detect(&self, image: &RgbImage, face: &FaceDetection) -> Result<Mesh> {
         self.mesh_in(image, Roi::from_detection(face))
@@ -310,25 +286,5 @@ mod tests {
         let turned = Roi { angle: std::f32::consts::FRAC_PI_2, ..roi };
         let p = turned.to_image(192.0, 96.0, 192.0);
         assert!((p[0] - 100.0).abs() < 1e-4 && (p[1] - 70.0).abs() < 1e-4, "{p:?}");
-    }
-
-    #[test]
-    fn roi_from_a_tilted_square_recovers_it() {
-        let roi = Roi { center: [60.0, 80.0], size: 30.0, angle: 0.3 };
-        let mut points = vec![[0.0f32; 3]; MESH_POINTS];
-        // Spread points over the square's inner 2/3 (side 20) and level eye corners.
-        for (i, p) in points.iter_mut().enumerate() {
-            let (u, v) = ((i % 20) as f32 * 128.0 / 19.0 + 32.0, (i / 20 % 20) as f32 * 128.0 / 19.0 + 32.0);
-            let [x, y] = roi.to_image(u, v, 192.0);
-            *p = [x, y, 0.0];
-        }
-        let [x, y] = roi.to_image(40.0, 80.0, 192.0);
-        points[33] = [x, y, 0.0];
-        let [x, y] = roi.to_image(150.0, 80.0, 192.0);
-        points[263] = [x, y, 0.0];
-        let back = Roi::from_mesh(&points);
-        assert!((back.angle - 0.3).abs() < 1e-4, "{back:?}");
-        assert!((back.size - 30.0).abs() < 1e-3, "{back:?}");
-        assert!((back.center[0] - 60.0).abs() < 1e-3 && (back.center[1] - 80.0).abs() < 1e-3, "{back:?}");
     }
 }
