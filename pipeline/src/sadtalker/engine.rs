@@ -169,10 +169,18 @@ impl SadTalkerEngine {
     /// The crop the renderer animates, at `size` x `size`, and the landmarks mapped onto it.
     fn face_canvas(avatar: &AvatarInput<'_>, size: u32) -> Result<(RgbImage, Vec<[f32; 2]>)> {
         let a = avatar.analysis;
-        let mode = if a.preprocess == PreprocessMode::Resize { PreprocessMode::Resize } else { PreprocessMode::Crop };
-        let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, mode, size)?;
+        let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, canvas_mode(a.preprocess), size)?;
         let map = CanvasMap { scale, offset };
         Ok((canvas, a.landmarks.0.iter().map(|p| map.to_canvas(*p)).collect()))
+    }
+}
+
+/// The canvas the renderer draws for a preprocess mode: the resized picture for `resize`, else
+/// the face crop (`full` pastes that crop back into the picture afterwards).
+pub(super) fn canvas_mode(mode: PreprocessMode) -> PreprocessMode {
+    match mode {
+        PreprocessMode::Resize => PreprocessMode::Resize,
+        PreprocessMode::Crop | PreprocessMode::Full => PreprocessMode::Crop,
     }
 }
 

@@ -12,7 +12,7 @@
 //! reused for every batch (and by later requests for the same avatar, see
 //! [`EnhancerSlot`]). The decoder noise is seeded by the request's `seed`.
 
-use super::engine::SadTalkerEngine;
+use super::engine::{canvas_mode, SadTalkerEngine};
 use crate::classic::CanvasMap;
 use crate::engine::{AvatarInput, Enhancer, GenerateOptions, PreprocessMode};
 use crate::error::Result;
@@ -25,8 +25,7 @@ pub fn rendered_points(avatar: &AvatarInput<'_>, size: u32, mode: PreprocessMode
     if mode == PreprocessMode::Full {
         return Ok(a.face.points.map(|p| p.map(f64::from)));
     }
-    let canvas_mode = if mode == PreprocessMode::Resize { PreprocessMode::Resize } else { PreprocessMode::Crop };
-    let map = CanvasMap::of(avatar.image.width, avatar.image.height, &a.crop, canvas_mode, size)?;
+    let map = CanvasMap::of(avatar.image.width, avatar.image.height, &a.crop, canvas_mode(mode), size)?;
     Ok(a.face.points.map(|p| map.to_canvas(p).map(f64::from)))
 }
 
