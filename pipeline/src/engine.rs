@@ -373,6 +373,14 @@ pub trait Engine: Send + Sync {
         false
     }
 
+    /// Whether sessions of this engine may run side by side on one device, each on its own
+    /// thread, instead of one after another on the device owner's thread. True where the engine
+    /// shares its heavy network between sessions itself (the sadtalker renderer batches frames
+    /// across sessions); engines that compute on the calling thread alone say false.
+    fn concurrent_sessions(&self) -> bool {
+        false
+    }
+
     /// Incremental generation: a motion stream and the renderer of its chunks (the whole-clip
     /// `motion` / `render` calls are the same pieces run to the end).
     fn stream<'a>(

@@ -34,6 +34,7 @@ mod sadtalker_facerender_paste;
 mod sadtalker_layout;
 mod sadtalker_mel;
 mod sadtalker_recon;
+mod sadtalker_shared_render;
 mod sadtalker_standin;
 mod sadtalker_stream;
 mod sadtalker_timing;

@@ -118,8 +118,9 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
     rec.frames_total = clip.num_frames() as u64;
     save(ctx, &rec).await?;
 
-    // Render + encode on the model thread; progress flows back through a watch channel and the
-    // live fragments through a channel to the publisher, which appends them to `stream:{id}`.
+    // Render + encode on the model thread (or beside it: `run_session`); progress flows back
+    // through a watch channel and the live fragments through a channel to the publisher, which
+    // appends them to `stream:{id}`.
     ctx.streams.reset(&rec.id).await?;
     let tmp = ctx.blobs.temp_path("mp4");
     let thumb = ctx.blobs.temp_path("jpg");
@@ -163,7 +164,7 @@ pub async fn run_generate(ctx: &JobContext, id: &SessionId, attempt: u32) -> Res
             let (thumb_out, stop) = (thumb.clone(), cancelled.clone());
             let progress_tx = live_tx.clone();
             ctx.model
-                .run(move || {
+                .run_session(engine.as_ref(), move || {
                     let req = GenerateRequest {
                         engine: e.as_ref(),
                         avatar: AvatarInput { image: &a.image, analysis: &a.analysis },

@@ -36,7 +36,7 @@ pub(super) struct PartInput {
     pub motion: Option<Arc<Vec<u8>>>,
 }
 
-/// Render `frames` on the model thread as bare H.264 into `sink`; `progress(frames done)`.
+/// Render `frames` (on the model thread, or beside it: `run_session`) as bare H.264 into `sink`; `progress(frames done)`.
 async fn render_part(
     ctx: &JobContext,
     input: &PartInput,
@@ -48,7 +48,7 @@ async fn render_part(
     let out = ctx.blobs.temp_path("part");
     let output = ctx
         .model
-        .run(move || {
+        .run_session(input.engine.as_ref(), move || {
             let req = GenerateRequest {
                 engine: p.engine.as_ref(),
                 avatar: AvatarInput { image: &p.avatar.image, analysis: &p.avatar.analysis },

@@ -15,7 +15,9 @@
 use super::audio2coeff::{Audio2Coeff, MotionCoefficients};
 use super::coeff_stream::CoeffStream;
 use super::facerender::renderer::source_image_tensor;
-use super::facerender::{FaceRenderConfig, FaceRenderer, MappingWeights, RenderSettings, RendererWeights};
+use super::facerender::{
+    FaceRenderConfig, FaceRenderer, MappingWeights, RenderSettings, RendererWeights, SharedRenderer,
+};
 use super::mel::MelFeatures;
 use super::paths::{sadtalker_checkpoints_status, SadTalkerPaths, MAPPING_CROP, MAPPING_FULL};
 use super::recon::{FaceRecon, SplitCoeffs};
@@ -35,7 +37,7 @@ use opencv::prelude::VectorToVec;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use tch::Device;
 
 /// Set to `1` to run the face renderer's generator in float16 on CUDA (the other networks stay
@@ -56,10 +58,12 @@ pub struct SourceCoeffs {
 }
 
 /// Renderers by (size, full mode), loaded on first use.
-type Renderers = HashMap<(u32, bool), FaceRenderer>;
+type Renderers = HashMap<(u32, bool), Arc<SharedRenderer>>;
 
 /// The loaded networks. tch modules are not `Sync`, so each group lives behind its own lock: the
-/// audio networks (a session's motion thread) and the renderers (its model thread) run at once.
+/// audio networks (a session's motion thread) and the renderers (its render passes) run at once.
+/// Sessions may run side by side ([`Engine::concurrent_sessions`]): a renderer's passes take the
+/// frames of every session waiting for it ([`SharedRenderer`]).
 pub struct SadTalkerEngine {
     paths: SadTalkerPaths,
     device: Device,
@@ -137,13 +141,18 @@ impl SadTalkerEngine {
         f(&lock(&self.audio))
     }
 
-    /// Run `f` with the renderer for (`size`, `full`), loading it on first use.
+    /// Run `f` with the renderer for (`size`, `full`) alone, loading it on first use.
     pub(super) fn with_renderer<T>(
         &self,
         size: u32,
         full: bool,
         f: impl FnOnce(&FaceRenderer) -> Result<T>,
     ) -> Result<T> {
+        self.renderer(size, full)?.with(f)
+    }
+
+    /// The shared renderer for (`size`, `full`), loaded on first use.
+    pub fn renderer(&self, size: u32, full: bool) -> Result<Arc<SharedRenderer>> {
         let mut renderers = lock(&self.renderers);
         if let std::collections::hash_map::Entry::Vacant(slot) = renderers.entry((size, full)) {
             let checkpoint = self.paths.checkpoint_for_size(size)?;
@@ -159,11 +168,9 @@ impl SadTalkerEngine {
             })?;
             let config = FaceRenderConfig::official(if full { 73 } else { 70 });
             let weights = RendererWeights { checkpoint, mapping: MappingWeights::Pickle(mapping) };
-            slot.insert(FaceRenderer::load(&config, &weights, &self.settings)?);
+            slot.insert(Arc::new(SharedRenderer::new(FaceRenderer::load(&config, &weights, &self.settings)?)));
         }
-        let renderer =
-            renderers.get(&(size, full)).ok_or_else(|| PipelineError::Internal("renderer missing".into()))?;
-        f(renderer)
+        renderers.get(&(size, full)).cloned().ok_or_else(|| PipelineError::Internal("renderer missing".into()))
     }
 
     /// The crop the renderer animates, at `size` x `size`, and the landmarks mapped onto it.
@@ -282,6 +289,12 @@ impl Engine for SadTalkerEngine {
     /// Every frame depends only on motion near it (see [`super::stream`]), so parts of a clip
     /// render the frames of the whole.
     fn renders_parts(&self) -> bool {
+        true
+    }
+
+    /// Sessions meet in the renderer's passes ([`SharedRenderer`]); the other networks each sit
+    /// behind their own lock.
+    fn concurrent_sessions(&self) -> bool {
         true
     }
 

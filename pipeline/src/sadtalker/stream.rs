@@ -12,7 +12,6 @@ use super::batch::COEFF_DIM;
 use super::coeff_stream::CoeffStream;
 use super::engine::{decode, encode, part, SadTalkerEngine, SourceCoeffs};
 use super::enhance::FrameEnhance;
-use super::facerender::keypoints::PoseOverride;
 use super::facerender::paste::PasteBack;
 use super::facerender::renderer::PreparedSource;
 use super::facerender::windows::{driving_coeffs, target_windows_range, SEMANTIC_RADIUS};
@@ -270,40 +269,36 @@ impl<'a> SadTalkerChunks<'a> {
         let driving = driving_coeffs(&coeffs, &self.source_coeff, &self.window_opts)?;
         let targets = target_windows_range(&driving, chunk.first_row, chunk.total, chunk.start..chunk.end)?;
         let total = (chunk.end - chunk.start) as i64;
-        let engine = self.engine;
-        let (size, full) = (self.size, self.full);
+        let renderer = self.engine.renderer(self.size, self.full)?;
+        if self.source.is_none() {
+            let t = Instant::now();
+            self.source = Some(renderer.with(|r| r.prepare_generator_source(&self.state))?);
+            self.setup_ms += crate::ms_since(t);
+        }
+        let Some(source) = &self.source else { return Ok(0) };
+        let most = renderer.with(|r| r.batch_size(self.state.image_size)).max(1);
         let mut done = 0usize;
-        engine.with_renderer(size, full, |renderer| {
-            if self.source.is_none() {
-                let t = Instant::now();
-                self.source = Some(renderer.prepare_generator_source(&self.state)?);
-                self.setup_ms += crate::ms_since(t);
+        let mut start = 0i64;
+        while start < total {
+            let t = Instant::now();
+            let len = (self.batch as i64).min(total - start);
+            self.batch = (self.batch * 2).min(most);
+            // The pass may carry other sessions' frames too (see `SharedRenderer`).
+            let frames = renderer.render(source, &targets.narrow(0, start, len), most)?;
+            let t1 = Instant::now();
+            self.render_ms += crate::ms_since(t);
+            let frames = output_tensor(&frames, self.paste.as_ref())?;
+            let t2 = Instant::now();
+            let frames = self.enhance.apply(frames)?;
+            self.enhance_ms += crate::ms_since(t2);
+            for frame in output_frames(&frames, self.paste.is_some(), self.size, self.out)? {
+                sink.push(&frame)?;
+                done += 1;
+                progress(done);
             }
-            let Some(source) = &self.source else { return Ok(()) };
-            let most = renderer.batch_size(self.state.image_size).max(1);
-            let mut start = 0i64;
-            while start < total {
-                let t = Instant::now();
-                let len = (self.batch as i64).min(total - start);
-                self.batch = (self.batch * 2).min(most);
-                let kp = renderer.driving_keypoints(source, &targets.narrow(0, start, len), &PoseOverride::default());
-                let frames = renderer.render_keypoints(source, &kp.value).prediction.to_kind(Kind::Float);
-                let t1 = Instant::now();
-                self.render_ms += crate::ms_since(t);
-                let frames = output_tensor(&frames, self.paste.as_ref())?;
-                let t2 = Instant::now();
-                let frames = self.enhance.apply(frames)?;
-                self.enhance_ms += crate::ms_since(t2);
-                for frame in output_frames(&frames, self.paste.is_some(), self.size, self.out)? {
-                    sink.push(&frame)?;
-                    done += 1;
-                    progress(done);
-                }
-                self.output_ms += crate::ms_since(t1);
-                start += len;
-            }
-            Ok(())
-        })?;
+            self.output_ms += crate::ms_since(t1);
+            start += len;
+        }
         Ok(done)
     }
 

@@ -29,17 +29,42 @@ pub struct MotionOutput {
     pub occlusion: Option<Tensor>,
 }
 
-/// Source-only inputs of the network, computed once per avatar.
+/// Source-only inputs of the network, computed once per avatar. The batch dimension is 1 (one
+/// source for every frame of a pass) or the pass's frame count (one source row per frame, when a
+/// pass mixes sessions: [`MotionSource::rows`]).
 #[derive(Debug)]
 pub struct MotionSource {
-    /// (1, compress, D, H, W): `relu(norm(compress(feature_3d)))`.
+    /// (1 or B, compress, D, H, W): `relu(norm(compress(feature_3d)))`.
     pub compressed: Tensor,
-    /// (1, K, D, H, W) Gaussians around the source keypoints.
+    /// (1 or B, K, D, H, W) Gaussians around the source keypoints.
     pub source_heatmap: Tensor,
-    /// (1, K, 3)
+    /// (1 or B, K, 3)
     pub kp_source: Tensor,
     /// (D, H, W, 3) identity grid.
     pub grid: Tensor,
+}
+
+impl MotionSource {
+    /// The same tensors, sharing their storage.
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            compressed: self.compressed.shallow_clone(),
+            source_heatmap: self.source_heatmap.shallow_clone(),
+            kp_source: self.kp_source.shallow_clone(),
+            grid: self.grid.shallow_clone(),
+        }
+    }
+
+    /// One source row per frame: `parts` are (single source, frames) in pass order.
+    pub fn rows(parts: &[(&MotionSource, i64)]) -> Self {
+        let rows = |pick: fn(&MotionSource) -> &Tensor| super::generator::repeat_rows(parts, pick);
+        Self {
+            compressed: rows(|m| &m.compressed),
+            source_heatmap: rows(|m| &m.source_heatmap),
+            kp_source: rows(|m| &m.kp_source),
+            grid: parts.first().map(|(m, _)| m.grid.shallow_clone()).unwrap_or_else(Tensor::new),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -114,14 +139,24 @@ impl DenseMotion {
         let (c, d, h, w) = (cs[1], cs[2], cs[3], cs[4]);
         let grid = src.grid.view([1, 1, d, h, w, 3]);
 
+        let sources = cs[0];
+
         // Sparse motions: identity for the background, grid - kp_driving + kp_source per keypoint.
-        let driving_to_source = (&grid - kp_driving.view([b, k, 1, 1, 1, 3])) + src.kp_source.view([1, k, 1, 1, 1, 3]);
+        let driving_to_source =
+            (&grid - kp_driving.view([b, k, 1, 1, 1, 3])) + src.kp_source.view([sources, k, 1, 1, 1, 3]);
         let sparse = Tensor::cat(&[grid.expand([b, 1, d, h, w, 3], false), driving_to_source], 1);
 
-        // Sample the single source volume at all B * (K + 1) grids in one call.
-        let grids = sparse.view([1, b * (k + 1) * d, h, w, 3]).to_kind(src.compressed.kind());
-        let deformed = src.compressed.grid_sampler(&grids, 0, 0, false); // (1, C, B*(K+1)*D, H, W)
-        let deformed = deformed.view([c, b, k + 1, d, h, w]).permute([1, 2, 0, 3, 4, 5]);
+        let deformed = if sources == b && b > 1 {
+            // One source row per frame: each samples its own volume at its K + 1 grids.
+            let grids = sparse.view([b, (k + 1) * d, h, w, 3]).to_kind(src.compressed.kind());
+            let deformed = src.compressed.grid_sampler(&grids, 0, 0, false); // (B, C, (K+1)*D, H, W)
+            deformed.view([b, c, k + 1, d, h, w]).permute([0, 2, 1, 3, 4, 5])
+        } else {
+            // Sample the single source volume at all B * (K + 1) grids in one call.
+            let grids = sparse.view([1, b * (k + 1) * d, h, w, 3]).to_kind(src.compressed.kind());
+            let deformed = src.compressed.grid_sampler(&grids, 0, 0, false); // (1, C, B*(K+1)*D, H, W)
+            deformed.view([c, b, k + 1, d, h, w]).permute([1, 2, 0, 3, 4, 5])
+        };
 
         let heat = gaussian(kp_driving, &src.grid) - &src.source_heatmap;
         let heat = Tensor::cat(&[heat.zeros_like().narrow(1, 0, 1), heat], 1).unsqueeze(2);

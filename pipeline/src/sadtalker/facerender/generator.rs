@@ -95,8 +95,9 @@ impl Generator {
         feature
     }
 
-    /// `deform_input` for a batch of deformations sampling one volume `feature` (1, C, D, H, W);
-    /// returns the deformed volume viewed as (B, C * D, H, W).
+    /// `deform_input` for a batch of deformations sampling one volume `feature` (1, C, D, H, W),
+    /// or one volume per frame (B, C, D, H, W); returns the deformed volume viewed as
+    /// (B, C * D, H, W).
     pub fn deform(&self, feature: &Tensor, deformation: &Tensor) -> Tensor {
         let fs = feature.size();
         let (c, d, h, w) = (fs[1], fs[2], fs[3], fs[4]);
@@ -135,7 +136,8 @@ impl Generator {
         }
     }
 
-    /// Render a batch: `kp_driving` (B, K, 3) against the cached source volume (1, C, D, H, W).
+    /// Render a batch: `kp_driving` (B, K, 3) against the cached source volume (1, C, D, H, W),
+    /// or against one source per frame (volumes (B, C, D, H, W) with a per-row `source`).
     pub fn render(&self, feature: &Tensor, source: &MotionSource, kp_driving: &Tensor) -> GeneratorOutput {
         let motion = self.dense_motion.forward(source, kp_driving);
         let input = self.decoder_input(feature, &motion);
@@ -149,4 +151,19 @@ impl Generator {
         let source = self.dense_motion.prepare_source(&feature, kp_source);
         self.render(&feature, &source, kp_driving)
     }
+}
+
+/// `parts`' tensors (batch 1 each, picked by `pick`) repeated to one row per frame and stacked:
+/// (sum of frames, ...). The rows of a pass that mixes sessions.
+pub fn repeat_rows<T>(parts: &[(&T, i64)], pick: fn(&T) -> &Tensor) -> Tensor {
+    let rows: Vec<Tensor> = parts
+        .iter()
+        .map(|(p, n)| {
+            let t = pick(p);
+            let mut shape = t.size();
+            shape[0] = *n;
+            t.expand(shape.as_slice(), false)
+        })
+        .collect();
+    Tensor::cat(&rows, 0)
 }

@@ -3,8 +3,9 @@
 //! occlusion-aware generator ([`generator`]) with its dense-motion network ([`dense_motion`]) and
 //! SPADE decoder ([`spade`], [`upconv`]), their building blocks ([`blocks`]), the keypoint
 //! transformation ([`keypoints`]), the coefficient windows ([`windows`]), the per-avatar source
-//! state ([`source_state`]), batched rendering ([`renderer`], batch size from [`memory`]) and the
-//! seamless paste-back into the full image ([`paste`]).
+//! state ([`source_state`]), batched rendering ([`renderer`], batch size from [`memory`]; passes
+//! shared by concurrent sessions, [`shared`]) and the seamless paste-back into the full image
+//! ([`paste`]).
 //!
 //! Layer widths come from SadTalker's YAML config ([`config`], read with `serde_yaml`); numerics follow
 //! OpenTalker/SadTalker and are checked against the golden fixtures by
@@ -20,6 +21,7 @@ pub mod mapping;
 pub mod memory;
 pub mod paste;
 pub mod renderer;
+pub mod shared;
 pub mod source_state;
 pub mod spade;
 pub mod upconv;
@@ -27,5 +29,6 @@ pub mod windows;
 
 pub use config::FaceRenderConfig;
 pub use renderer::{FaceRenderer, MappingWeights, RenderSettings, RenderedBatch, RendererWeights};
+pub use shared::{PassStats, SharedRenderer};
 pub use source_state::SourceState;
 pub use windows::{DrivingWindows, WindowOptions};

@@ -83,6 +83,30 @@ pub struct PreparedSource {
     pub motion: MotionSource,
 }
 
+impl PreparedSource {
+    /// The same tensors, sharing their storage (to hand a session's source to the thread that
+    /// runs a shared pass, [`super::shared`]).
+    pub fn shallow_clone(&self) -> Self {
+        Self {
+            kp_canonical: self.kp_canonical.shallow_clone(),
+            feature: self.feature.shallow_clone(),
+            motion: self.motion.shallow_clone(),
+        }
+    }
+
+    /// The generator's source for a pass over several sessions' frames: `parts` are (source,
+    /// frames) in pass order; every frame gets its own source row. `kp_canonical` is not part of
+    /// a pass (driving keypoints are made per session) and stays the first part's.
+    pub fn rows(parts: &[(&PreparedSource, i64)]) -> Self {
+        let motions: Vec<(&MotionSource, i64)> = parts.iter().map(|(p, n)| (&p.motion, *n)).collect();
+        Self {
+            kp_canonical: parts.first().map(|(p, _)| p.kp_canonical.shallow_clone()).unwrap_or_else(Tensor::new),
+            feature: super::generator::repeat_rows(parts, |p| &p.feature),
+            motion: MotionSource::rows(&motions),
+        }
+    }
+}
+
 pub struct FaceRenderer {
     config: FaceRenderConfig,
     device: Device,
