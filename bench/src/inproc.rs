@@ -5,7 +5,7 @@
 //! the one-shot reference is `vipavatar generate`'s own function (`generate_local`).
 
 use crate::inputs::{image_variant, wav, Clip, Variants};
-use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample};
+use crate::report::{peak_rss_mb, reset_peak_rss, Case, Group, Mode, Sample, Throughput};
 use anyhow::{anyhow, bail};
 use std::sync::Arc;
 use std::time::Instant;
@@ -71,6 +71,11 @@ impl InProcess<'_> {
     /// The generate job for (image, audio), timed from the request's audio decode (which the
     /// API does once, leaving the samples under `audio_pcm:`) to the job's end.
     async fn generate(&self, image: &[u8], audio: &[u8]) -> anyhow::Result<Sample> {
+        self.generate_counted(image, audio).await.map(|(s, _)| s)
+    }
+
+    /// [`InProcess::generate`], with the session's frame count.
+    async fn generate_counted(&self, image: &[u8], audio: &[u8]) -> anyhow::Result<(Sample, u64)> {
         let (ih, ah) = self.store(image, audio).await?;
         let id = self.session(ih, ah.clone()).await?;
         let (start, start_ms) = (Instant::now(), now_ms());
@@ -87,7 +92,8 @@ impl InProcess<'_> {
         }
         rec.stages_ms.insert(0, ("audio_decode".into(), decode_ms));
         let first_frame_ms = rec.first_frame_ms.map(|ms| (rec.created_ms + ms).saturating_sub(start_ms) as f64);
-        Ok(Sample { wall_ms, stages_ms: rec.stages_ms, peak_rss_mb: 0.0, first_frame_ms })
+        let frames = rec.frames_total;
+        Ok((Sample { wall_ms, stages_ms: rec.stages_ms, peak_rss_mb: 0.0, first_frame_ms }, frames))
     }
 
     /// A repeat request: hash the audio and find the finished video (what the API does before
@@ -173,6 +179,28 @@ impl InProcess<'_> {
     /// not land in the first timed case.
     pub async fn warm_up(&self) -> anyhow::Result<()> {
         self.nocache(self.image, &wav(self.clip, 0)).await.map(|_| ())
+    }
+
+    /// Rendering throughput on this context's device: one VIP session alone, then `n` started
+    /// together, each on its own cached avatar with new audio.
+    pub async fn throughput(&self, n: usize) -> anyhow::Result<Throughput> {
+        let mut avatars = Vec::with_capacity(n);
+        for _ in 0..n {
+            let img = image_variant(self.image, self.variants.next())?;
+            let (ih, _) = self.store(&img, &wav(self.clip, 0)).await?;
+            let mut t = Tracker::default();
+            let avatar = ensure_analysis(self.ctx, &mut t, &ih, self.options.preprocess).await.map_err(job_err)?;
+            ensure_prepared(self.ctx, &mut t, &self.engine, &ih, &avatar, self.options.size).await.map_err(job_err)?;
+            avatars.push(img);
+        }
+        let (one, frames) = self.generate_counted(&avatars[0], &wav(self.clip, self.variants.next())).await?;
+        let audios: Vec<Vec<u8>> = (0..n).map(|_| wav(self.clip, self.variants.next())).collect();
+        let start = Instant::now();
+        let runs = avatars.iter().zip(&audios).map(|(img, audio)| self.generate_counted(img, audio));
+        let all = futures_util::future::try_join_all(runs).await?;
+        let all_ms = vipavatar_pipeline::ms_since(start);
+        let all_frames = all.iter().map(|(_, f)| f).sum();
+        Ok(Throughput::new(n, self.clip.seconds, frames, one.wall_ms, all_frames, all_ms))
     }
 
     /// Run `runs` rounds of cold, warm, hot, no-cache (interleaved so drift hits all alike).

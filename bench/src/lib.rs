@@ -96,6 +96,10 @@ pub struct BenchArgs {
     /// model files come from --checkpoints. On a CPU use short audio, e.g. `--audio 1,2`.
     #[arg(long)]
     pub sadtalker_stand_in: bool,
+    /// Also measure rendering throughput on one device: one VIP session alone, then N started
+    /// together (shortest --audio length, in-process), frames per second of each. 0: skip.
+    #[arg(long, default_value_t = 0)]
+    pub concurrent: usize,
 }
 
 impl BenchArgs {
@@ -116,6 +120,7 @@ impl BenchArgs {
             json: true,
             json_out: None,
             sadtalker_stand_in: false,
+            concurrent: 0,
         }
     }
 }
@@ -303,6 +308,7 @@ async fn measure(
                 speedup_hot_over_nocache: None,
                 headline: None,
                 groups: Vec::new(),
+                throughput: None,
             };
             if let Some(shortest) = clips.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)) {
                 let b = inproc::InProcess {
@@ -342,6 +348,20 @@ async fn measure(
                             .with_context(|| format!("{} end-to-end {:.0} s", kind.as_str(), clip.seconds))?,
                     );
                 }
+            }
+            if let (n @ 1.., Some(shortest)) =
+                (args.concurrent, clips.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)))
+            {
+                eprintln!("bench: {} throughput, 1 vs {n} sessions, {:.0} s audio", kind.as_str(), shortest.seconds);
+                let b = inproc::InProcess {
+                    ctx: &ctx,
+                    engine: engine.clone(),
+                    image,
+                    clip: shortest,
+                    variants: &variants,
+                    options: GenerateOptions::default(),
+                };
+                rep.throughput = Some(b.throughput(n).await.with_context(|| format!("{} throughput", kind.as_str()))?);
             }
             rep.set_headline(args.headline_seconds);
             reports.push(rep);

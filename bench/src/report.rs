@@ -269,6 +269,43 @@ pub struct EngineReport {
     pub speedup_hot_over_nocache: Option<f64>,
     pub headline: Option<Headline>,
     pub groups: Vec<Group>,
+    /// `--concurrent N`: frames per second of one session alone and of N at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throughput: Option<Throughput>,
+}
+
+/// Rendering throughput on one device: one VIP session alone, then `sessions` VIP sessions
+/// started together (each its own cached avatar, each new audio), in one run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Throughput {
+    pub sessions: usize,
+    pub audio_seconds: f64,
+    /// Frames of one session.
+    pub frames_per_session: u64,
+    pub one_session_ms: f64,
+    /// Wall time from starting the sessions until the last one is ready.
+    pub concurrent_ms: f64,
+    pub one_session_fps: f64,
+    pub concurrent_fps: f64,
+    /// concurrent_fps / one_session_fps.
+    pub ratio: f64,
+}
+
+impl Throughput {
+    pub fn new(sessions: usize, audio_seconds: f64, frames: u64, one_ms: f64, all_frames: u64, all_ms: f64) -> Self {
+        let fps = |f: u64, ms: f64| if ms > 0.0 { f as f64 * 1000.0 / ms } else { 0.0 };
+        let (one, all) = (fps(frames, one_ms), fps(all_frames, all_ms));
+        Self {
+            sessions,
+            audio_seconds,
+            frames_per_session: frames,
+            one_session_ms: one_ms,
+            concurrent_ms: all_ms,
+            one_session_fps: one,
+            concurrent_fps: all,
+            ratio: if one > 0.0 { all / one } else { 0.0 },
+        }
+    }
 }
 
 impl EngineReport {
@@ -282,6 +319,7 @@ impl EngineReport {
             speedup_hot_over_nocache: None,
             headline: None,
             groups: Vec::new(),
+            throughput: None,
         }
     }
 
@@ -449,6 +487,24 @@ pub fn render_table(r: &BenchReport) -> String {
                 fmt_x(g.speedup_vip_over_nocache),
                 fmt_x(g.speedup_hot_over_nocache),
                 first
+            );
+        }
+    }
+    for e in &r.engines {
+        if let Some(t) = &e.throughput {
+            let _ = writeln!(
+                s,
+                "{}: throughput, {:.1} s audio ({} frames per session): 1 session {:.3} frames/s ({}); {} sessions at once \
+                 {:.3} frames/s ({}); {:.2}x",
+                e.engine,
+                t.audio_seconds,
+                t.frames_per_session,
+                t.one_session_fps,
+                fmt_ms(t.one_session_ms),
+                t.sessions,
+                t.concurrent_fps,
+                fmt_ms(t.concurrent_ms),
+                t.ratio
             );
         }
     }
