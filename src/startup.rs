@@ -77,7 +77,7 @@ impl Services {
 
 /// Default worker count: one per CUDA device, else one.
 pub fn default_workers() -> usize {
-    let n = if tch::Cuda::is_available() { tch::Cuda::device_count() } else { 0 };
+    let n = if vipavatar_pipeline::device::cuda_available() { tch::Cuda::device_count() } else { 0 };
     n.max(1) as usize
 }
 

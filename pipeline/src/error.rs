@@ -40,17 +40,19 @@ pub enum PipelineError {
         #[source]
         source: tch::TchError,
     },
+    #[cfg(feature = "opencv")]
     #[error("opencv error in {context}: {source}")]
     OpenCv {
         context: String,
         #[source]
         source: opencv::Error,
     },
-    /// A model call panicked; the job fails (retrying the same input would panic again) and
-    /// the device owner rebuilds the engine before its next call.
     /// A cached engine blob does not decode: evict it and compute it again.
+    #[cfg(feature = "opencv")]
     #[error("{reason}")]
     StaleBlob { blob: crate::engine::BlobKind, reason: String },
+    /// A model call panicked; the job fails (retrying the same input would panic again) and
+    /// the device owner rebuilds the engine before its next call.
     #[error("a model call panicked: {0}")]
     ModelPanic(String),
     /// A server configuration mistake (bad device string, unreadable renderer YAML): not the
@@ -102,8 +104,10 @@ impl PipelineError {
             Self::Encode(_) => codes::ENCODE_FAILED,
             Self::Io { .. } => codes::IO_ERROR,
             Self::Torch { .. } => codes::TENSOR_ERROR,
+            #[cfg(feature = "opencv")]
             Self::OpenCv { .. } => codes::OPENCV_ERROR,
             Self::ModelPanic(_) => codes::MODEL_PANICKED,
+            #[cfg(feature = "opencv")]
             Self::StaleBlob { .. } => codes::STALE_CACHE_ENTRY,
             Self::Internal(_) => codes::INTERNAL,
         }
@@ -141,6 +145,7 @@ impl<T> ResultExt<T> for std::result::Result<T, tch::TchError> {
     }
 }
 
+#[cfg(feature = "opencv")]
 impl<T> ResultExt<T> for std::result::Result<T, opencv::Error> {
     fn ctx(self, context: &str) -> Result<T> {
         self.map_err(|source| PipelineError::OpenCv { context: context.to_string(), source })

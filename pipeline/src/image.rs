@@ -1,7 +1,11 @@
 //! Owned RGB images and conversions to/from OpenCV; decoding and validation of uploads.
 
-use crate::error::{PipelineError, Result, ResultExt};
+#[cfg(feature = "opencv")]
+use crate::error::ResultExt;
+use crate::error::{PipelineError, Result};
+#[cfg(feature = "opencv")]
 use opencv::core::{Mat, CV_8UC3};
+#[cfg(feature = "opencv")]
 use opencv::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +45,7 @@ impl RgbImage {
     }
 
     /// Copy into an OpenCV `Mat` in BGR order (OpenCV's convention).
+    #[cfg(feature = "opencv")]
     pub fn to_bgr_mat(&self) -> Result<Mat> {
         let mut mat = Mat::new_rows_cols_with_default(
             self.height as i32,
@@ -59,6 +64,7 @@ impl RgbImage {
     }
 
     /// Copy from a continuous 8-bit BGR `Mat`.
+    #[cfg(feature = "opencv")]
     pub fn from_bgr_mat(mat: &Mat) -> Result<Self> {
         if mat.typ() != CV_8UC3 {
             return Err(PipelineError::Internal(format!("expected CV_8UC3 Mat, got type {}", mat.typ())));
@@ -161,6 +167,7 @@ fn jpeg_dimensions(b: &[u8]) -> Option<(u32, u32)> {
 
 /// Decode PNG / JPEG / WebP bytes to RGB: EXIF orientation applied, alpha composited over white,
 /// palette / grey / 16-bit inputs converted. Refuses images over `max_pixels` before decoding.
+#[cfg(feature = "opencv")]
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     use opencv::imgcodecs::{imdecode, IMREAD_COLOR, IMREAD_UNCHANGED};
     let (format, w, h) = header_dimensions(bytes)?;
@@ -181,12 +188,14 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage> {
     RgbImage::from_bgr_mat(&bgr)
 }
 
+#[cfg(feature = "opencv")]
 fn jpeg_has_end(bytes: &[u8]) -> bool {
     let tail = &bytes[bytes.len().saturating_sub(4096)..];
     tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Normalise any decoded Mat (1/3/4 channels, 8/16 bit) to 8-bit BGR, compositing alpha over white.
+#[cfg(feature = "opencv")]
 fn to_bgr8(mat: &Mat) -> Result<Mat> {
     use opencv::core::{CV_16U, CV_8U};
     use opencv::imgproc::{cvt_color, COLOR_GRAY2BGR};
@@ -220,6 +229,7 @@ fn to_bgr8(mat: &Mat) -> Result<Mat> {
 
 /// Resize a `Mat` with OpenCV: INTER_AREA when either side shrinks, else INTER_CUBIC. Every
 /// resize of a picture in the pipeline goes through here.
+#[cfg(feature = "opencv")]
 pub fn resize_mat(m: &Mat, width: u32, height: u32) -> Result<Mat> {
     use opencv::imgproc::{INTER_AREA, INTER_CUBIC};
     let shrink = (width as i32) < m.cols() || (height as i32) < m.rows();
@@ -231,11 +241,12 @@ pub fn resize_mat(m: &Mat, width: u32, height: u32) -> Result<Mat> {
 }
 
 /// [`resize_mat`] for an [`RgbImage`].
+#[cfg(feature = "opencv")]
 pub fn resize(img: &RgbImage, width: u32, height: u32) -> Result<RgbImage> {
     RgbImage::from_bgr_mat(&resize_mat(&img.to_bgr_mat()?, width, height)?)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "opencv"))]
 mod tests {
     use super::*;
 

@@ -1,18 +1,28 @@
 //! vipavatar-pipeline: image/audio decoding, face analysis, motion, renderers and video encoding.
 //! Knows nothing of HTTP or Redis; the service and the CLI drive it through [`engine::Engine`].
 
+//!
+//! Without the default `opencv` feature only the SadTalker networks and what they need build
+//! (audio decoding, weight and pickle loading, [`image::RgbImage`]): see `gpucheck/`.
+
 pub mod audio;
 pub mod checkpoints;
+#[cfg(feature = "opencv")]
 pub mod classic;
 pub mod device;
+#[cfg(feature = "opencv")]
 pub mod engine;
 pub mod error;
+#[cfg(feature = "opencv")]
 pub mod face;
+#[cfg(feature = "opencv")]
 pub mod gfpgan;
 pub mod image;
+#[cfg(feature = "opencv")]
 pub mod precompute;
 pub mod sadtalker;
 pub mod torch_pickle;
+#[cfg(feature = "opencv")]
 pub mod video;
 
 pub use error::{codes, PipelineError, Result};

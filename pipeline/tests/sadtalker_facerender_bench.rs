@@ -4,6 +4,10 @@
 //! naively with the same modules in their reference-like configuration (mapping -> keypoint
 //! transformation -> full generator forward that re-encodes the source image, one frame per call). Prints frames/s; asserts only that both produce the same frames.
 //!
+//! Also (ignored too): per-stage timings, frames/s per batch size, the float16 generator's error
+//! against float32 (CUDA only), and frames/s of N sessions sharing the renderer's passes against
+//! one session (`VIPAVATAR_BENCH_SESSIONS`, default 4). `scripts/gpu-check.sh` runs them on a GPU.
+//!
 //! Run: `cargo test -p vipavatar-pipeline --test main sadtalker_facerender_bench -- --ignored --nocapture`
 //! (`VIPAVATAR_BENCH_FRAMES`, default 4; `VIPAVATAR_BENCH_THREADS`, default 2;
 //! `VIPAVATAR_BENCH_ROUNDS`, default 2; `VIPAVATAR_DEVICE`).
@@ -244,6 +248,7 @@ fn sadtalker_facerender_stage_timings() {
 #[ignore = "full-size renderer timings; run with --ignored --nocapture"]
 fn sadtalker_facerender_batch_sizes() {
     let frames = env_usize("VIPAVATAR_BENCH_FRAMES", 8) as i64;
+    let size = env_usize("VIPAVATAR_BENCH_SIZE", 256) as i64;
     let threads = env_usize("VIPAVATAR_BENCH_THREADS", 2);
     let batches: Vec<usize> = std::env::var("VIPAVATAR_BENCH_BATCHES")
         .unwrap_or_else(|_| "1,2,4,8".into())
@@ -256,7 +261,7 @@ fn sadtalker_facerender_batch_sizes() {
     let mut renderer = FaceRenderer::new(&FaceRenderConfig::official(70), &settings).expect("renderer");
     randomize(&mut renderer, 7);
     tch::manual_seed(8);
-    let image = Tensor::rand([1, 3, 256, 256], (Kind::Float, Device::Cpu)).to_device(device);
+    let image = Tensor::rand([1, 3, size, size], (Kind::Float, Device::Cpu)).to_device(device);
     let source_coeff: Vec<f32> = Vec::try_from(Tensor::randn([73], (Kind::Float, Device::Cpu)) * 0.3).unwrap();
     let coeffs = Tensor::randn([frames, 70], (Kind::Float, Device::Cpu)) * 0.3;
     let windows = DrivingWindows::build(&coeffs, &source_coeff, &WindowOptions::new(1.0)).unwrap();
@@ -278,7 +283,7 @@ fn sadtalker_facerender_batch_sizes() {
         let total = t.elapsed().as_secs_f64();
         let all = Tensor::cat(&parts, 0);
         eprintln!(
-            "sadtalker facerender batch {batch}: {:.2} s per frame, first batch after {:.0} ms ({frames} frames, {threads} threads)",
+            "sadtalker facerender batch {batch}: {:.2} s per frame, first batch after {:.0} ms ({frames} frames, {size} px, {threads} threads)",
             total / frames as f64,
             first_ms.unwrap_or(0.0)
         );
@@ -289,4 +294,98 @@ fn sadtalker_facerender_batch_sizes() {
         }
         first.get_or_insert(all);
     }
+}
+
+/// A full-size renderer with the seeded random weights of these benchmarks.
+fn random_renderer(device: Device, half: bool) -> FaceRenderer {
+    let settings = RenderSettings { device, half, ..RenderSettings::default() };
+    let mut renderer = FaceRenderer::new(&FaceRenderConfig::official(70), &settings).expect("renderer");
+    randomize(&mut renderer, 7);
+    renderer
+}
+
+/// `frames` driving windows of random coefficients (seeded) and the source coefficients.
+fn random_windows(frames: i64, seed: i64) -> (DrivingWindows, Vec<f32>) {
+    tch::manual_seed(seed);
+    let source_coeff: Vec<f32> = Vec::try_from(Tensor::randn([73], (Kind::Float, Device::Cpu)) * 0.3).unwrap();
+    let coeffs = Tensor::randn([frames, 70], (Kind::Float, Device::Cpu)) * 0.3;
+    (DrivingWindows::build(&coeffs, &source_coeff, &WindowOptions::new(1.0)).unwrap(), source_coeff)
+}
+
+#[test]
+#[ignore = "CUDA only: the float16 generator against float32 (scripts/gpu-check.sh)"]
+fn sadtalker_facerender_fp16_error() {
+    let device = vipavatar_pipeline::device::device_from_env().expect("device");
+    if !device.is_cuda() {
+        eprintln!("sadtalker facerender fp16: skipped, the float16 generator runs on CUDA only");
+        return;
+    }
+    let frames = env_usize("VIPAVATAR_BENCH_FRAMES", 8) as i64;
+    let (windows, source_coeff) = random_windows(frames, 8);
+    let image = Tensor::rand([1, 3, 256, 256], (Kind::Float, Device::Cpu)).to_device(device);
+    let mut out = Vec::new();
+    for half in [false, true] {
+        let r = random_renderer(device, half);
+        let state = r.prepare_source(&image, &source_coeff).unwrap();
+        out.push(r.render_all(&state, &windows, None).unwrap());
+    }
+    let d = (&out[1] - &out[0]).abs();
+    let (max, mean) = (d.max().double_value(&[]), d.mean(Kind::Double).double_value(&[]));
+    eprintln!("sadtalker facerender fp16 vs fp32: max abs diff {max:.3e}, mean {mean:.3e} ({frames} frames, 256 px)");
+    assert!(max.is_finite() && mean < 0.05, "the float16 generator is far from float32: max {max}, mean {mean}");
+}
+
+#[test]
+#[ignore = "full-size shared-pass throughput; run with --ignored --nocapture"]
+fn sadtalker_facerender_shared_sessions() {
+    use vipavatar_pipeline::sadtalker::facerender::renderer::PreparedSource;
+    use vipavatar_pipeline::sadtalker::facerender::SharedRenderer;
+    let sessions = env_usize("VIPAVATAR_BENCH_SESSIONS", 4);
+    let frames = env_usize("VIPAVATAR_BENCH_FRAMES", 8) as i64;
+    let device = vipavatar_pipeline::device::device_from_env().expect("device");
+    let shared = SharedRenderer::new(random_renderer(device, false));
+    let (windows, source_coeff) = random_windows(frames, 8);
+    let sources: Vec<PreparedSource> = (0..sessions)
+        .map(|_| {
+            let image = Tensor::rand([1, 3, 256, 256], (Kind::Float, Device::Cpu)).to_device(device);
+            shared.with(|r| {
+                let state = r.prepare_source(&image, &source_coeff).unwrap();
+                r.prepare_generator_source(&state).unwrap()
+            })
+        })
+        .collect();
+    let most = shared.with(|r| r.batch_size(256)).max(1);
+    // One session as the engine renders it: batches ramp 1, 2, 4, ... up to the device's size.
+    let session = |source: &PreparedSource, targets: &Tensor| {
+        let (mut start, mut batch) = (0, 1usize);
+        while start < frames {
+            let len = (batch as i64).min(frames - start);
+            batch = (batch * 2).min(most);
+            let _ = shared.render(source, &targets.narrow(0, start, len), most).unwrap().to_device(Device::Cpu);
+            start += len;
+        }
+    };
+    session(&sources[0], &windows.targets); // warm-up
+    let t = Instant::now();
+    session(&sources[0], &windows.targets);
+    let one = frames as f64 / t.elapsed().as_secs_f64();
+    let before = shared.stats();
+    let t = Instant::now();
+    std::thread::scope(|scope| {
+        for source in &sources {
+            let (source, targets) = (source.shallow_clone(), windows.targets.shallow_clone());
+            let session = &session;
+            scope.spawn(move || session(&source, &targets));
+        }
+    });
+    let many = (frames * sessions as i64) as f64 / t.elapsed().as_secs_f64();
+    let after = shared.stats();
+    eprintln!(
+        "sadtalker shared sessions: 1 session {one:.3} frames/s; {sessions} sessions {many:.3} frames/s ({:.2}x); \
+         {} passes, {} shared, batch size {most} ({frames} frames per session, 256 px)",
+        many / one,
+        after.passes - before.passes,
+        after.shared_passes - before.shared_passes,
+    );
+    assert_eq!(after.frames - before.frames, (frames * sessions as i64) as u64);
 }

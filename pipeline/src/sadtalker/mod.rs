@@ -9,7 +9,9 @@ pub mod audio2exp;
 pub mod audio2pose;
 pub mod batch;
 pub mod coeff_stream;
+#[cfg(feature = "opencv")]
 pub mod engine;
+#[cfg(feature = "opencv")]
 pub mod enhance;
 pub mod facerender;
 pub mod layers;
@@ -19,6 +21,7 @@ pub mod recon;
 pub mod rng;
 pub mod savgol;
 pub mod standin;
+#[cfg(feature = "opencv")]
 pub mod stream;
 pub mod weights;
 

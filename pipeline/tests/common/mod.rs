@@ -68,8 +68,10 @@ pub fn read_safetensors(path: &std::path::Path) -> std::collections::HashMap<Str
 
 /// A frame sink that keeps every rendered frame in memory.
 #[derive(Default)]
+#[cfg(feature = "opencv")]
 pub struct Frames(pub Vec<vipavatar_pipeline::image::RgbImage>);
 
+#[cfg(feature = "opencv")]
 impl vipavatar_pipeline::engine::FrameSink for Frames {
     fn push(&mut self, frame: &vipavatar_pipeline::image::RgbImage) -> vipavatar_pipeline::Result<()> {
         self.0.push(frame.clone());
