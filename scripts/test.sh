@@ -18,6 +18,9 @@ fi
 if [ -z "${SKIP_CLIPPY:-}" ] && cargo clippy --version >/dev/null 2>&1; then
   echo "[test] cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings
+  # The pipeline without OpenCV (what the GPU check builds, scripts/gpu-check.sh) must stay clean too.
+  echo "[test] cargo clippy -p vipavatar-pipeline --no-default-features --all-targets -- -D warnings"
+  cargo clippy -p vipavatar-pipeline --no-default-features --all-targets -- -D warnings
 elif [ -z "${SKIP_CLIPPY:-}" ]; then
   echo "[test] clippy is not installed; skipping the lint gate"
 fi

@@ -62,7 +62,7 @@ impl MotionSource {
             compressed: rows(|m| &m.compressed),
             source_heatmap: rows(|m| &m.source_heatmap),
             kp_source: rows(|m| &m.kp_source),
-            grid: parts.first().map(|(m, _)| m.grid.shallow_clone()).unwrap_or_else(Tensor::new),
+            grid: parts.first().map(|(m, _)| m.grid.shallow_clone()).unwrap_or_default(),
         }
     }
 }

@@ -100,7 +100,7 @@ impl PreparedSource {
     pub fn rows(parts: &[(&PreparedSource, i64)]) -> Self {
         let motions: Vec<(&MotionSource, i64)> = parts.iter().map(|(p, n)| (&p.motion, *n)).collect();
         Self {
-            kp_canonical: parts.first().map(|(p, _)| p.kp_canonical.shallow_clone()).unwrap_or_else(Tensor::new),
+            kp_canonical: parts.first().map(|(p, _)| p.kp_canonical.shallow_clone()).unwrap_or_default(),
             feature: super::generator::repeat_rows(parts, |p| &p.feature),
             motion: MotionSource::rows(&motions),
         }
