@@ -310,31 +310,25 @@ async fn measure(
                 groups: Vec::new(),
                 throughput: None,
             };
-            if let Some(shortest) = clips.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)) {
-                let b = inproc::InProcess {
-                    ctx: &ctx,
-                    engine: engine.clone(),
-                    image,
-                    clip: shortest,
-                    variants: &variants,
-                    options: GenerateOptions::default(),
-                };
-                b.warm_up().await.context("warm-up request")?;
+            let in_process = |clip| inproc::InProcess {
+                ctx: &ctx,
+                engine: engine.clone(),
+                image,
+                clip,
+                variants: &variants,
+                options: GenerateOptions::default(),
+            };
+            let shortest = clips.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds));
+            if let Some(shortest) = shortest {
+                in_process(shortest).warm_up().await.context("warm-up request")?;
             }
             for clip in clips {
                 let runs = if clip.seconds >= 30.0 { args.long_runs } else { args.runs };
                 if args.mode != ModeSel::EndToEnd {
                     eprintln!("bench: {} in-process {:.0} s audio, {runs} run(s)", kind.as_str(), clip.seconds);
-                    let b = inproc::InProcess {
-                        ctx: &ctx,
-                        engine: engine.clone(),
-                        image,
-                        clip,
-                        variants: &variants,
-                        options: GenerateOptions::default(),
-                    };
                     rep.groups.push(
-                        b.run(runs)
+                        in_process(clip)
+                            .run(runs)
                             .await
                             .with_context(|| format!("{} in-process {:.0} s", kind.as_str(), clip.seconds))?,
                     );
@@ -349,19 +343,10 @@ async fn measure(
                     );
                 }
             }
-            if let (n @ 1.., Some(shortest)) =
-                (args.concurrent, clips.iter().min_by(|a, b| a.seconds.total_cmp(&b.seconds)))
-            {
+            if let (n @ 1.., Some(shortest)) = (args.concurrent, shortest) {
                 eprintln!("bench: {} throughput, 1 vs {n} sessions, {:.0} s audio", kind.as_str(), shortest.seconds);
-                let b = inproc::InProcess {
-                    ctx: &ctx,
-                    engine: engine.clone(),
-                    image,
-                    clip: shortest,
-                    variants: &variants,
-                    options: GenerateOptions::default(),
-                };
-                rep.throughput = Some(b.throughput(n).await.with_context(|| format!("{} throughput", kind.as_str()))?);
+                let throughput = in_process(shortest).throughput(n).await;
+                rep.throughput = Some(throughput.with_context(|| format!("{} throughput", kind.as_str()))?);
             }
             rep.set_headline(args.headline_seconds);
             reports.push(rep);
