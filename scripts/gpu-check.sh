@@ -40,7 +40,7 @@ bundle() {
     cd "$work/src"
     export VIRTUAL_ENV="$venv" PATH="$venv/bin:$PATH" CARGO_TARGET_DIR="$work/target"
     cargo update -q -p tch --precise "$GPU_TCH"
-    log "building the check against torch $GPU_TORCH (tch $(cargo tree -q -p vipavatar-pipeline --no-default-features -i tch --depth 0 | head -1))"
+    log "building the check against torch $GPU_TORCH ($(cargo tree -q -p vipavatar-pipeline --no-default-features -i tch --depth 0 | head -1))"
     cargo test -q -p vipavatar-pipeline --no-default-features --release --test main --no-run \
       --message-format=json-render-diagnostics >"$work/build.json"
   )
