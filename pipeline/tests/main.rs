@@ -59,6 +59,7 @@ mod sadtalker_recon;
 mod sadtalker_shared_render;
 #[cfg(feature = "opencv")]
 mod sadtalker_standin;
+mod sadtalker_standin_timing;
 #[cfg(feature = "opencv")]
 mod sadtalker_stream;
 mod sadtalker_timing;

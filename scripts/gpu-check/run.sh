@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs on the GPU host from the bundle folder (see scripts/gpu-check.sh): the SadTalker parity
-# tests on $VIPAVATAR_DEVICE (default cuda) against the fixture tolerances, then the renderer
-# timings (frames/s per batch size at 256 and 512 px against the per-frame reference loop, the
+# tests on $VIPAVATAR_DEVICE (default cuda) against the fixture tolerances, the stand-in one-shot
+# and VIP cases, then the renderer timings (frames/s per batch size at 256 and 512 px against the per-frame reference loop, the
 # float16 generator's error, N sessions sharing passes against one), sampling GPU memory;
 # writes $OUT/gpu-check.json. Needs only the host's torch: TORCH_LIB (default: the torch of
 # /opt/torch/.venv) goes on LD_LIBRARY_PATH.
@@ -26,8 +26,11 @@ start=$(date +%s)
   >"$out/parity.log" 2>&1
 echo "parity exit $?" >>"$out/parity.log"
 # 2. Timings (ignored tests, full-size seeded random weights).
-if [ "${VIPAVATAR_DEVICE}" = cpu ]; then frames=2 batches=1,2 sizes=256 sessions=2; else
-  frames=32 batches=1,2,4,8,16,32 sizes="256 512" sessions=4; fi
+if [ "${VIPAVATAR_DEVICE}" = cpu ]; then frames=2 batches=1,2 sizes=256 sessions=2 seconds=0.2; else
+  frames=32 batches=1,2,4,8,16,32 sizes="256 512" sessions=4 seconds=8; fi
+# The engine's one-shot and VIP cases on stand-in checkpoints (tensor level: no detection, no video).
+VIPAVATAR_BENCH_SECONDS=$seconds "$here/check" sadtalker_standin_timing --ignored --test-threads=1 --nocapture \
+  >>"$out/timing.log" 2>&1
 for size in $sizes; do
   VIPAVATAR_BENCH_FRAMES=$frames VIPAVATAR_BENCH_BATCHES=$batches VIPAVATAR_BENCH_SIZE=$size \
     "$here/check" sadtalker_facerender_batch_sizes --ignored --test-threads=1 --nocapture >>"$out/timing.log" 2>&1
