@@ -21,6 +21,7 @@
 
 pub mod align;
 pub mod config;
+pub mod conv;
 pub mod enhancer;
 pub mod network;
 pub mod noise;
@@ -32,6 +33,7 @@ pub mod weights;
 
 pub use align::{fit_affine, points_from_68, FacePoints};
 pub use config::GfpganConfig;
+pub use conv::ConvPath;
 pub use enhancer::{AlignedFaces, FaceEnhancer, PasteMasks};
 pub use network::{GfpganNet, Intermediates};
 pub use noise::Noise;

@@ -4,10 +4,11 @@
 //! [`super::weights::load_network`].
 
 use super::config::GfpganConfig;
+use super::conv::{Conv, ConvPath};
 use super::noise::Noise;
-use super::stylegan::{conv, lrelu, resize2, StyleGanDecoder};
+use super::stylegan::{lrelu_, resize2, StyleGanDecoder};
 use crate::error::ResultExt;
-use crate::sadtalker::layers::{Conv2d, ConvSpec, Linear};
+use crate::sadtalker::layers::Linear;
 use crate::{PipelineError, Result};
 use tch::nn::{Path, VarStore};
 use tch::{Device, Tensor};
@@ -15,44 +16,42 @@ use tch::{Device, Tensor};
 /// `ResBlock`: conv3x3 + lrelu, bilinear resize, conv3x3 + lrelu, plus a resized 1x1 skip.
 #[derive(Debug)]
 struct ResBlock {
-    conv1: Conv2d,
-    conv2: Conv2d,
+    conv1: Conv,
+    conv2: Conv,
     skip: Tensor,
     up: bool,
 }
 
 impl ResBlock {
     fn new(p: Path, cin: i64, cout: i64, up: bool) -> Self {
-        let conv1 = Conv2d::new(&p / "conv1", cin, cin, ConvSpec::square(3, 1, 1));
-        let conv2 = Conv2d::new(&p / "conv2", cin, cout, ConvSpec::square(3, 1, 1));
+        let conv1 = Conv::new(&p / "conv1", cin, cin, 3);
+        let conv2 = Conv::new(&p / "conv2", cin, cout, 3);
         let skip = (&p / "skip").zeros_no_train("weight", &[cout, cin, 1, 1]);
         Self { conv1, conv2, skip, up }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        let out = resize2(&lrelu(&self.conv1.forward(x)), self.up);
-        let out = lrelu(&self.conv2.forward(&out));
-        out + conv(&resize2(x, self.up), &self.skip, None, 0)
+    fn forward(&self, x: &Tensor, path: ConvPath) -> Tensor {
+        let out = resize2(&lrelu_(self.conv1.forward(x, path)), self.up);
+        let mut out = lrelu_(self.conv2.forward(&out, path));
+        out += path.conv(&resize2(x, self.up), &self.skip, None, 0);
+        out
     }
 }
 
 /// `nn.Sequential(conv3x3, LeakyReLU(0.2), conv3x3)` of the SFT scale / shift branches.
 #[derive(Debug)]
 struct ConditionBranch {
-    first: Conv2d,
-    second: Conv2d,
+    first: Conv,
+    second: Conv,
 }
 
 impl ConditionBranch {
     fn new(p: Path, channels: i64, out: i64) -> Self {
-        Self {
-            first: Conv2d::new(&p / 0, channels, channels, ConvSpec::square(3, 1, 1)),
-            second: Conv2d::new(&p / 2, channels, out, ConvSpec::square(3, 1, 1)),
-        }
+        Self { first: Conv::new(&p / 0, channels, channels, 3), second: Conv::new(&p / 2, channels, out, 3) }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        self.second.forward(&lrelu(&self.first.forward(x)))
+    fn forward(&self, x: &Tensor, path: ConvPath) -> Tensor {
+        self.second.forward(&lrelu_(self.first.forward(x, path)), path)
     }
 }
 
@@ -70,16 +69,17 @@ pub struct Intermediates {
 pub struct GfpganNet {
     vs: VarStore,
     cfg: GfpganConfig,
-    conv_body_first: Conv2d,
+    conv_body_first: Conv,
     down: Vec<ResBlock>,
-    final_conv: Conv2d,
+    final_conv: Conv,
     up: Vec<ResBlock>,
     /// `toRGB.*`: intermediate RGB heads, stored in the file, unused at inference.
-    _to_rgb: Vec<Conv2d>,
+    _to_rgb: Vec<Conv>,
     final_linear: Linear,
     decoder: StyleGanDecoder,
     condition_scale: Vec<ConditionBranch>,
     condition_shift: Vec<ConditionBranch>,
+    conv_path: ConvPath,
 }
 
 impl GfpganNet {
@@ -90,7 +90,7 @@ impl GfpganNet {
         let root = vs.root();
         let log = cfg.log_size();
         let ch = |r: i64| cfg.unet_channels(r);
-        let conv_body_first = Conv2d::new(&root / "conv_body_first", 3, ch(cfg.out_size), ConvSpec::square(1, 1, 0));
+        let conv_body_first = Conv::new(&root / "conv_body_first", 3, ch(cfg.out_size), 1);
         let mut down = Vec::new();
         let mut cin = ch(cfg.out_size);
         for (k, level) in (3..=log).rev().enumerate() {
@@ -98,14 +98,14 @@ impl GfpganNet {
             down.push(ResBlock::new(&root / "conv_body_down" / k, cin, cout, false));
             cin = cout;
         }
-        let final_conv = Conv2d::new(&root / "final_conv", cin, ch(4), ConvSpec::square(3, 1, 1));
+        let final_conv = Conv::new(&root / "final_conv", cin, ch(4), 3);
         let (mut up, mut to_rgb, mut condition_scale, mut condition_shift) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut cin = ch(4);
         for (k, level) in (3..=log).enumerate() {
             let cout = ch(1 << level);
             up.push(ResBlock::new(&root / "conv_body_up" / k, cin, cout, true));
-            to_rgb.push(Conv2d::new(&root / "toRGB" / k, cout, 3, ConvSpec::square(1, 1, 0)));
+            to_rgb.push(Conv::new(&root / "toRGB" / k, cout, 3, 1));
             let sft_out = if cfg.sft_half { cout } else { cout * 2 };
             condition_scale.push(ConditionBranch::new(&root / "condition_scale" / k, cout, sft_out));
             condition_shift.push(ConditionBranch::new(&root / "condition_shift" / k, cout, sft_out));
@@ -126,6 +126,7 @@ impl GfpganNet {
             decoder,
             condition_scale,
             condition_shift,
+            conv_path: ConvPath::fastest(device),
         })
     }
 
@@ -172,6 +173,16 @@ impl GfpganNet {
         self.vs.device()
     }
 
+    /// How the forward pass convolves: [`ConvPath::fastest`] for the device unless set.
+    pub fn conv_path(&self) -> ConvPath {
+        self.conv_path
+    }
+
+    /// Choose the convolution path; Winograd falls back to the default where it cannot run.
+    pub fn set_conv_path(&mut self, path: ConvPath) {
+        self.conv_path = path.usable_on(self.device());
+    }
+
     pub fn var_store(&self) -> &VarStore {
         &self.vs
     }
@@ -208,15 +219,16 @@ impl GfpganNet {
                 self.cfg.num_layers()
             )));
         }
+        let path = self.conv_path;
         let run = || -> std::result::Result<(Tensor, Intermediates), tch::TchError> {
             tch::no_grad(|| {
-                let mut feat = lrelu(&self.conv_body_first.forward(x));
+                let mut feat = lrelu_(self.conv_body_first.forward(x, path));
                 let mut skips = Vec::with_capacity(self.down.len());
                 for block in &self.down {
-                    feat = block.forward(&feat);
+                    feat = block.forward(&feat, path);
                     skips.push(feat.shallow_clone());
                 }
-                feat = lrelu(&self.final_conv.forward(&feat));
+                feat = lrelu_(self.final_conv.forward(&feat, path));
                 let b = feat.size()[0];
                 let mut style_code = self.final_linear.forward(&feat.reshape([b, -1]));
                 if self.cfg.different_w {
@@ -224,11 +236,11 @@ impl GfpganNet {
                 }
                 let mut conditions = Vec::with_capacity(2 * self.up.len());
                 for (k, block) in self.up.iter().enumerate() {
-                    feat = block.forward(&(feat + &skips[skips.len() - 1 - k]));
-                    conditions.push(self.condition_scale[k].forward(&feat));
-                    conditions.push(self.condition_shift[k].forward(&feat));
+                    feat = block.forward(&(feat + &skips[skips.len() - 1 - k]), path);
+                    conditions.push(self.condition_scale[k].forward(&feat, path));
+                    conditions.push(self.condition_shift[k].forward(&feat, path));
                 }
-                let image = self.decoder.forward(&style_code, &conditions, noise);
+                let image = self.decoder.forward(&style_code, &conditions, noise, path);
                 Ok((image, Intermediates { style_code, conditions }))
             })
         };

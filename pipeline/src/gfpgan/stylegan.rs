@@ -3,11 +3,14 @@
 //! Variable names mirror the reference `state_dict()` keys under `stylegan_decoder.`.
 //!
 //! The reference folds each sample's style into a per-sample weight and runs one grouped
-//! convolution; here the style scales the *input* channels and the demodulation scales the
-//! output channels of one shared convolution, which is the same linear map (up to float rounding
-//! order) and lets a whole batch run as one ordinary convolution.
+//! convolution. On [`ConvPath::Default`] the style scales the *input* channels and the
+//! demodulation scales the output channels of one shared convolution, which is the same linear
+//! map (up to float rounding order) and lets a whole batch run as one ordinary convolution. On
+//! [`ConvPath::Winograd`] each image's style, demodulation and gain are folded into its own
+//! weights, as the reference does, and the images run one at a time.
 
 use super::config::GfpganConfig;
+use super::conv::ConvPath;
 use crate::sadtalker::layers::Linear;
 use tch::nn::Path;
 use tch::{Kind, Tensor};
@@ -16,15 +19,17 @@ use tch::{Kind, Tensor};
 const DEMOD_EPS: f64 = 1e-8;
 const STYLE_CONV_GAIN: f64 = std::f64::consts::SQRT_2;
 
-/// `x -> leaky_relu(x, 0.2)`.
+/// `x -> leaky_relu(x, 0.2)`. tch's `leaky_relu` has no slope argument; ATen's leaky-ReLU
+/// backward with `x` as both the gradient and the input is `x * (x > 0 ? 1 : 0.2)`, the same
+/// numbers in one pass.
 pub(crate) fn lrelu(x: &Tensor) -> Tensor {
-    x.maximum(&(x * 0.2))
+    x.leaky_relu_backward(x, 0.2, false)
 }
 
-/// Plain convolution (stride 1, `padding`, no dilation/groups) with TF32 disabled so CUDA keeps
-/// float32 precision.
-pub(crate) fn conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: i64) -> Tensor {
-    x.internal_convolution(w, b, [1, 1], [padding, padding], [1, 1], false, [0, 0], 1, false, false, true, false)
+/// [`lrelu`] in place: no new full-size buffer (at 512 x 512 these dominate the CPU time).
+pub(crate) fn lrelu_(x: Tensor) -> Tensor {
+    let _ = x.leaky_relu_backward_grad_input(&x, &x, 0.2, false);
+    x
 }
 
 /// Bilinear resize by 2 (up) or 1/2 (down), `align_corners=False`.
@@ -53,21 +58,40 @@ impl ModulatedConv {
         Self { modulation, weight, demodulate, padding: kernel / 2, upsample }
     }
 
-    /// x (b, in, h, w), style (b, style) -> (b, out, h', w').
-    pub fn forward(&self, x: &Tensor, style: &Tensor) -> Tensor {
+    /// x (b, in, h, w), style (b, style) -> (b, out, h', w'), times `gain`.
+    pub fn forward(&self, x: &Tensor, style: &Tensor, gain: f64, path: ConvPath) -> Tensor {
         let s = self.modulation.forward(style); // (b, in)
         let b = s.size()[0];
         let x = if self.upsample { resize2(x, true) } else { x.shallow_clone() };
-        let x = x * s.view([b, -1, 1, 1]);
-        let out = conv(&x, &self.weight, None, self.padding);
-        if self.demodulate {
-            // sum over (in, k, k) of (weight * style)^2 = style^2 @ (sum over k of weight^2)^T
+        // sum over (in, k, k) of (weight * style)^2 = style^2 @ (sum over k of weight^2)^T
+        let demod = self.demodulate.then(|| {
             let wsq = self.weight.square().sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float); // (out, in)
-            let demod = (s.square().matmul(&wsq.tr()) + DEMOD_EPS).rsqrt(); // (b, out)
-            out * demod.view([b, -1, 1, 1])
-        } else {
-            out
+            (s.square().matmul(&wsq.tr()) + DEMOD_EPS).rsqrt() // (b, out)
+        });
+        if path.per_image() {
+            let size = x.size();
+            let cout = self.weight.size()[0];
+            let out = Tensor::empty([b, cout, size[2], size[3]], (x.kind(), x.device()));
+            for i in 0..b {
+                let mut w = &self.weight * s.get(i).view([1, -1, 1, 1]);
+                if let Some(d) = &demod {
+                    w *= (d.get(i) * gain).view([-1, 1, 1, 1]);
+                } else if gain != 1.0 {
+                    w *= gain;
+                }
+                path.conv_into(&out.narrow(0, i, 1), &x.narrow(0, i, 1), &w, None, self.padding);
+            }
+            return out;
         }
+        let x = x * s.view([b, -1, 1, 1]);
+        let mut out = path.conv(&x, &self.weight, None, self.padding);
+        if let Some(d) = demod {
+            out *= d.view([b, -1, 1, 1]);
+        }
+        if gain != 1.0 {
+            out *= gain;
+        }
+        out
     }
 }
 
@@ -90,9 +114,11 @@ impl StyleConv {
     }
 
     /// `noise` broadcasts over the batch: (1 or b, 1, h', w').
-    pub fn forward(&self, x: &Tensor, style: &Tensor, noise: &Tensor) -> Tensor {
-        let out = self.conv.forward(x, style) * STYLE_CONV_GAIN;
-        lrelu(&(out + &self.noise_strength * noise + &self.bias))
+    pub fn forward(&self, x: &Tensor, style: &Tensor, noise: &Tensor, path: ConvPath) -> Tensor {
+        let mut out = self.conv.forward(x, style, STYLE_CONV_GAIN, path);
+        out += &self.noise_strength * noise;
+        out += &self.bias;
+        lrelu_(out)
     }
 }
 
@@ -110,13 +136,15 @@ impl ToRgb {
         Self { conv, bias: p.zeros_no_train("bias", &[1, 3, 1, 1]), upsample }
     }
 
-    pub fn forward(&self, x: &Tensor, style: &Tensor, skip: Option<&Tensor>) -> Tensor {
-        let out = self.conv.forward(x, style) + &self.bias;
+    pub fn forward(&self, x: &Tensor, style: &Tensor, skip: Option<&Tensor>, path: ConvPath) -> Tensor {
+        let mut out = self.conv.forward(x, style, 1.0, path);
+        out += &self.bias;
         match skip {
-            Some(s) if self.upsample => out + resize2(s, true),
-            Some(s) => out + s,
-            None => out,
+            Some(s) if self.upsample => out += resize2(s, true),
+            Some(s) => out += s,
+            None => {}
         }
+        out
     }
 }
 
@@ -189,7 +217,7 @@ impl StyleGanDecoder {
 
     /// `styles`: (b, num_latent, style) or (b, style); `conditions`: scale/shift pairs per level;
     /// `noise`: one map per style conv. Returns the image (b, 3, out, out) in about [-1, 1].
-    pub fn forward(&self, styles: &Tensor, conditions: &[Tensor], noise: &[Tensor]) -> Tensor {
+    pub fn forward(&self, styles: &Tensor, conditions: &[Tensor], noise: &[Tensor], path: ConvPath) -> Tensor {
         let latent = if styles.dim() == 2 {
             let w = if self.input_is_latent { styles.shallow_clone() } else { self.style_mlp(styles) };
             w.unsqueeze(1).repeat([1, self.num_latent, 1])
@@ -202,24 +230,25 @@ impl StyleGanDecoder {
         let b = latent.size()[0];
         let w = |i: i64| latent.select(1, i);
         let mut out = self.constant.expand([b, -1, -1, -1], false);
-        out = self.conv1.forward(&out, &w(0), &noise[0]);
-        let mut skip = self.to_rgb1.forward(&out, &w(1), None);
+        out = self.conv1.forward(&out, &w(0), &noise[0], path);
+        let mut skip = self.to_rgb1.forward(&out, &w(1), None, path);
         let mut i = 1i64;
         for (j, to_rgb) in self.to_rgbs.iter().enumerate() {
-            out = self.convs[2 * j].forward(&out, &w(i), &noise[2 * j + 1]);
+            out = self.convs[2 * j].forward(&out, &w(i), &noise[2 * j + 1], path);
             if (i as usize) < conditions.len() {
                 let (scale, shift) = (&conditions[i as usize - 1], &conditions[i as usize]);
-                out = if self.sft_half {
+                // `out` is this layer's own fresh output: the condition is applied in place.
+                let mut sft = if self.sft_half {
                     let half = out.size()[1] / 2;
-                    let same = out.narrow(1, 0, half);
-                    let sft = out.narrow(1, half, out.size()[1] - half) * scale + shift;
-                    Tensor::cat(&[same, sft], 1)
+                    out.narrow(1, half, out.size()[1] - half)
                 } else {
-                    out * scale + shift
+                    out.shallow_clone()
                 };
+                sft *= scale;
+                sft += shift;
             }
-            out = self.convs[2 * j + 1].forward(&out, &w(i + 1), &noise[2 * j + 2]);
-            skip = to_rgb.forward(&out, &w(i + 2), Some(&skip));
+            out = self.convs[2 * j + 1].forward(&out, &w(i + 1), &noise[2 * j + 2], path);
+            skip = to_rgb.forward(&out, &w(i + 2), Some(&skip), path);
             i += 2;
         }
         skip
