@@ -173,7 +173,7 @@ fn gfpgan_classic_engine_renders_through_the_enhancer() {
 /// The classic engine with a full-size stand-in `GFPGANv1.4.pth` (349 MB, official layout):
 /// `EnhancerSlot::official` finds it, loads it once and enhances 5 frames at 512 px faces.
 #[test]
-#[ignore = "writes 349 MB and restores 5 faces at 512 px (about 17 s each on 2 CPU cores)"]
+#[ignore = "writes 349 MB and restores 5 faces at 512 px (about 4 s each on 2 CPU cores)"]
 fn gfpgan_classic_engine_with_a_full_size_stand_in() {
     let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
     let dir = sup::scratch("gfpgan-classic-full");
