@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# The GPU check: the SadTalker parity tests and renderer timings, built here for a GPU host that
-# has only Python's torch (no Rust, no OpenCV, no registry; at most 64 MiB brought along).
+# The GPU check: the SadTalker and GFPGAN network parity tests and their timings, built here for
+# a GPU host that has only Python's torch (no Rust, no OpenCV, no registry; at most 64 MiB
+# brought along).
 #
 #   scripts/gpu-check.sh bundle [DIR]  build the bundle into DIR (default gpu-check/, git-ignored):
-#       `check`, the pipeline's test binary without the `opencv` feature (only the SadTalker
-#       network tests), linked against torch==$GPU_TORCH (the host's version; installed into a
+#       `check`, the pipeline's test binary without the `opencv` feature (only the SadTalker and
+#       GFPGAN network tests), linked against torch==$GPU_TORCH (the host's version; installed into a
 #       second venv, VIPAVATAR_GPU_VENV) through the tch release made for it ($GPU_TCH); the
 #       fixtures those tests read (without the 3DMM recon net's: 46 MB of weights, the tests that read
-#       them are skipped); `run.sh`, `report.py`. Fails when the bundle is 64 MiB or more.
+#       them are skipped; GFPGAN's network fixtures in fixtures-gfpgan/); `run.sh`, `report.py`. Fails when the bundle is 64 MiB or more.
 #   scripts/gpu-check.sh cpu [DIR]     run the bundle here on the CPU against torch $GPU_TORCH's
 #       libraries (the proof that it runs before any GPU time is spent).
 #   DIR/run.sh                         on the GPU host: writes $OUT/gpu-check.json (and the logs).
@@ -56,6 +57,9 @@ for line in open(sys.argv[1]):
   cp "$exe" "$dir/check" && strip "$dir/check"
   local fx=${VIPAVATAR_SADTALKER_FIXTURES:-../shared/fixtures/sadtalker}
   find "$fx" -maxdepth 1 -type f ! -name 'face3d_recon.*' ! -name 'align.*' -exec cp {} "$dir/fixtures/" \;
+  mkdir -p "$dir/fixtures-gfpgan"
+  cp pipeline/tests/fixtures/gfpgan/{config.json,official_layout.json,network.pth,network.io.safetensors} \
+    pipeline/tests/fixtures/gfpgan/{full_layer.pth,full_layer.io.safetensors} "$dir/fixtures-gfpgan/"
   cp scripts/gpu-check/run.sh scripts/gpu-check/report.py "$dir/"
   {
     echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes')"

@@ -2,8 +2,9 @@
 //! Knows nothing of HTTP or Redis; the service and the CLI drive it through [`engine::Engine`].
 
 //!
-//! Without the default `opencv` feature only the SadTalker networks and what they need build
-//! (audio decoding, weight and pickle loading, [`image::RgbImage`]): see `gpucheck/`.
+//! Without the default `opencv` feature only the SadTalker networks, the GFPGAN network and what
+//! they need build (audio decoding, weight and pickle loading, [`image::RgbImage`]): see
+//! `scripts/gpu-check.sh`.
 
 pub mod audio;
 pub mod checkpoints;
@@ -15,7 +16,6 @@ pub mod engine;
 pub mod error;
 #[cfg(feature = "opencv")]
 pub mod face;
-#[cfg(feature = "opencv")]
 pub mod gfpgan;
 pub mod image;
 #[cfg(feature = "opencv")]

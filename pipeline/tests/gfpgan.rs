@@ -163,3 +163,76 @@ fn gfpgan_seeded_noise_is_deterministic_per_seed() {
     let (max, _) = fx::errors(&single, &a.narrow(0, 1, 1));
     assert!(max < NET_MAX, "one face alone differs by {max:e}");
 }
+
+/// Wait for the device's queued work (CUDA runs asynchronously).
+fn sync(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn env_list(name: &str, default: &str) -> Vec<i64> {
+    let text = std::env::var(name).unwrap_or_else(|_| default.to_string());
+    text.split(',').map(|b| b.trim().parse().unwrap_or_else(|_| panic!("{name}: `{text}`"))).collect()
+}
+
+/// Speed of the full-size v1.4 network (seeded random weights) on `$VIPAVATAR_DEVICE`: faces/s
+/// per batch size (`GFPGAN_TIMING_BATCHES`, default 1,2,4,8; `GFPGAN_TIMING_REPEATS` calls each,
+/// default 3) on every convolution path the device offers; on CUDA also float16 against float32
+/// (error on the [-1, 1] output, and speed at the largest batch). The GPU check runs it.
+#[test]
+#[ignore = "full-size network: several seconds per face on a CPU"]
+fn gfpgan_network_timing() {
+    use std::time::Instant;
+    let device = fx::device();
+    let batches = env_list("GFPGAN_TIMING_BATCHES", "1,2,4,8");
+    let repeats = env_list("GFPGAN_TIMING_REPEATS", "3")[0].max(1);
+    let seed = 20261207;
+    let mut net = vipavatar_pipeline::gfpgan::GfpganNet::random(&GfpganConfig::v1_4(), device, seed).unwrap();
+    let noise = net.noise_maps(&Noise::Seeded(1));
+    let input = |b: i64, kind: Kind| {
+        tch::manual_seed(7);
+        (tch::Tensor::rand([b, 3, 512, 512], (Kind::Float, device)) * 2.0 - 1.0).to_kind(kind)
+    };
+    let time = |net: &vipavatar_pipeline::gfpgan::GfpganNet, x: &tch::Tensor, noise: &[tch::Tensor]| {
+        let _ = net.forward(x, noise).unwrap(); // warm-up (kernel choice, allocator)
+        sync(device);
+        let t = Instant::now();
+        for _ in 0..repeats {
+            let _ = net.forward(x, noise).unwrap();
+        }
+        sync(device);
+        t.elapsed().as_secs_f64() / repeats as f64
+    };
+    let mut fp32 = Vec::new();
+    for path in paths(device) {
+        net.set_conv_path(path);
+        for &b in &batches {
+            let s = time(&net, &input(b, Kind::Float), &noise);
+            eprintln!("gfpgan timing: {device:?} {path:?} batch {b}: {s:.4} s per call, {:.2} faces/s", b as f64 / s);
+            fp32.push((b, s));
+        }
+    }
+    if !device.is_cuda() {
+        return;
+    }
+    let b = *batches.iter().max().unwrap();
+    let x = input(b, Kind::Float);
+    net.set_conv_path(ConvPath::Default);
+    let full = net.forward(&x, &noise).unwrap();
+    let mut half = vipavatar_pipeline::gfpgan::GfpganNet::random(&GfpganConfig::v1_4(), device, seed).unwrap();
+    half.half();
+    let noise16: Vec<_> = noise.iter().map(|n| n.to_kind(Kind::Half)).collect();
+    let out16 = half.forward(&x.to_kind(Kind::Half), &noise16).unwrap().to_kind(Kind::Float);
+    let (max, mean) = fx::errors(&out16, &full);
+    assert!(out16.isfinite().all().int64_value(&[]) == 1, "float16 output is not finite");
+    let s16 = time(&half, &x.to_kind(Kind::Half), &noise16);
+    let s32 = fp32.iter().find(|(bb, _)| *bb == b).map(|(_, s)| *s).unwrap();
+    eprintln!(
+        "gfpgan fp16: batch {b}: max abs {max:.3e}, mean abs {mean:.3e} against float32 on [-1, 1]; \
+         {:.2} faces/s against {:.2} faces/s float32 ({:.2}x)",
+        b as f64 / s16,
+        b as f64 / s32,
+        s32 / s16
+    );
+}

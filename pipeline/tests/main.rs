@@ -1,14 +1,13 @@
 //! The pipeline's one integration-test binary: every test file is a module here (as `tests/api`
 //! is for the service), so libtorch and OpenCV are linked once instead of once per file.
 //! Run one group with a filter: `cargo test -p vipavatar-pipeline --test main sadtalker_mel`.
-//! Without the `opencv` feature only the SadTalker network tests build (the GPU check's set:
-//! `scripts/gpu-check.sh`).
+//! Without the `opencv` feature only the SadTalker and GFPGAN network tests build (the GPU
+//! check's set: `scripts/gpu-check.sh`).
 
 // Shared helpers (fixture locations, the skip / fail-under-CI rule, per-engine support).
 #[cfg(feature = "opencv")]
 mod classic_support;
 mod common;
-#[cfg(feature = "opencv")]
 mod gfpgan_support;
 mod sadtalker_common;
 
@@ -24,7 +23,6 @@ mod classic_render;
 mod classic_visemes;
 #[cfg(feature = "opencv")]
 mod facemesh;
-#[cfg(feature = "opencv")]
 mod gfpgan;
 #[cfg(feature = "opencv")]
 mod gfpgan_bench;
@@ -32,7 +30,6 @@ mod gfpgan_bench;
 mod gfpgan_engines;
 #[cfg(feature = "opencv")]
 mod gfpgan_helper;
-#[cfg(feature = "opencv")]
 mod gfpgan_layout;
 #[cfg(feature = "opencv")]
 mod gfpgan_warp;

@@ -31,7 +31,7 @@ def tests(lines):
 
 
 # Report lines the tests print: parity errors, frames/s, fp16 error, shared sessions.
-KEEP = re.compile(r"max abs|frames/s|s per frame|fp16|shared sessions|stand-in timing|skipped|exit ")
+KEEP = re.compile(r"max abs|frames/s|faces/s|s per frame|fp16|shared sessions|stand-in timing|skipped|exit ")
 memory = []
 name = None
 for row in read("memory.csv"):

@@ -18,25 +18,35 @@
 //! The engines hold an [`EnhancerSlot`] ([`slot`]): the file is looked for when a request asks for
 //! `enhancer=gfpgan` (absent: a 422 naming it) and loaded on first use. [`standin`] writes a
 //! stand-in file with the same layout and random weights for tests and timing.
+//!
+//! Without the `opencv` feature the network, its loader and the tensor-side warps still build
+//! (the GPU check times the network on hosts without OpenCV); the face helper (`align`,
+//! `enhancer`, `slot`) needs OpenCV's affine fit.
 
+#[cfg(feature = "opencv")]
 pub mod align;
 pub mod config;
 pub mod conv;
+#[cfg(feature = "opencv")]
 pub mod enhancer;
 pub mod network;
 pub mod noise;
+#[cfg(feature = "opencv")]
 pub mod slot;
 pub mod standin;
 pub mod stylegan;
 pub mod warp;
 pub mod weights;
 
+#[cfg(feature = "opencv")]
 pub use align::{fit_affine, points_from_68, FacePoints};
 pub use config::GfpganConfig;
 pub use conv::ConvPath;
+#[cfg(feature = "opencv")]
 pub use enhancer::{AlignedFaces, FaceEnhancer, PasteMasks};
 pub use network::{GfpganNet, Intermediates};
 pub use noise::Noise;
+#[cfg(feature = "opencv")]
 pub use slot::{check_weights_file, EnhancerSlot};
 pub use standin::write_stand_in;
 pub use warp::Affine;

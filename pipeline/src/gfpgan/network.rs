@@ -183,6 +183,12 @@ impl GfpganNet {
         self.conv_path = path.usable_on(self.device());
     }
 
+    /// Float16 weights (for measuring float16's error on CUDA; the service runs float32). Inputs
+    /// and noise maps must then be float16 too.
+    pub fn half(&mut self) {
+        self.vs.half();
+    }
+
     pub fn var_store(&self) -> &VarStore {
         &self.vs
     }

@@ -8,8 +8,13 @@ use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
 use vipavatar_pipeline::gfpgan::GfpganConfig;
 
+/// The fixture folder: `$VIPAVATAR_GFPGAN_FIXTURES` (the GPU check's bundle), else the
+/// committed one.
 pub fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gfpgan")
+    match std::env::var_os("VIPAVATAR_GFPGAN_FIXTURES") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gfpgan"),
+    }
 }
 
 pub fn config() -> serde_json::Value {
