@@ -5,6 +5,7 @@
 //! and, on the CPU, NNPACK's `ConvPath::Winograd`) are checked. Sizes, widths and seeds come
 //! from `fixtures/gfpgan/config.json`; tolerances are those of `fixtures/gfpgan/README.md`.
 
+use crate::common::{env_list, env_usize, sync};
 use crate::gfpgan_support as fx;
 use tch::nn::VarStore;
 use tch::Kind;
@@ -164,18 +165,6 @@ fn gfpgan_seeded_noise_is_deterministic_per_seed() {
     assert!(max < NET_MAX, "one face alone differs by {max:e}");
 }
 
-/// Wait for the device's queued work (CUDA runs asynchronously).
-fn sync(device: tch::Device) {
-    if let tch::Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
-}
-
-fn env_list(name: &str, default: &str) -> Vec<i64> {
-    let text = std::env::var(name).unwrap_or_else(|_| default.to_string());
-    text.split(',').map(|b| b.trim().parse().unwrap_or_else(|_| panic!("{name}: `{text}`"))).collect()
-}
-
 /// Speed of the full-size v1.4 network (seeded random weights) on `$VIPAVATAR_DEVICE`: faces/s
 /// per batch size (`GFPGAN_TIMING_BATCHES`, default 1,2,4,8; `GFPGAN_TIMING_REPEATS` calls each,
 /// default 3) on every convolution path the device offers; on CUDA also float16 against float32
@@ -186,13 +175,13 @@ fn gfpgan_network_timing() {
     use std::time::Instant;
     let device = fx::device();
     let batches = env_list("GFPGAN_TIMING_BATCHES", "1,2,4,8");
-    let repeats = env_list("GFPGAN_TIMING_REPEATS", "3")[0].max(1);
+    let repeats = env_usize("GFPGAN_TIMING_REPEATS", 3).max(1);
     let seed = 20261207;
     let mut net = vipavatar_pipeline::gfpgan::GfpganNet::random(&GfpganConfig::v1_4(), device, seed).unwrap();
     let noise = net.noise_maps(&Noise::Seeded(1));
-    let input = |b: i64, kind: Kind| {
+    let input = |b: usize, kind: Kind| {
         tch::manual_seed(7);
-        (tch::Tensor::rand([b, 3, 512, 512], (Kind::Float, device)) * 2.0 - 1.0).to_kind(kind)
+        (tch::Tensor::rand([b as i64, 3, 512, 512], (Kind::Float, device)) * 2.0 - 1.0).to_kind(kind)
     };
     let time = |net: &vipavatar_pipeline::gfpgan::GfpganNet, x: &tch::Tensor, noise: &[tch::Tensor]| {
         let _ = net.forward(x, noise).unwrap(); // warm-up (kernel choice, allocator)

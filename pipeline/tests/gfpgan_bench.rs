@@ -11,6 +11,7 @@
 //! detection uses MTCNN from `$VIPAVATAR_CHECKPOINTS/mtcnn` when present (its cost is counted
 //! even when it finds no face in the synthetic frames; the given points are used then).
 
+use crate::common::env_usize;
 use crate::gfpgan_support;
 
 use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT, CV_32F, CV_8UC3};
@@ -21,10 +22,6 @@ use vipavatar_pipeline::face::mtcnn::{Mtcnn, MtcnnConfig};
 use vipavatar_pipeline::gfpgan::align::{fit_affine, template, FacePoints};
 use vipavatar_pipeline::gfpgan::{Affine, ConvPath, FaceEnhancer, GfpganConfig, GfpganNet, Noise};
 use vipavatar_pipeline::image::RgbImage;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// Synthetic 256 x 256 frames with a face-sized blob and its five points (moving slightly).
 fn scene(n: usize) -> (Tensor, Vec<FacePoints>) {

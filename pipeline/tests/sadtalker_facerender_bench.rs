@@ -12,6 +12,7 @@
 //! (`VIPAVATAR_BENCH_FRAMES`, default 4; `VIPAVATAR_BENCH_THREADS`, default 2;
 //! `VIPAVATAR_BENCH_ROUNDS`, default 2; `VIPAVATAR_DEVICE`).
 
+use crate::common::{env_list, env_usize};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 use vipavatar_pipeline::sadtalker::facerender::blocks::AntiAlias;
@@ -28,10 +29,6 @@ fn cpu_seconds() -> f64 {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / 100.0
-}
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// PyTorch-default-like initialisation: U(+-1/sqrt(fan_in)) weights and biases, BatchNorm
@@ -104,11 +101,7 @@ fn sadtalker_facerender_speed_vs_reference_loop() {
     let source_coeff: Vec<f32> = Vec::try_from(Tensor::randn([73], (Kind::Float, Device::Cpu)) * 0.3).unwrap();
     let coeffs = Tensor::randn([frames, 70], (Kind::Float, Device::Cpu)) * 0.3;
     let windows = DrivingWindows::build(&coeffs, &source_coeff, &WindowOptions::new(1.0)).unwrap();
-    let sync = || {
-        if let Device::Cuda(i) = device {
-            tch::Cuda::synchronize(i as i64);
-        }
-    };
+    let sync = || crate::common::sync(device);
     eprintln!("sadtalker facerender bench: {frames} frames at 256 px, {threads} threads, device {device:?}");
 
     // Warm-up (allocator, oneDNN primitive caches) on one frame through both paths.
@@ -250,11 +243,7 @@ fn sadtalker_facerender_batch_sizes() {
     let frames = env_usize("VIPAVATAR_BENCH_FRAMES", 8) as i64;
     let size = env_usize("VIPAVATAR_BENCH_SIZE", 256) as i64;
     let threads = env_usize("VIPAVATAR_BENCH_THREADS", 2);
-    let batches: Vec<usize> = std::env::var("VIPAVATAR_BENCH_BATCHES")
-        .unwrap_or_else(|_| "1,2,4,8".into())
-        .split(',')
-        .filter_map(|b| b.trim().parse().ok())
-        .collect();
+    let batches = env_list("VIPAVATAR_BENCH_BATCHES", "1,2,4,8");
     tch::set_num_threads(threads as i32);
     let device = vipavatar_pipeline::device::device_from_env().expect("device");
     let settings = RenderSettings { device, ..RenderSettings::default() };

@@ -9,6 +9,7 @@
 //! fixtures. NNPACK's batched entry point uses a slower algorithm (4 images at 64 x 64 took 2.7x
 //! as long as 4 single calls), hence one image per call.
 
+use crate::sadtalker::layers::convolution;
 use std::sync::OnceLock;
 use tch::{Device, Kind, Tensor};
 
@@ -91,10 +92,9 @@ impl ConvPath {
     }
 }
 
-/// `aten::_convolution`, stride 1, no dilation or groups, TF32 disabled so CUDA keeps float32
-/// precision.
-pub(crate) fn default_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: i64) -> Tensor {
-    x.internal_convolution(w, b, [1, 1], [padding, padding], [1, 1], false, [0, 0], 1, false, false, true, false)
+/// The shared layers' `aten::_convolution` (TF32 off), stride 1.
+fn default_conv(x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: i64) -> Tensor {
+    convolution(x, w, b, [1, 1], [padding, padding], false)
 }
 
 /// A convolution layer of the encoder: `weight` (out, in, k, k), `bias` (out), stride 1,

@@ -12,7 +12,7 @@ const BN_EPS: f64 = 1e-5;
 /// `aten::_convolution` (what `conv2d` / `conv_transpose2d` dispatch to) with TF32 disabled, so
 /// CUDA runs keep float32 precision (cuDNN would otherwise use TF32 by default) and stay within
 /// the parity tolerances; on the CPU this is the same computation as `conv2d`.
-fn convolution(
+pub(crate) fn convolution(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,

@@ -1,5 +1,6 @@
-//! Shared test helpers: where the shared test data, fixtures and registry checkpoints live, and
-//! the skip rule (skip with one printed line in a plain clone; fail loudly when CI=true).
+//! Shared test helpers: where the shared test data, fixtures and registry checkpoints live, the
+//! skip rule (skip with one printed line in a plain clone; fail loudly when CI=true), and the
+//! benchmarks' environment knobs and device sync.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
@@ -76,5 +77,23 @@ impl vipavatar_pipeline::engine::FrameSink for Frames {
     fn push(&mut self, frame: &vipavatar_pipeline::image::RgbImage) -> vipavatar_pipeline::Result<()> {
         self.0.push(frame.clone());
         Ok(())
+    }
+}
+
+/// `$key` as a number, else `default` (the benchmarks' sizes).
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// `$key` as a comma-separated list of numbers, else `default`; a malformed entry panics.
+pub fn env_list(key: &str, default: &str) -> Vec<usize> {
+    let text = std::env::var(key).unwrap_or_else(|_| default.to_string());
+    text.split(',').map(|b| b.trim().parse().unwrap_or_else(|_| panic!("{key}: `{text}`"))).collect()
+}
+
+/// Wait for `device`'s queued work (CUDA runs asynchronously; timings need this).
+pub fn sync(device: tch::Device) {
+    if let tch::Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
     }
 }
