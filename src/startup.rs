@@ -24,7 +24,8 @@ use vipavatar_cache::{Cache, CacheConfig, FragmentStreams};
 /// Layout version of everything the service stores through the cache; bump it when a stored
 /// struct changes so old values read as misses.
 /// 4: the avatar analysis records its landmark model (the face mesh became the default).
-pub const CACHE_SCHEMA_VERSION: u16 = 4;
+/// 5: the avatar analysis keeps the whole face mesh (the classic engine warps with it).
+pub const CACHE_SCHEMA_VERSION: u16 = 5;
 
 /// Redis, cache, queue and files: what both the API and the workers use.
 pub struct Services {

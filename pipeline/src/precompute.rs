@@ -28,6 +28,10 @@ pub struct AvatarAnalysis {
     pub landmarks: Landmarks68,
     /// The model that placed them.
     pub landmark_model: LandmarkModel,
+    /// MediaPipe's whole face mesh (468 points, image pixels; z: depth in the same scale, smaller
+    /// is nearer the camera) when that model placed the landmarks; the classic engine warps with
+    /// it. `None` with dlib.
+    pub mesh: Option<Vec<[f32; 3]>>,
     pub crop: CropInfo,
     pub pose: HeadPose,
     /// Set when the image was below the minimum size and was upscaled by this factor.
@@ -147,16 +151,17 @@ impl Precomputer {
         }
     }
 
-    /// The 68 landmarks of a detected face.
-    pub fn landmarks(&self, image: &RgbImage, face: &FaceDetection) -> Result<Landmarks68> {
+    /// The 68 landmarks of a detected face, and the whole face mesh when the model gives one.
+    pub fn landmarks(&self, image: &RgbImage, face: &FaceDetection) -> Result<(Landmarks68, Option<Vec<[f32; 3]>>)> {
         match &self.landmarker {
             // As with the detector, a panic leaves the network's weights as they were.
             Landmarker::Mesh(mesh) => {
-                Ok(mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(image, face)?.to_68())
+                let mesh = mesh.lock().unwrap_or_else(std::sync::PoisonError::into_inner).detect(image, face)?;
+                Ok((mesh.to_68(), Some(mesh.points)))
             }
             Landmarker::Dlib(predictor) => {
                 let rect = predictor.rect_from_points5(&face.points)?;
-                Ok(predictor.predict(&GrayImage::from_rgb(image), rect))
+                Ok((predictor.predict(&GrayImage::from_rgb(image), rect), None))
             }
         }
     }
@@ -194,7 +199,7 @@ impl Precomputer {
             upscaled = Some(f);
             timer.lap("upscale");
         }
-        let landmarks = self.landmarks(&image, &face)?;
+        let (landmarks, mesh) = self.landmarks(&image, &face)?;
         timer.lap("landmarks");
         let lm64: Vec<[f64; 2]> = landmarks.0.iter().map(|p| [p[0] as f64, p[1] as f64]).collect();
         let crop = crop_info(&lm64, image.width, image.height, mode);
@@ -209,6 +214,7 @@ impl Precomputer {
             faces_found: faces.len(),
             landmarks,
             landmark_model: self.landmark_model(),
+            mesh,
             crop,
             pose,
             upscaled,

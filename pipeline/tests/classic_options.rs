@@ -120,7 +120,8 @@ fn expression_scale_scales_the_mouth() {
     let (zero, one, two) = (opening(0.0), opening(1.0), opening(2.0));
     eprintln!("mouth opening: closed {closed}, x0 {zero:.1}, x1 {one:.1}, x2 {two:.1}");
     assert!(zero <= closed + 3.0, "expression_scale 0 keeps the mouth closed: {zero} vs {closed}");
-    assert!(one > zero + 10.0 && two > one * 1.3, "{zero} < {one} < {two}");
+    // Dark pixels beyond the closed mouth's own (lip line, nostril shadows) grow with the scale.
+    assert!(one > zero + 10.0 && two - closed > 1.3 * (one - closed), "{zero} < {one} < {two}, closed {closed}");
 }
 
 #[test]

@@ -207,6 +207,7 @@ fn resize_and_512_sizes() {
 #[test]
 fn every_shared_image_lip_syncs_english_and_mandarin() {
     let images = ["art_0.png", "full4.jpeg", "happy.png", "sad.png", "full_body_1.jpg"];
+    let mut low = Vec::new();
     for image in images {
         let Some(av) = sup::avatar(image, PreprocessMode::Crop, 256) else {
             return;
@@ -227,9 +228,12 @@ fn every_shared_image_lip_syncs_english_and_mandarin() {
             let mouth: Vec<f64> = frames.iter().map(|f| sup::mouth_dark_pixels(f, &canvas, &lm)).collect();
             let r = sup::pearson(&mouth, &sup::frame_envelope(&clip, frames.len()));
             eprintln!("{image} + {audio}: r = {r:.3}");
-            assert!(r >= 0.6, "{image} + {audio}: mouth opening vs envelope r = {r:.3}");
+            if r < 0.6 {
+                low.push(format!("{image} + {audio}: r = {r:.3}"));
+            }
         }
     }
+    assert!(low.is_empty(), "mouth opening vs envelope below 0.6: {low:?}");
 }
 
 /// The decoded pictures of a video's coded frames, as they are (no frame-rate conversion), as

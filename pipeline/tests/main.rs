@@ -16,6 +16,8 @@ mod audio_decode;
 #[cfg(feature = "opencv")]
 mod classic_bench;
 #[cfg(feature = "opencv")]
+mod classic_mesh;
+#[cfg(feature = "opencv")]
 mod classic_options;
 #[cfg(feature = "opencv")]
 mod classic_render;

@@ -1,6 +1,8 @@
-//! The per-avatar face mesh: 68 landmarks + forehead + a head ring + fixed boundary points,
-//! Delaunay-triangulated once, with each vertex's depth and how strongly it follows the head.
+//! The per-avatar face mesh: 68 landmarks + the face mesh's other points where MediaPipe placed
+//! them (else a forehead row) + a head ring + fixed boundary points, Delaunay-triangulated once,
+//! with each vertex's depth, how it follows the landmarks' motion and how strongly the head's.
 
+use super::dense::{self, Follow};
 use super::shape::{self, FaceFrame, MEAN_FACE_3D, MEAN_FACE_WIDTH};
 use crate::error::{PipelineError, Result, ResultExt};
 use crate::face::Point;
@@ -17,12 +19,17 @@ const RING_SCALE: f32 = 1.18;
 pub const RING_FOLLOW: f32 = 0.6;
 /// Margin between the ring and the fixed boundary, in face widths.
 const BOUNDARY_MARGIN: f32 = 0.18;
+/// Face-mesh points closer than this (in face widths) to a vertex already taken are left out.
+const DENSE_MIN_GAP: f32 = 0.008;
 
 /// What a mesh vertex is, which decides how it moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VertexKind {
     /// iBUG landmark `i` (0..68): moves rigidly with the head and with mouth/eye shapes.
     Landmark(u8),
+    /// Face-mesh point `i` (0..468): moves rigidly with the head and follows the landmarks'
+    /// shapes by its [`FaceMesh::follow`] weights.
+    Dense(u16),
     /// Above the brows: moves rigidly with the head.
     Forehead,
     /// Around the head: follows the head by [`RING_FOLLOW`].
@@ -41,6 +48,11 @@ pub struct FaceMesh {
     /// Depth towards the camera, region pixels (from the generic 3-D face).
     pub depth: Vec<f32>,
     pub kind: Vec<VertexKind>,
+    /// Per vertex, its share of each landmark's own displacement (mouth, eyes, brows): a landmark
+    /// all of its own, a face-mesh point a blend ([`dense`]), every other vertex none.
+    pub follow: Vec<Follow>,
+    /// The inner lips as vertex lists from corner to corner (upper, lower): the mouth opening.
+    pub inner_lips: [Vec<u32>; 2],
     pub triangles: Vec<[u32; 3]>,
     /// Rotation centre for head motion (region pixels + depth): behind the face, between ears.
     pub pivot: [f32; 3],
@@ -49,24 +61,37 @@ pub struct FaceMesh {
 }
 
 impl FaceMesh {
-    /// Build the mesh for 68 landmarks given in canvas pixels on a `canvas_w x canvas_h` canvas.
-    pub fn build(landmarks: &[Point], canvas_w: i32, canvas_h: i32) -> Result<Self> {
+    /// Build the mesh for 68 landmarks given in canvas pixels on a `canvas_w x canvas_h` canvas,
+    /// with MediaPipe's 468 points in the same pixels when the landmarks came from it.
+    pub fn build(landmarks: &[Point], face_mesh: Option<&[[f32; 3]]>, canvas_w: i32, canvas_h: i32) -> Result<Self> {
         let frame = FaceFrame::measure(landmarks)
             .ok_or_else(|| PipelineError::Internal("landmarks are degenerate; cannot build a face mesh".into()))?;
         let fw = frame.face_width;
         let up = frame.up;
-        // Forehead: half the brow-to-chin height above the brows (nose bridge for the middle one).
-        let forehead: Vec<Point> = FOREHEAD_FROM
-            .iter()
-            .map(|&i| {
-                let base = if i == 27 { shape::mean(&[landmarks[21], landmarks[22]]) } else { landmarks[i] };
-                let lift = if i == 17 || i == 26 { 0.38 } else { 0.5 };
-                shape::add(base, shape::scale(up, lift * frame.face_height))
-            })
-            .collect();
-        // Face outline: jaw 0..16, then the forehead from right to left.
-        let mut outline: Vec<Point> = landmarks[0..17].to_vec();
-        outline.extend(forehead.iter().rev());
+        let s3d = fw / MEAN_FACE_WIDTH;
+        let depth68: Vec<f32> = (0..68).map(|i| MEAN_FACE_3D[i][2] * s3d).collect();
+        let dense =
+            face_mesh.map(|m| dense::dense_points(landmarks, &depth68, m, DENSE_MIN_GAP * fw)).unwrap_or_default();
+        // With the face mesh, its oval is the face outline; else the jaw and a forehead row half
+        // the brow-to-chin height above the brows (the nose bridge for the middle one).
+        let forehead: Vec<Point> = if dense.is_empty() {
+            FOREHEAD_FROM
+                .iter()
+                .map(|&i| {
+                    let base = if i == 27 { shape::mean(&[landmarks[21], landmarks[22]]) } else { landmarks[i] };
+                    let lift = if i == 17 || i == 26 { 0.38 } else { 0.5 };
+                    shape::add(base, shape::scale(up, lift * frame.face_height))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let outline: Vec<Point> = match face_mesh {
+            Some(m) if !dense.is_empty() => {
+                dense::FACE_OVAL.iter().map(|&i| [m[i as usize][0], m[i as usize][1]]).collect()
+            }
+            _ => landmarks[0..17].iter().chain(forehead.iter().rev()).copied().collect(),
+        };
         let centre = shape::mean(&outline);
         let ring: Vec<Point> = outline.iter().map(|&p| shape::lerp(centre, p, RING_SCALE)).collect();
 
@@ -93,52 +118,80 @@ impl FaceMesh {
         let clamp_in =
             |p: Point| [p[0].clamp(inset, rw as f32 - 1.0 - inset), p[1].clamp(inset, rh as f32 - 1.0 - inset)];
 
-        let s3d = fw / MEAN_FACE_WIDTH;
         let mut points = Vec::new();
         let mut depth = Vec::new();
         let mut kind = Vec::new();
+        // How each vertex follows the landmarks: given, or `None` for the harmonic blend.
+        let mut fixed: Vec<Option<Follow>> = Vec::new();
         for (i, p) in landmarks.iter().enumerate() {
             points.push(to_region(*p));
-            depth.push(MEAN_FACE_3D[i][2] * s3d);
+            depth.push(depth68[i]);
             kind.push(VertexKind::Landmark(i as u8));
+            fixed.push(Some(vec![(i as u8, 1.0)]));
+        }
+        let mut vertex_of = std::collections::HashMap::new();
+        for d in &dense {
+            vertex_of.insert(d.index, points.len() as u32);
+            points.push(to_region(d.point));
+            depth.push(d.depth);
+            kind.push(VertexKind::Dense(d.index));
+            fixed.push(d.along.clone());
         }
         let brow_z = MEAN_FACE_3D[19][2] * s3d;
         for p in &forehead {
             points.push(clamp_in(to_region(*p)));
             depth.push(0.8 * brow_z);
             kind.push(VertexKind::Forehead);
+            fixed.push(Some(Vec::new()));
         }
         let pivot_z = -0.55 * s3d;
         for p in &ring {
             points.push(clamp_in(to_region(*p)));
             depth.push(pivot_z);
             kind.push(VertexKind::Ring);
+            fixed.push(Some(Vec::new()));
         }
         for p in boundary_points(rw, rh) {
             points.push(p);
             depth.push(0.0);
             kind.push(VertexKind::Boundary);
+            fixed.push(Some(Vec::new()));
         }
         // Pivot: below the nose, between the ears, behind the face.
         let pivot2 = to_region(shape::lerp(landmarks[30], landmarks[8], 0.35));
         let pivot = [pivot2[0], pivot2[1], pivot_z];
+        let inner_lips = if dense.is_empty() {
+            [vec![60, 61, 62, 63, 64], vec![60, 67, 66, 65, 64]]
+        } else {
+            dense::inner_lips(|i| vertex_of.get(&i).copied())
+        };
 
         // Triangulate a copy whose inner lips are pulled apart a little, so the mouth opening
         // gets its own triangles (between the lips) even when the lips touch in the photo.
         let mut topo = points.clone();
         let gap = 0.03 * frame.mouth_width;
-        for i in [61usize, 62, 63] {
-            topo[i] = shape::add(topo[i], shape::scale(up, gap));
-        }
-        for i in [65usize, 66, 67] {
-            topo[i] = shape::sub(topo[i], shape::scale(up, gap));
+        for (lip, dir) in inner_lips.iter().zip([1.0f32, -1.0]) {
+            for &v in &lip[1..lip.len() - 1] {
+                topo[v as usize] = shape::add(topo[v as usize], shape::scale(up, dir * gap));
+            }
         }
         for p in topo.iter_mut() {
             // A face cut by the canvas edge: triangulate its clamped shadow.
             *p = [p[0].clamp(0.0, (rw - 1) as f32), p[1].clamp(0.0, (rh - 1) as f32)];
         }
         let triangles = delaunay(&topo, rw, rh)?;
-        Ok(Self { region: [rx0, ry0, rw, rh], points, depth, kind, triangles, pivot, face_width: fw })
+        let follow = dense::harmonic(&fixed, &triangles);
+        Ok(Self {
+            region: [rx0, ry0, rw, rh],
+            points,
+            depth,
+            kind,
+            follow,
+            inner_lips,
+            triangles,
+            pivot,
+            face_width: fw,
+        })
     }
 }
 
@@ -216,7 +269,7 @@ mod tests {
     #[test]
     fn mesh_covers_region() {
         let lm = shape::mean_shape_in_box([80.0, 70.0, 176.0, 176.0]);
-        let mesh = FaceMesh::build(&lm, 256, 256).expect("mesh");
+        let mesh = FaceMesh::build(&lm, None, 256, 256).expect("mesh");
         let [_, _, w, h] = mesh.region;
         let area: f32 = mesh
             .triangles

@@ -7,6 +7,7 @@
 //! piecewise-affine mesh warp of the source region per frame ([`render`]) -> with
 //! `enhancer=gfpgan`, GFPGAN face restoration in batches at the warped landmarks (`enhance`).
 
+mod dense;
 pub mod dsp;
 mod enhance;
 pub mod gestures;
@@ -45,7 +46,8 @@ use stream::{ClassicMotion, ClassicRenderer};
 use visemes::VisemeSet;
 
 /// Bumped whenever a cached blob layout or its meaning changes; stale blobs are rejected.
-const STATE_VERSION: u32 = 1;
+/// 2: the warp mesh takes the face mesh's points (`follow`, `inner_lips`).
+const STATE_VERSION: u32 = 2;
 
 /// The `face_crop` part: the aligned face crop at the requested size (PNG) + where it came from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -116,6 +118,11 @@ impl ClassicEngine {
         Ok((s.canvas[0], s.canvas[1]))
     }
 
+    /// The prepared warp mesh (for measurements in tests and tools).
+    pub fn warp_mesh(prepared: &PreparedAvatar) -> Result<FaceMesh> {
+        Ok(source_state(prepared)?.mesh)
+    }
+
     /// The 68 landmarks in output-frame pixels (for measurements in tests and tools).
     pub fn frame_landmarks(prepared: &PreparedAvatar) -> Result<Vec<crate::face::Point>> {
         let s = source_state(prepared)?;
@@ -150,7 +157,16 @@ impl Engine for ClassicEngine {
         let (canvas, scale, offset) = build_canvas(avatar.image, &a.crop, a.preprocess, size)?;
         let map = CanvasMap { scale, offset };
         let lm_canvas: Vec<_> = lm.iter().map(|p| map.to_canvas(*p)).collect();
-        let mesh = FaceMesh::build(&lm_canvas, canvas.width as i32, canvas.height as i32)?;
+        let zscale = 0.5 * (scale[0] + scale[1]);
+        let face_mesh: Option<Vec<[f32; 3]>> = a.mesh.as_ref().map(|m| {
+            m.iter()
+                .map(|p| {
+                    let [x, y] = map.to_canvas([p[0], p[1]]);
+                    [x, y, p[2] * zscale]
+                })
+                .collect()
+        });
+        let mesh = FaceMesh::build(&lm_canvas, face_mesh.as_deref(), canvas.width as i32, canvas.height as i32)?;
         let palette = MouthPalette::measure(
             &canvas.data,
             canvas.width as usize,
@@ -254,7 +270,11 @@ fn source_state(prepared: &PreparedAvatar) -> Result<SourceState> {
     let consistent = n >= 68
         && m.depth.len() == n
         && m.kind.len() == n
+        && m.follow.len() == n
         && m.kind.iter().all(|k| !matches!(k, mesh::VertexKind::Landmark(i) if *i >= 68))
+        && m.follow.iter().flatten().all(|(k, w)| *k < 68 && w.is_finite())
+        && m.inner_lips.iter().all(|l| l.len() >= 2 && l.iter().all(|&v| (v as usize) < n))
+        && (0..68).all(|i| m.kind[i] == mesh::VertexKind::Landmark(i as u8))
         && m.triangles.iter().all(|t| t.iter().all(|&v| (v as usize) < n))
         && m.region[0] >= 0
         && m.region[1] >= 0

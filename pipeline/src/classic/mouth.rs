@@ -2,6 +2,7 @@
 //! the photo once, and the per-pixel shading of the opening between the inner lips.
 
 use super::mesh::point_in_polygon;
+use super::shape;
 use crate::face::Point;
 use serde::{Deserialize, Serialize};
 
@@ -41,11 +42,53 @@ impl MouthPalette {
         let skin = skin.get().unwrap_or([200.0, 160.0, 140.0]);
         let luma = 0.299 * skin[0] + 0.587 * skin[1] + 0.114 * skin[2];
         let bright = (luma / 165.0).clamp(0.55, 1.05);
-        Self {
+        let mut palette = Self {
             cavity: [lip[0] * 0.22 + 8.0, lip[1] * 0.14 + 3.0, lip[2] * 0.14 + 3.0],
             tongue: [lip[0] * 0.78, lip[1] * 0.45, lip[2] * 0.45],
             teeth: [222.0 * bright, 212.0 * bright, 196.0 * bright],
+        };
+        // Where the photo shows the mouth open (inner lips apart by 6% of the mouth's width), its
+        // own teeth and cavity colours replace the synthesized ones: the brightest quarter of the
+        // opening if it is pale and lighter than the lips, the darkest quarter if it is much
+        // darker than them (a closed mouth's lip line is only a little darker).
+        let mouth_width = shape::dist(lm[48], lm[54]);
+        let gap = [(61, 67), (62, 66), (63, 65)].iter().map(|&(u, l)| shape::dist(lm[u], lm[l])).sum::<f32>() / 3.0;
+        if gap < 0.06 * mouth_width {
+            return palette;
         }
+        let (ix0, iy0, ix1, iy1) = bbox(&inner, w, h);
+        let mut opening: Vec<[f32; 3]> = Vec::new();
+        for y in iy0..iy1 {
+            for x in ix0..ix1 {
+                if point_in_polygon([x as f32, y as f32], &inner) {
+                    opening.push(px(rgb, w, x, y));
+                }
+            }
+        }
+        let min_pixels = ((0.02 * face_width) * (0.02 * face_width)).max(6.0) as usize;
+        if opening.len() >= min_pixels {
+            let l = |c: &[f32; 3]| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
+            opening.sort_by(|a, b| l(a).total_cmp(&l(b)));
+            let q = opening.len() / 4;
+            let mean = |s: &[[f32; 3]]| {
+                let mut m = Mean::default();
+                s.iter().for_each(|c| m.add(*c));
+                m.get()
+            };
+            let lip_l = l(&lip);
+            if let Some(t) = mean(&opening[opening.len() - q.max(1)..]) {
+                let pale = t.iter().fold(0.0f32, |a, v| a.max(*v)) - t.iter().fold(255.0f32, |a, v| a.min(*v));
+                if l(&t) > 1.15 * lip_l && pale < 0.35 * l(&t) {
+                    palette.teeth = t;
+                }
+            }
+            if let Some(c) = mean(&opening[..q.max(1)]) {
+                if l(&c) < 0.4 * lip_l {
+                    palette.cavity = c;
+                }
+            }
+        }
+        palette
     }
 
     /// Colour of one opening pixel. `d`: distance below the upper inner lip, `e`: above the lower
@@ -150,5 +193,37 @@ mod tests {
         // Edges blend into the lip.
         let (_, edge) = pal.shade(0.0, 10.0, 1.0, mw);
         assert!(edge < 0.5);
+    }
+
+    #[test]
+    fn an_open_mouth_in_the_photo_gives_its_own_teeth_colour() {
+        let mut lm = crate::classic::shape::mean_shape_in_box([40.0, 30.0, 176.0, 176.0]);
+        // Open the photo's mouth: inner lips 61-63 up, 65-67 down by a few pixels.
+        lm[61..=63].iter_mut().for_each(|p| p[1] -= 4.0);
+        lm[65..=67].iter_mut().for_each(|p| p[1] += 4.0);
+        let (w, h) = (256usize, 256usize);
+        let paint = |teeth: [u8; 3]| {
+            let mut rgb = vec![0u8; w * h * 3];
+            for y in 0..h {
+                for x in 0..w {
+                    let p = [x as f32, y as f32];
+                    let c = if point_in_polygon(p, &lm[60..68]) {
+                        teeth
+                    } else if point_in_polygon(p, &lm[48..60]) {
+                        [170, 80, 80]
+                    } else {
+                        [205, 165, 140]
+                    };
+                    rgb[(y * w + x) * 3..(y * w + x) * 3 + 3].copy_from_slice(&c);
+                }
+            }
+            rgb
+        };
+        let own = MouthPalette::measure(&paint([236, 232, 226]), w, h, &lm, 140.0);
+        assert!((own.teeth[0] - 236.0).abs() < 1.0 && (own.teeth[2] - 226.0).abs() < 1.0, "{own:?}");
+        // A red opening (lips pressed together at the rest shape) shows no teeth to take.
+        let red = MouthPalette::measure(&paint([170, 80, 80]), w, h, &lm, 140.0);
+        let synth = 222.0 * (0.299 * 205.0 + 0.587 * 165.0 + 0.114 * 140.0f32) / 165.0;
+        assert!((red.teeth[0] - synth.min(222.0 * 1.05)).abs() < 1.0, "{red:?}");
     }
 }

@@ -58,6 +58,8 @@ pub struct Renderer {
     map_frac: Mat,
     identity: Vec<Vec2s>,
     warped: Mat,
+    /// This frame's landmark displacements before head motion.
+    disp: Vec<Point>,
     dst: Vec<Point>,
     frame: RgbImage,
 }
@@ -106,6 +108,7 @@ impl Renderer {
             map_frac,
             identity,
             warped,
+            disp: Vec::with_capacity(68),
             dst: Vec::with_capacity(vertices),
             frame: canvas,
             state,
@@ -150,48 +153,54 @@ impl Renderer {
     /// Destination vertex positions for one frame (region pixels).
     fn move_vertices(&mut self, m: &FrameMotion) {
         let mesh = &self.state.mesh;
+        // The landmarks' own motion in the face's plane: rest mouth, visemes, blink, brows.
+        self.disp.clear();
+        for k in 0..68 {
+            let mut d = self.rest[k];
+            for (v, w) in self.visemes.iter().zip(&m.mouth) {
+                if *w != 0.0 {
+                    d = shape::add(d, shape::scale(v[k], *w));
+                }
+            }
+            d = shape::add(d, shape::scale(self.blink[k], m.blink));
+            d = shape::add(d, shape::scale(self.brow[k], m.brow));
+            self.disp.push(d);
+        }
+        // The lower inner lip never rises above the upper one (no inside-out mouth).
+        for (u, l) in LIP_PAIRS {
+            let (pu, pl) = (shape::add(mesh.points[u], self.disp[u]), shape::add(mesh.points[l], self.disp[l]));
+            let gap = shape::sub(pl, pu);
+            if gap[0] * self.down[0] + gap[1] * self.down[1] < 0.0 {
+                let mid = shape::lerp(pu, pl, 0.5);
+                self.disp[u] = shape::sub(mid, mesh.points[u]);
+                self.disp[l] = shape::sub(mid, mesh.points[l]);
+            }
+        }
         let rot = rotation(m.pose[0], m.pose[1], m.pose[2]);
         let s = 1.0 + m.pose[5];
         let t = [m.pose[3] * mesh.face_width, m.pose[4] * mesh.face_width];
         let c = mesh.pivot;
         self.dst.clear();
         for (i, p) in mesh.points.iter().enumerate() {
-            let follow = match mesh.kind[i] {
-                VertexKind::Landmark(_) | VertexKind::Forehead => 1.0,
+            let head = match mesh.kind[i] {
+                VertexKind::Landmark(_) | VertexKind::Dense(_) | VertexKind::Forehead => 1.0,
                 VertexKind::Ring => RING_FOLLOW,
                 VertexKind::Boundary => 0.0,
             };
             let mut q = *p;
-            if let VertexKind::Landmark(k) = mesh.kind[i] {
-                let k = k as usize;
-                q = shape::add(q, self.rest[k]);
-                for (v, w) in self.visemes.iter().zip(&m.mouth) {
-                    if *w != 0.0 {
-                        q = shape::add(q, shape::scale(v[k], *w));
-                    }
-                }
-                q = shape::add(q, shape::scale(self.blink[k], m.blink));
-                q = shape::add(q, shape::scale(self.brow[k], m.brow));
+            for &(k, w) in &mesh.follow[i] {
+                q = shape::add(q, shape::scale(self.disp[k as usize], w));
             }
-            if follow > 0.0 {
+            if head > 0.0 {
                 let v = [q[0] - c[0], q[1] - c[1], mesh.depth[i] - c[2]];
                 let r = [
                     rot[0][0] * v[0] + rot[0][1] * v[1] + rot[0][2] * v[2],
                     rot[1][0] * v[0] + rot[1][1] * v[1] + rot[1][2] * v[2],
                 ];
                 let moved = [c[0] + s * r[0] + t[0], c[1] + s * r[1] + t[1]];
-                q = shape::lerp(q, moved, follow);
+                q = shape::lerp(q, moved, head);
             }
             self.dst.push(q);
-        }
-        // The lower inner lip never rises above the upper one (no inside-out mouth).
-        for (u, l) in LIP_PAIRS {
-            let gap = shape::sub(self.dst[l], self.dst[u]);
-            if gap[0] * self.down[0] + gap[1] * self.down[1] < 0.0 {
-                let mid = shape::lerp(self.dst[u], self.dst[l], 0.5);
-                self.dst[u] = mid;
-                self.dst[l] = mid;
-            }
         }
     }
 
@@ -266,7 +275,8 @@ impl Renderer {
     /// Paint the mouth interior between the inner lips (60..=67) of this frame. Each pixel gets
     /// its distance below the upper lip and above the lower lip, measured across the mouth axis.
     fn shade_mouth(&mut self) -> Result<()> {
-        let Some(profile) = LipProfile::new(&self.dst) else { return Ok(()) };
+        let [upper, lower] = &self.state.mesh.inner_lips;
+        let Some(profile) = LipProfile::new(&self.dst, upper, lower) else { return Ok(()) };
         // How far the lips are apart beyond the photo's own (rest) lip line.
         let extra = LIP_PAIRS
             .iter()
@@ -372,15 +382,18 @@ struct LipProfile {
     axis: Point,
     normal: Point,
     length: f32,
-    /// (t, v) of the upper contour 60-61-62-63-64 and the lower contour 60-67-66-65-64.
-    upper: [(f32, f32); 5],
-    lower: [(f32, f32); 5],
+    /// (t, v) of the upper and the lower inner-lip contour, corner to corner.
+    upper: Vec<(f32, f32)>,
+    lower: Vec<(f32, f32)>,
 }
 
 impl LipProfile {
-    fn new(dst: &[Point]) -> Option<Self> {
-        let origin = dst[60];
-        let span = shape::sub(dst[64], origin);
+    /// The opening between the inner lips `upper` and `lower` (vertex lists that share their
+    /// first and last vertex, the corners) at the vertex positions `dst`.
+    fn new(dst: &[Point], upper: &[u32], lower: &[u32]) -> Option<Self> {
+        let (&first, &last) = (upper.first()?, upper.last()?);
+        let origin = dst[first as usize];
+        let span = shape::sub(dst[last as usize], origin);
         let length = (span[0] * span[0] + span[1] * span[1]).sqrt();
         if length < 2.0 {
             return None;
@@ -391,8 +404,8 @@ impl LipProfile {
             let q = shape::sub(p, origin);
             ((q[0] * axis[0] + q[1] * axis[1]) / length, q[0] * normal[0] + q[1] * normal[1])
         };
-        let upper = [60, 61, 62, 63, 64].map(|i| tv(dst[i]));
-        let lower = [60, 67, 66, 65, 64].map(|i| tv(dst[i]));
+        let upper = upper.iter().map(|&i| tv(dst[i as usize])).collect();
+        let lower = lower.iter().map(|&i| tv(dst[i as usize])).collect();
         Some(Self { origin, axis, normal, length, upper, lower })
     }
 
@@ -437,7 +450,7 @@ impl LipProfile {
 }
 
 /// Piecewise-linear `v(t)` through points sorted by `t` (clamped at the ends).
-fn interp(pts: &[(f32, f32); 5], t: f32) -> f32 {
+fn interp(pts: &[(f32, f32)], t: f32) -> f32 {
     for k in 1..pts.len() {
         let (t0, v0) = pts[k - 1];
         let (t1, v1) = pts[k];
@@ -449,7 +462,7 @@ fn interp(pts: &[(f32, f32); 5], t: f32) -> f32 {
             return v0 + (v1 - v0) * ((t - t0) / span).clamp(0.0, 1.0);
         }
     }
-    pts[pts.len() - 1].1
+    pts.last().map_or(0.0, |p| p.1)
 }
 
 #[cfg(test)]
