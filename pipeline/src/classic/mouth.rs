@@ -44,7 +44,7 @@ impl MouthPalette {
         let bright = (luma / 165.0).clamp(0.55, 1.05);
         let mut palette = Self {
             cavity: [lip[0] * 0.22 + 8.0, lip[1] * 0.14 + 3.0, lip[2] * 0.14 + 3.0],
-            tongue: [lip[0] * 0.78, lip[1] * 0.45, lip[2] * 0.45],
+            tongue: [lip[0] * 0.55, lip[1] * 0.3, lip[2] * 0.3],
             teeth: [222.0 * bright, 212.0 * bright, 196.0 * bright],
         };
         // Where the photo shows the mouth open (inner lips apart by 6% of the mouth's width), its
