@@ -2,7 +2,7 @@
 //! animated region without holes, and follow the landmarks with weights a harmonic blend allows.
 
 use crate::classic_support as sup;
-use vipavatar_pipeline::classic::mesh::VertexKind;
+use vipavatar_pipeline::classic::mesh::{point_in_polygon, VertexKind};
 use vipavatar_pipeline::classic::ClassicEngine;
 use vipavatar_pipeline::engine::PreprocessMode;
 
@@ -65,4 +65,32 @@ fn dlib_landmarks_keep_the_68_point_mesh() {
     let mesh = ClassicEngine::warp_mesh(&prepared).expect("mesh");
     assert!(mesh.kind.iter().all(|k| !matches!(k, VertexKind::Dense(_))));
     assert_eq!(mesh.inner_lips, [vec![60, 61, 62, 63, 64], vec![60, 67, 66, 65, 64]]);
+}
+
+#[test]
+fn a_chin_at_the_canvas_edge_keeps_the_ring_outside_the_face() {
+    // art_0's crop puts the chin about 3 px above the canvas's bottom edge. A head-ring point
+    // pulled inside the border there would sit above the chin, and the triangles between them
+    // would fold over as the jaw drops (a stair-step band along the bottom of the frame).
+    let Some(av) = sup::avatar("art_0.png", PreprocessMode::Crop, 256) else { return };
+    let mesh = ClassicEngine::warp_mesh(&av.prepared).expect("mesh");
+    let [x, y, w, h] = mesh.region;
+    assert_eq!(y + h, 256, "the region reaches the canvas's bottom edge");
+    // The face: the jaw, then the brows from right to left.
+    let face: Vec<[f32; 2]> = (0..17).chain((17..27).rev()).map(|i| mesh.points[i]).collect();
+    for (v, k) in mesh.kind.iter().enumerate() {
+        if matches!(k, VertexKind::Ring | VertexKind::Forehead) {
+            assert!(
+                !point_in_polygon(mesh.points[v], &face),
+                "{k:?} vertex {v} at {:?} lies inside the face",
+                mesh.points[v]
+            );
+        }
+    }
+    // The bottom side is the canvas's edge, so its points may follow the chin out of the frame;
+    // the other sides stay fixed.
+    let edge: Vec<usize> = (0..mesh.kind.len()).filter(|&v| mesh.kind[v] == VertexKind::Edge).collect();
+    assert!(!edge.is_empty() && edge.iter().all(|&v| mesh.points[v][1] >= (h - 1) as f32), "edge vertices {edge:?}");
+    assert!(edge.iter().any(|&v| mesh.follow[v].iter().any(|f| f.0 == 8)), "the bottom edge does not follow the chin");
+    eprintln!("region {x},{y} {w}x{h}: {} edge vertices", edge.len());
 }

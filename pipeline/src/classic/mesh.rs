@@ -34,8 +34,11 @@ pub enum VertexKind {
     Forehead,
     /// Around the head: follows the head by [`RING_FOLLOW`].
     Ring,
-    /// On the border of the animated region: never moves.
+    /// On the border of the animated region inside the canvas: never moves.
     Boundary,
+    /// On a side of the animated region that is the canvas's own edge (a face that fills the
+    /// canvas): follows the face like the ring, but never inwards, since nothing lies beyond.
+    Edge,
 }
 
 /// The triangulated mesh in animated-region pixel coordinates.
@@ -113,49 +116,65 @@ impl FaceMesh {
             return Err(PipelineError::Internal(format!("animated region {rw}x{rh} is too small")));
         }
         let to_region = |p: Point| [p[0] - rx0 as f32, p[1] - ry0 as f32];
-        // Keep the moving vertices inside the fixed border (a face that fills the canvas).
+        // Forehead and ring points are kept this far inside the border. Where the canvas cuts the
+        // region they would lie closer (or beyond), and they are left out: pulled in, they would
+        // sit inside the face (a ring point above a chin that touches the canvas's bottom) and
+        // its triangles would fold over as the jaw drops. The edge's own points take their place.
         let inset = 2.0f32.max(0.04 * fw);
-        let clamp_in =
-            |p: Point| [p[0].clamp(inset, rw as f32 - 1.0 - inset), p[1].clamp(inset, rh as f32 - 1.0 - inset)];
+        let inside = |p: Point| {
+            p[0] >= inset && p[1] >= inset && p[0] <= rw as f32 - 1.0 - inset && p[1] <= rh as f32 - 1.0 - inset
+        };
 
         let mut points = Vec::new();
         let mut depth = Vec::new();
         let mut kind = Vec::new();
         // How each vertex follows the landmarks: given, or `None` for the harmonic blend.
         let mut fixed: Vec<Option<Follow>> = Vec::new();
+        // A face cut by the canvas edge: its points beyond the edge sit on the edge (landmarks
+        // keep their place in the vertex list) or are left out (face-mesh points), so no triangle
+        // reaches outside the region and samples replicated border pixels.
+        let (xmax, ymax) = ((rw - 1) as f32, (rh - 1) as f32);
+        let on_canvas = |p: Point| [p[0].clamp(0.0, xmax), p[1].clamp(0.0, ymax)];
         for (i, p) in landmarks.iter().enumerate() {
-            points.push(to_region(*p));
+            points.push(on_canvas(to_region(*p)));
             depth.push(depth68[i]);
             kind.push(VertexKind::Landmark(i as u8));
             fixed.push(Some(vec![(i as u8, 1.0)]));
         }
         let mut vertex_of = std::collections::HashMap::new();
         for d in &dense {
+            let p = to_region(d.point);
+            if on_canvas(p) != p {
+                continue;
+            }
             vertex_of.insert(d.index, points.len() as u32);
-            points.push(to_region(d.point));
+            points.push(p);
             depth.push(d.depth);
             kind.push(VertexKind::Dense(d.index));
             fixed.push(d.along.clone());
         }
         let brow_z = MEAN_FACE_3D[19][2] * s3d;
-        for p in &forehead {
-            points.push(clamp_in(to_region(*p)));
+        for p in forehead.iter().map(|p| to_region(*p)).filter(|p| inside(*p)) {
+            points.push(p);
             depth.push(0.8 * brow_z);
             kind.push(VertexKind::Forehead);
             fixed.push(Some(Vec::new()));
         }
         let pivot_z = -0.55 * s3d;
-        for p in &ring {
-            points.push(clamp_in(to_region(*p)));
+        for p in ring.iter().map(|p| to_region(*p)).filter(|p| inside(*p)) {
+            points.push(p);
             depth.push(pivot_z);
             kind.push(VertexKind::Ring);
             fixed.push(Some(Vec::new()));
         }
+        let open = open_sides([rx0, ry0, rw, rh], canvas_w, canvas_h);
         for p in boundary_points(rw, rh) {
+            let on = sides_of(p, rw, rh);
+            let edge = on.iter().any(|&o| o) && on.iter().zip(open).all(|(&o, open)| !o || open);
             points.push(p);
-            depth.push(0.0);
-            kind.push(VertexKind::Boundary);
-            fixed.push(Some(Vec::new()));
+            depth.push(pivot_z);
+            kind.push(if edge { VertexKind::Edge } else { VertexKind::Boundary });
+            fixed.push(if edge { None } else { Some(Vec::new()) });
         }
         // Pivot: below the nose, between the ears, behind the face.
         let pivot2 = to_region(shape::lerp(landmarks[30], landmarks[8], 0.35));
@@ -193,6 +212,16 @@ impl FaceMesh {
             face_width: fw,
         })
     }
+}
+
+/// Which sides of the region `[x, y, w, h]` (left, top, right, bottom) are the canvas's own edges.
+pub fn open_sides([x, y, w, h]: [i32; 4], canvas_w: i32, canvas_h: i32) -> [bool; 4] {
+    [x == 0, y == 0, x + w == canvas_w, y + h == canvas_h]
+}
+
+/// Which sides of a `w x h` region (left, top, right, bottom) the point `p` lies on.
+pub fn sides_of(p: Point, w: i32, h: i32) -> [bool; 4] {
+    [p[0] <= 0.0, p[1] <= 0.0, p[0] >= (w - 1) as f32, p[1] >= (h - 1) as f32]
 }
 
 /// Corners plus evenly spaced points on the border of a `w x h` region.

@@ -6,7 +6,7 @@
 //! canvas pixels, the identity map, the source region as a `Mat`) is built once per render call
 //! from the cached per-avatar state; per frame only vertex positions, the map and one remap run.
 
-use super::mesh::{FaceMesh, VertexKind, RING_FOLLOW};
+use super::mesh::{open_sides, sides_of, FaceMesh, VertexKind, RING_FOLLOW};
 use super::motion::FrameMotion;
 use super::mouth::MouthPalette;
 use super::shape::{self, FaceFrame};
@@ -57,6 +57,10 @@ pub struct Renderer {
     map_xy: Mat,
     map_frac: Mat,
     identity: Vec<Vec2s>,
+    /// Per vertex, how much of its motion it keeps: 1 inside the region, easing to 0 within
+    /// [`BORDER_EASE`] face widths of the region's border, so a face cut by the canvas edge
+    /// squeezes no pixels against the fixed border.
+    border_ease: Vec<f32>,
     warped: Mat,
     /// This frame's landmark displacements before head motion.
     disp: Vec<Point>,
@@ -91,6 +95,20 @@ impl Renderer {
             |i: usize| shape::add(lm[i], [visemes.rest[i][0] * state.scale[0], visemes.rest[i][1] * state.scale[1]]);
         let rest_gaps = LIP_PAIRS.map(|(u, l)| shape::dist(rest_lip(u), rest_lip(l)));
         let identity = (0..rh).flat_map(|y| (0..rw).map(move |x| Vec2s::from([x as i16, y as i16]))).collect();
+        let ease = (BORDER_EASE * state.mesh.face_width).max(1.0);
+        let open = open_sides(state.mesh.region, state.canvas[0] as i32, state.canvas[1] as i32);
+        let border_ease = state
+            .mesh
+            .points
+            .iter()
+            .map(|p| {
+                // Distance to the nearest side that is not the canvas's own edge.
+                let to_side = [p[0], p[1], rw as f32 - 1.0 - p[0], rh as f32 - 1.0 - p[1]];
+                let d = to_side.iter().zip(open).filter(|(_, open)| !open).map(|(d, _)| *d).fold(f32::MAX, f32::min);
+                let t = (d / ease).clamp(0.0, 1.0);
+                t * t * (3.0 - 2.0 * t)
+            })
+            .collect();
         let map_xy = Mat::new_rows_cols_with_default(rh, rw, CV_16SC2, Scalar::all(0.0)).ctx("alloc map")?;
         let map_frac = Mat::new_rows_cols_with_default(rh, rw, CV_16UC1, Scalar::all(0.0)).ctx("alloc map")?;
         let warped = Mat::new_rows_cols_with_default(rh, rw, CV_8UC3, Scalar::all(0.0)).ctx("alloc warped")?;
@@ -107,6 +125,7 @@ impl Renderer {
             map_xy,
             map_frac,
             identity,
+            border_ease,
             warped,
             disp: Vec::with_capacity(68),
             dst: Vec::with_capacity(vertices),
@@ -153,6 +172,7 @@ impl Renderer {
     /// Destination vertex positions for one frame (region pixels).
     fn move_vertices(&mut self, m: &FrameMotion) {
         let mesh = &self.state.mesh;
+        let [_, _, rw, rh] = mesh.region;
         // The landmarks' own motion in the face's plane: rest mouth, visemes, blink, brows.
         self.disp.clear();
         for k in 0..68 {
@@ -184,7 +204,7 @@ impl Renderer {
         for (i, p) in mesh.points.iter().enumerate() {
             let head = match mesh.kind[i] {
                 VertexKind::Landmark(_) | VertexKind::Dense(_) | VertexKind::Forehead => 1.0,
-                VertexKind::Ring => RING_FOLLOW,
+                VertexKind::Ring | VertexKind::Edge => RING_FOLLOW,
                 VertexKind::Boundary => 0.0,
             };
             let mut q = *p;
@@ -199,6 +219,29 @@ impl Renderer {
                 ];
                 let moved = [c[0] + s * r[0] + t[0], c[1] + s * r[1] + t[1]];
                 q = shape::lerp(q, moved, head);
+            }
+            let k = self.border_ease[i];
+            if k < 1.0 {
+                q = shape::lerp(*p, q, k);
+            }
+            if mesh.kind[i] == VertexKind::Edge {
+                // Outwards only: pixels between an edge moved inwards and the canvas edge would
+                // have no triangle and show the unwarped photo.
+                let [l, t, r, b] = sides_of(*p, rw, rh);
+                q[0] = if l {
+                    q[0].min(p[0])
+                } else if r {
+                    q[0].max(p[0])
+                } else {
+                    q[0]
+                };
+                q[1] = if t {
+                    q[1].min(p[1])
+                } else if b {
+                    q[1].max(p[1])
+                } else {
+                    q[1]
+                };
             }
             self.dst.push(q);
         }
@@ -341,6 +384,10 @@ pub(super) fn region_mat(img: &RgbImage, [rx, ry, rw, rh]: [i32; 4]) -> Result<M
     }
     Ok(m)
 }
+
+/// Width of the band along the animated region's border in which vertex motion eases out, in
+/// face widths.
+const BORDER_EASE: f32 = 0.08;
 
 /// Upper/lower inner-lip landmark pairs, left to right.
 const LIP_PAIRS: [(usize, usize); 3] = [(61, 67), (62, 66), (63, 65)];
