@@ -280,15 +280,20 @@ impl Renderer {
             let cy = s0[1] * TAB - jyx * d0[0] - jyy * d0[1];
             let ymin = d0[1].min(d1[1]).min(d2[1]).ceil().max(0.0) as i32;
             let ymax = d0[1].max(d1[1]).max(d2[1]).floor().min((h - 1) as f32) as i32;
+            // Each edge as (lower end, upper y, x per row), its slope divided out once.
+            let edges = [(d0, d1), (d1, d2), (d2, d0)].map(|(p, q)| {
+                let (lo, hi) = if p[1] < q[1] { (p, q) } else { (q, p) };
+                let span = hi[1] - lo[1];
+                (lo, hi[1], if span < 1e-6 { f32::NAN } else { (hi[0] - lo[0]) / span })
+            });
             for y in ymin..=ymax {
                 let yf = y as f32;
                 let (mut xl, mut xr) = (f32::MAX, f32::MIN);
-                for (p, q) in [(d0, d1), (d1, d2), (d2, d0)] {
-                    let (lo, hi) = if p[1] < q[1] { (p, q) } else { (q, p) };
-                    if yf < lo[1] || yf > hi[1] || hi[1] - lo[1] < 1e-6 {
+                for &(lo, top, slope) in &edges {
+                    if yf < lo[1] || yf > top || slope.is_nan() {
                         continue;
                     }
-                    let x = lo[0] + (yf - lo[1]) * (hi[0] - lo[0]) / (hi[1] - lo[1]);
+                    let x = lo[0] + (yf - lo[1]) * slope;
                     xl = xl.min(x);
                     xr = xr.max(x);
                 }
