@@ -1,6 +1,7 @@
 //! The per-avatar face mesh: 68 landmarks + the face mesh's other points where MediaPipe placed
-//! them (else a forehead row) + a head ring + fixed boundary points, Delaunay-triangulated once,
-//! with each vertex's depth, how it follows the landmarks' motion and how strongly the head's.
+//! them (else a forehead row) + a head ring + border points (fixed, or following the face where
+//! the border is the canvas's own edge), Delaunay-triangulated once, with each vertex's depth, how
+//! it follows the landmarks' motion and how strongly the head's.
 
 use super::dense::{self, Follow};
 use super::shape::{self, FaceFrame, MEAN_FACE_3D, MEAN_FACE_WIDTH};

@@ -1,8 +1,9 @@
 //! The `classic` engine: the embedded default that needs no network weights.
 //!
-//! Prepare (per avatar, cached): canvas for the preprocess mode -> triangulated face mesh over the
-//! 68 landmarks + forehead/ring/boundary points ([`mesh`]), mouth palette ([`mouth`]), 14 visemes
-//! and blink/brow shapes ([`visemes`]), 5 gesture curves ([`gestures`]).
+//! Prepare (per avatar, cached): canvas for the preprocess mode -> triangulated warp mesh over the
+//! 68 landmarks + MediaPipe's other face-mesh points (`dense`) + ring/border points ([`mesh`]),
+//! mouth palette ([`mouth`]), 14 visemes and blink/brow shapes ([`visemes`]), 5 gesture curves
+//! ([`gestures`]).
 //! Generate (per audio): lip-sync analysis ([`lipsync`]) -> per-frame motion ([`motion`]) ->
 //! piecewise-affine mesh warp of the source region per frame ([`render`]) -> with
 //! `enhancer=gfpgan`, GFPGAN face restoration in batches at the warped landmarks (`enhance`).
