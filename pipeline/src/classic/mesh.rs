@@ -196,8 +196,8 @@ impl FaceMesh {
             }
         }
         for p in topo.iter_mut() {
-            // A face cut by the canvas edge: triangulate its clamped shadow.
-            *p = [p[0].clamp(0.0, (rw - 1) as f32), p[1].clamp(0.0, (rh - 1) as f32)];
+            // Lips pulled apart at the canvas's edge stay on it.
+            *p = on_canvas(*p);
         }
         let triangles = delaunay(&topo, rw, rh)?;
         let follow = dense::harmonic(&fixed, &triangles);

@@ -6,6 +6,15 @@ use super::shape;
 use crate::face::Point;
 use serde::{Deserialize, Serialize};
 
+/// Upper/lower inner-lip landmark pairs, left to right.
+pub(super) const LIP_PAIRS: [(usize, usize); 3] = [(61, 67), (62, 66), (63, 65)];
+
+/// Rec. 601 luma of an RGB colour.
+#[inline]
+fn luma(c: &[f32; 3]) -> f32 {
+    0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
+}
+
 /// Colours of the mouth interior (linear 0..255 RGB).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct MouthPalette {
@@ -40,8 +49,7 @@ impl MouthPalette {
         }
         let lip = lip.get().unwrap_or([170.0, 95.0, 90.0]);
         let skin = skin.get().unwrap_or([200.0, 160.0, 140.0]);
-        let luma = 0.299 * skin[0] + 0.587 * skin[1] + 0.114 * skin[2];
-        let bright = (luma / 165.0).clamp(0.55, 1.05);
+        let bright = (luma(&skin) / 165.0).clamp(0.55, 1.05);
         let mut palette = Self {
             cavity: [lip[0] * 0.22 + 8.0, lip[1] * 0.14 + 3.0, lip[2] * 0.14 + 3.0],
             tongue: [lip[0] * 0.55, lip[1] * 0.3, lip[2] * 0.3],
@@ -52,7 +60,7 @@ impl MouthPalette {
         // opening if it is pale and lighter than the lips, the darkest quarter if it is much
         // darker than them (a closed mouth's lip line is only a little darker).
         let mouth_width = shape::dist(lm[48], lm[54]);
-        let gap = [(61, 67), (62, 66), (63, 65)].iter().map(|&(u, l)| shape::dist(lm[u], lm[l])).sum::<f32>() / 3.0;
+        let gap = LIP_PAIRS.iter().map(|&(u, l)| shape::dist(lm[u], lm[l])).sum::<f32>() / 3.0;
         if gap < 0.06 * mouth_width {
             return palette;
         }
@@ -67,23 +75,22 @@ impl MouthPalette {
         }
         let min_pixels = ((0.02 * face_width) * (0.02 * face_width)).max(6.0) as usize;
         if opening.len() >= min_pixels {
-            let l = |c: &[f32; 3]| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
-            opening.sort_by(|a, b| l(a).total_cmp(&l(b)));
+            opening.sort_by(|a, b| luma(a).total_cmp(&luma(b)));
             let q = opening.len() / 4;
             let mean = |s: &[[f32; 3]]| {
                 let mut m = Mean::default();
                 s.iter().for_each(|c| m.add(*c));
                 m.get()
             };
-            let lip_l = l(&lip);
+            let lip_l = luma(&lip);
             if let Some(t) = mean(&opening[opening.len() - q.max(1)..]) {
                 let pale = t.iter().fold(0.0f32, |a, v| a.max(*v)) - t.iter().fold(255.0f32, |a, v| a.min(*v));
-                if l(&t) > 1.15 * lip_l && pale < 0.35 * l(&t) {
+                if luma(&t) > 1.15 * lip_l && pale < 0.35 * luma(&t) {
                     palette.teeth = t;
                 }
             }
             if let Some(c) = mean(&opening[..q.max(1)]) {
-                if l(&c) < 0.4 * lip_l {
+                if luma(&c) < 0.4 * lip_l {
                     palette.cavity = c;
                 }
             }
@@ -181,15 +188,14 @@ mod tests {
         let pal =
             MouthPalette { cavity: [40.0, 15.0, 15.0], tongue: [140.0, 60.0, 60.0], teeth: [230.0, 220.0, 205.0] };
         let mw = 60.0;
-        let luma = |c: [f32; 3]| 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2];
         // A narrow slit is dark.
         let (slit, _) = pal.shade(1.0, 1.0, 1.0, mw);
-        assert!(luma(slit) < 60.0, "slit {slit:?}");
+        assert!(luma(&slit) < 60.0, "slit {slit:?}");
         // Wide open: teeth right below the upper lip, dark in the middle.
         let (teeth, a) = pal.shade(2.0, 16.0, 1.0, mw);
-        assert!(luma(teeth) > 150.0 && a == 1.0, "teeth {teeth:?}");
+        assert!(luma(&teeth) > 150.0 && a == 1.0, "teeth {teeth:?}");
         let (middle, _) = pal.shade(9.0, 9.0, 1.0, mw);
-        assert!(luma(middle) < 80.0, "middle {middle:?}");
+        assert!(luma(&middle) < 80.0, "middle {middle:?}");
         // Edges blend into the lip.
         let (_, edge) = pal.shade(0.0, 10.0, 1.0, mw);
         assert!(edge < 0.5);
@@ -223,7 +229,7 @@ mod tests {
         assert!((own.teeth[0] - 236.0).abs() < 1.0 && (own.teeth[2] - 226.0).abs() < 1.0, "{own:?}");
         // A red opening (lips pressed together at the rest shape) shows no teeth to take.
         let red = MouthPalette::measure(&paint([170, 80, 80]), w, h, &lm, 140.0);
-        let synth = 222.0 * (0.299 * 205.0 + 0.587 * 165.0 + 0.114 * 140.0f32) / 165.0;
+        let synth = 222.0 * luma(&[205.0, 165.0, 140.0]) / 165.0;
         assert!((red.teeth[0] - synth.min(222.0 * 1.05)).abs() < 1.0, "{red:?}");
     }
 }

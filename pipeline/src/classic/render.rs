@@ -8,7 +8,7 @@
 
 use super::mesh::{open_sides, sides_of, FaceMesh, VertexKind, RING_FOLLOW};
 use super::motion::FrameMotion;
-use super::mouth::MouthPalette;
+use super::mouth::{MouthPalette, LIP_PAIRS};
 use super::shape::{self, FaceFrame};
 use super::visemes::VisemeSet;
 use crate::engine::PreprocessMode;
@@ -228,20 +228,16 @@ impl Renderer {
                 // Outwards only: pixels between an edge moved inwards and the canvas edge would
                 // have no triangle and show the unwarped photo.
                 let [l, t, r, b] = sides_of(*p, rw, rh);
-                q[0] = if l {
-                    q[0].min(p[0])
-                } else if r {
-                    q[0].max(p[0])
-                } else {
-                    q[0]
+                let outwards = |q: f32, p: f32, low: bool, high: bool| {
+                    if low {
+                        q.min(p)
+                    } else if high {
+                        q.max(p)
+                    } else {
+                        q
+                    }
                 };
-                q[1] = if t {
-                    q[1].min(p[1])
-                } else if b {
-                    q[1].max(p[1])
-                } else {
-                    q[1]
-                };
+                q = [outwards(q[0], p[0], l, r), outwards(q[1], p[1], t, b)];
             }
             self.dst.push(q);
         }
@@ -393,9 +389,6 @@ pub(super) fn region_mat(img: &RgbImage, [rx, ry, rw, rh]: [i32; 4]) -> Result<M
 /// Width of the band along the animated region's border in which vertex motion eases out, in
 /// face widths.
 const BORDER_EASE: f32 = 0.08;
-
-/// Upper/lower inner-lip landmark pairs, left to right.
-const LIP_PAIRS: [(usize, usize); 3] = [(61, 67), (62, 66), (63, 65)];
 
 /// `v` rounded to the nearest integer (halves up) without a libm call: `f32::round` is a call
 /// to `roundf` on baseline x86-64 (no SSE4.1), once per map pixel. Exact for |v| < 2^20.
