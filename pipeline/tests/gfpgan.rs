@@ -63,6 +63,30 @@ fn gfpgan_network_matches_reference() {
     }
 }
 
+/// The reduced precisions the timing check measures (float16 on CUDA, bfloat16 on the CPU) run
+/// end to end: every weight, input and noise map in that kind, with the output near float32's.
+/// (A weight view kept from construction and a float32 reduction once broke this path.)
+#[test]
+fn gfpgan_network_runs_in_reduced_precision() {
+    let cfg = fx::config();
+    let section = &cfg["network"];
+    let device = fx::device();
+    let kind = if device.is_cuda() { Kind::Half } else { Kind::BFloat16 };
+    let mut net = load_network(&fx::dir().join("network.pth"), &fx::net_config(section), device).unwrap();
+    net.set_conv_path(ConvPath::Default);
+    net.set_precision(kind);
+    let io = fx::io("network.io.safetensors");
+    let x = fx::get(&io, "in.x").to_device(device).to_kind(kind);
+    let noise: Vec<_> = net.noise_maps(&Noise::Stored).iter().map(|n| n.to_kind(kind)).collect();
+    let image = net.forward(&x, &noise).unwrap();
+    assert_eq!(image.kind(), kind);
+    let want = fx::get(&io, "out.image");
+    let (max, mean) = fx::errors(&image.to_kind(Kind::Float), want);
+    let scale = want.abs().mean(Kind::Double).double_value(&[]);
+    eprintln!("gfpgan {kind:?} against float32: max abs {max:.3e}, mean abs {mean:.3e} (mean |output| {scale:.3})");
+    assert!(mean < 0.05 * scale, "{kind:?} drifts from float32: mean abs {mean:.3e} against mean |output| {scale:.3}");
+}
+
 #[test]
 fn gfpgan_full_width_layer_matches_reference() {
     let cfg = fx::config();
@@ -167,8 +191,9 @@ fn gfpgan_seeded_noise_is_deterministic_per_seed() {
 
 /// Speed of the full-size v1.4 network (seeded random weights) on `$VIPAVATAR_DEVICE`: faces/s
 /// per batch size (`GFPGAN_TIMING_BATCHES`, default 1,2,4,8; `GFPGAN_TIMING_REPEATS` calls each,
-/// default 3) on every convolution path the device offers; on CUDA also float16 against float32
-/// (error on the [-1, 1] output, and speed at the largest batch). The GPU check runs it.
+/// default 3) on every convolution path the device offers; then the device's reduced precision
+/// (float16 on CUDA, bfloat16 on the CPU) against float32: error on the output, and speed at the
+/// largest batch. The GPU check runs it.
 #[test]
 #[ignore = "full-size network: several seconds per face on a CPU"]
 fn gfpgan_network_timing() {
@@ -202,26 +227,32 @@ fn gfpgan_network_timing() {
             fp32.push((b, s));
         }
     }
-    if !device.is_cuda() {
-        return;
-    }
+    // The device's reduced precision (float16 on CUDA, bfloat16 on the CPU) on the default
+    // convolution: its error against float32 and its speed at the largest batch.
+    let kind = if device.is_cuda() { Kind::Half } else { Kind::BFloat16 };
     let b = *batches.iter().max().unwrap();
     let x = input(b, Kind::Float);
     net.set_conv_path(ConvPath::Default);
     let full = net.forward(&x, &noise).unwrap();
-    let mut half = vipavatar_pipeline::gfpgan::GfpganNet::random(&GfpganConfig::v1_4(), device, seed).unwrap();
-    half.half();
-    let noise16: Vec<_> = noise.iter().map(|n| n.to_kind(Kind::Half)).collect();
-    let out16 = half.forward(&x.to_kind(Kind::Half), &noise16).unwrap().to_kind(Kind::Float);
-    let (max, mean) = fx::errors(&out16, &full);
-    assert!(out16.isfinite().all().int64_value(&[]) == 1, "float16 output is not finite");
-    let s16 = time(&half, &x.to_kind(Kind::Half), &noise16);
-    let s32 = fp32.iter().find(|(bb, _)| *bb == b).map(|(_, s)| *s).unwrap();
+    let s32 = time(&net, &x, &noise);
+    let mut low = vipavatar_pipeline::gfpgan::GfpganNet::random(&GfpganConfig::v1_4(), device, seed).unwrap();
+    low.set_conv_path(ConvPath::Default);
+    low.set_precision(kind);
+    let noise_low: Vec<_> = noise.iter().map(|n| n.to_kind(kind)).collect();
+    let out_low = low.forward(&x.to_kind(kind), &noise_low).unwrap().to_kind(Kind::Float);
+    assert!(out_low.isfinite().all().int64_value(&[]) == 1, "{kind:?} output is not finite");
+    // Random weights put most of the output far outside [-1, 1]; what reaches a frame is the
+    // output clamped to [-1, 1], so its error is reported too.
+    let (max, mean) = fx::errors(&out_low, &full);
+    let (cmax, cmean) = fx::errors(&out_low.clamp(-1.0, 1.0), &full.clamp(-1.0, 1.0));
+    let spread = full.std(true).double_value(&[]);
+    let s_low = time(&low, &x.to_kind(kind), &noise_low);
     eprintln!(
-        "gfpgan fp16: batch {b}: max abs {max:.3e}, mean abs {mean:.3e} against float32 on [-1, 1]; \
-         {:.2} faces/s against {:.2} faces/s float32 ({:.2}x)",
-        b as f64 / s16,
+        "gfpgan {kind:?}: batch {b}: max abs {max:.3e}, mean abs {mean:.3e} against float32 (output std \
+         {spread:.3}); clamped to [-1, 1]: max {cmax:.3e}, mean {cmean:.3e}; {:.2} faces/s against {:.2} \
+         faces/s float32 on the default convolution ({:.2}x)",
+        b as f64 / s_low,
         b as f64 / s32,
-        s32 / s16
+        s32 / s_low
     );
 }

@@ -11,7 +11,7 @@ use crate::error::ResultExt;
 use crate::sadtalker::layers::Linear;
 use crate::{PipelineError, Result};
 use tch::nn::{Path, VarStore};
-use tch::{Device, Tensor};
+use tch::{Device, Kind, Tensor};
 
 /// `ResBlock`: conv3x3 + lrelu, bilinear resize, conv3x3 + lrelu, plus a resized 1x1 skip.
 #[derive(Debug)]
@@ -183,10 +183,11 @@ impl GfpganNet {
         self.conv_path = path.usable_on(self.device());
     }
 
-    /// Float16 weights (for measuring float16's error on CUDA; the service runs float32). Inputs
-    /// and noise maps must then be float16 too.
-    pub fn half(&mut self) {
-        self.vs.half();
+    /// Weights in `kind`: float16 on CUDA or bfloat16 on the CPU, for measuring a reduced
+    /// precision's error and speed (the service runs float32). Inputs and noise maps must then
+    /// be `kind` too.
+    pub fn set_precision(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
     }
 
     pub fn var_store(&self) -> &VarStore {

@@ -13,7 +13,7 @@ use super::config::GfpganConfig;
 use super::conv::ConvPath;
 use crate::sadtalker::layers::Linear;
 use tch::nn::Path;
-use tch::{Kind, Tensor};
+use tch::Tensor;
 
 /// Demodulation epsilon and the `2 ** 0.5` gain of the reference style conv.
 const DEMOD_EPS: f64 = 1e-8;
@@ -43,8 +43,9 @@ pub(crate) fn resize2(x: &Tensor, up: bool) -> Tensor {
 #[derive(Debug)]
 pub struct ModulatedConv {
     modulation: Linear,
-    /// (out, in, k, k) view of the stored (1, out, in, k, k) weight.
-    weight: Tensor,
+    /// The stored (1, out, in, k, k) weight. Views of it are taken per call: a view kept from
+    /// construction would go on reading the old storage after the store changes its dtype.
+    stored: Tensor,
     demodulate: bool,
     padding: i64,
     upsample: bool,
@@ -54,26 +55,31 @@ impl ModulatedConv {
     pub fn new(p: Path, cin: i64, cout: i64, kernel: i64, style: i64, demodulate: bool, upsample: bool) -> Self {
         let modulation = Linear::new(&p / "modulation", style, cin);
         let stored = p.zeros_no_train("weight", &[1, cout, cin, kernel, kernel]);
-        let weight = stored.squeeze_dim(0);
-        Self { modulation, weight, demodulate, padding: kernel / 2, upsample }
+        Self { modulation, stored, demodulate, padding: kernel / 2, upsample }
+    }
+
+    /// The (out, in, k, k) weight.
+    fn weight(&self) -> Tensor {
+        self.stored.squeeze_dim(0)
     }
 
     /// x (b, in, h, w), style (b, style) -> (b, out, h', w'), times `gain`.
     pub fn forward(&self, x: &Tensor, style: &Tensor, gain: f64, path: ConvPath) -> Tensor {
         let s = self.modulation.forward(style); // (b, in)
         let b = s.size()[0];
+        let weight = self.weight();
         let x = if self.upsample { resize2(x, true) } else { x.shallow_clone() };
         // sum over (in, k, k) of (weight * style)^2 = style^2 @ (sum over k of weight^2)^T
         let demod = self.demodulate.then(|| {
-            let wsq = self.weight.square().sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float); // (out, in)
+            let wsq = weight.square().sum_dim_intlist([2i64, 3].as_slice(), false, weight.kind()); // (out, in)
             (s.square().matmul(&wsq.tr()) + DEMOD_EPS).rsqrt() // (b, out)
         });
         if path.per_image() {
             let size = x.size();
-            let cout = self.weight.size()[0];
+            let cout = weight.size()[0];
             let out = Tensor::empty([b, cout, size[2], size[3]], (x.kind(), x.device()));
             for i in 0..b {
-                let mut w = &self.weight * s.get(i).view([1, -1, 1, 1]);
+                let mut w = &weight * s.get(i).view([1, -1, 1, 1]);
                 if let Some(d) = &demod {
                     w *= (d.get(i) * gain).view([-1, 1, 1, 1]);
                 } else if gain != 1.0 {
@@ -84,7 +90,7 @@ impl ModulatedConv {
             return out;
         }
         let x = x * s.view([b, -1, 1, 1]);
-        let mut out = path.conv(&x, &self.weight, None, self.padding);
+        let mut out = path.conv(&x, &weight, None, self.padding);
         if let Some(d) = demod {
             out *= d.view([b, -1, 1, 1]);
         }
@@ -208,7 +214,7 @@ impl StyleGanDecoder {
     }
 
     fn style_mlp(&self, z: &Tensor) -> Tensor {
-        let mut x = z * (z.square().mean_dim([1i64].as_slice(), true, Kind::Float) + 1e-8).rsqrt();
+        let mut x = z * (z.square().mean_dim([1i64].as_slice(), true, z.kind()) + 1e-8).rsqrt();
         for l in &self.style_mlp {
             x = lrelu(&l.forward(&x));
         }
