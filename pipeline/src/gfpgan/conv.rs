@@ -2,12 +2,14 @@
 //! cuDNN on CUDA; what the reference runs), or, on the CPU, NNPACK's Winograd transform for 3x3
 //! kernels, one image at a time, with each image's style folded into its own weights.
 //!
-//! On this project's 2-core AVX2 CPU NNPACK's Winograd convolution ran the network's 3x3 layers
-//! 1.4-2.4x faster than oneDNN on maps of 32 x 32 and up (slower below, see
+//! On this project's 2-core AMD EPYC (Zen 4, AVX-512) CPU NNPACK's Winograd convolution ran the
+//! network's 3x3 layers 1.4-2.4x faster than oneDNN on maps of 32 x 32 and up (slower below, see
 //! `WINOGRAD_MIN_SIDE`), at a relative error of about 1.5e-5 per layer (the transforms reorder
 //! exact arithmetic, they do not approximate); the parity tests run both paths against the
 //! fixtures. NNPACK's batched entry point uses a slower algorithm (4 images at 64 x 64 took 2.7x
-//! as long as 4 single calls), hence one image per call.
+//! as long as 4 single calls), hence one image per call. oneDNN on channels-last inputs was
+//! faster than NNPACK only for the 32- and 64-channel layers at 512 px, and only without the
+//! layout conversions it needs; with them, every 3x3 layer of 32 px and up is fastest on NNPACK.
 
 use crate::sadtalker::layers::convolution;
 use std::sync::OnceLock;
