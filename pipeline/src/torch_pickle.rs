@@ -567,9 +567,9 @@ impl Pickler {
     }
 }
 
-/// Write `{top: {name: tensor, ...}}` (e.g. `{'mapping': state_dict}`) as a legacy-format
-/// `torch.save` file that [`load`] and `torch.load` read. Tensors are stored contiguous, one
-/// storage each, in the order given.
+/// Write `{top: {name: tensor, ...}}` (e.g. `{'mapping': state_dict}`), or with an empty `top`
+/// the plain `{name: tensor, ...}`, as a legacy-format `torch.save` file that [`load`] and
+/// `torch.load` read. Tensors are stored contiguous, one storage each, in the order given.
 pub fn save_legacy(path: &std::path::Path, top: &str, tensors: &[(&str, &Tensor)]) -> Result<()> {
     let bytes = legacy_bytes(top, tensors).map_err(in_file(path))?;
     std::fs::write(path, bytes).map_err(|e| bad(format!("cannot write: {e}"))).map_err(in_file(path))
@@ -592,7 +592,11 @@ pub fn legacy_bytes(top: &str, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
     out.extend(info.finish());
 
     let mut root = Pickler::new();
-    root.op(op::EMPTY_DICT).str(top).op(op::EMPTY_DICT).op(op::MARK);
+    root.op(op::EMPTY_DICT);
+    if !top.is_empty() {
+        root.str(top).op(op::EMPTY_DICT);
+    }
+    root.op(op::MARK);
     let mut keys = Vec::with_capacity(tensors.len());
     for (i, (name, t)) in tensors.iter().enumerate() {
         let kind = t.kind();
@@ -611,7 +615,10 @@ pub fn legacy_bytes(top: &str, tensors: &[(&str, &Tensor)]) -> Result<Vec<u8>> {
         root.op(op::TUPLE).op(op::REDUCE);
         keys.push(key);
     }
-    root.op(op::SETITEMS).op(op::SETITEM);
+    root.op(op::SETITEMS);
+    if !top.is_empty() {
+        root.op(op::SETITEM);
+    }
     out.extend(root.finish());
     let mut list = Pickler::new();
     list.op(op::EMPTY_LIST).op(op::MARK);
@@ -638,6 +645,18 @@ mod tests {
         let a = Tensor::from_slice(&[1.5f32, -2.0, 3.25, 0.0, 7.0, -0.5]).reshape([2, 3]);
         let b = Tensor::from_slice(&[4i64, 5, 6]);
         legacy_bytes("mapping", &[("first.weight", &a), ("count", &b)]).unwrap()
+    }
+
+    #[test]
+    fn plain_state_dicts_read_back_unprefixed() {
+        let a = Tensor::from_slice(&[0.5f32, 2.0]);
+        let n = Tensor::from_slice(&[7i64]).view([] as [i64; 0]);
+        let loaded =
+            load_bytes(&legacy_bytes("", &[("norm.weight", &a), ("norm.num_batches_tracked", &n)]).unwrap()).unwrap();
+        let names: Vec<&str> = loaded.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["norm.weight", "norm.num_batches_tracked"]);
+        assert_eq!(loaded[1].1.size(), Vec::<i64>::new());
+        assert_eq!(loaded[1].1.int64_value(&[]), 7);
     }
 
     #[test]
