@@ -33,6 +33,7 @@ mod gfpgan_engines;
 #[cfg(feature = "opencv")]
 mod gfpgan_helper;
 mod gfpgan_layout;
+mod gfpgan_parse;
 #[cfg(feature = "opencv")]
 mod gfpgan_warp;
 #[cfg(feature = "opencv")]

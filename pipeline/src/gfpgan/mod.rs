@@ -31,6 +31,7 @@ pub mod conv;
 pub mod enhancer;
 pub mod network;
 pub mod noise;
+pub mod parse;
 #[cfg(feature = "opencv")]
 pub mod slot;
 pub mod standin;
@@ -46,8 +47,9 @@ pub use conv::ConvPath;
 pub use enhancer::{AlignedFaces, FaceEnhancer, PasteMasks};
 pub use network::{GfpganNet, Intermediates};
 pub use noise::Noise;
+pub use parse::{expected_parse_layout, load_parsenet, FaceParser, ParseNet, ParseNetConfig, PARSENET_FILE};
 #[cfg(feature = "opencv")]
 pub use slot::{check_weights_file, EnhancerSlot};
-pub use standin::write_stand_in;
+pub use standin::{write_parse_stand_in, write_stand_in};
 pub use warp::Affine;
 pub use weights::{expected_layout, load_network, GFPGAN_V1_4_FILE};

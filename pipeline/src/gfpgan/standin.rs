@@ -9,9 +9,14 @@
 //! the styles do not vanish), other biases and the per-layer noise strengths small, stored noise
 //! maps and the constant input standard normal. Draws come from the crate's SplitMix64 stream,
 //! so a seed gives the same file on every machine, independent of torch's global generator.
+//!
+//! [`write_parse_stand_in`] does the same for the optional `parsing_parsenet.pth` (a plain state
+//! dict): conv weights as above, BatchNorm scales and running variances near 1, shifts and
+//! running means small, the `num_batches_tracked` counters 0.
 
 use super::config::GfpganConfig;
 use super::noise::{normals, SplitMix64};
+use super::parse::{expected_parse_layout, ParseNetConfig};
 use super::weights::expected_layout;
 use crate::{PipelineError, Result};
 use std::path::Path;
@@ -48,14 +53,27 @@ fn stand_in_value(name: &str, shape: &[i64], rng: &mut SplitMix64) -> Tensor {
     Tensor::from_slice(&values).view(shape)
 }
 
+/// Random values for the ParseNet variable `name` of `shape` (see the module docs).
+fn parse_stand_in_value(name: &str, shape: &[i64], rng: &mut SplitMix64) -> Tensor {
+    if name.ends_with("num_batches_tracked") {
+        return Tensor::zeros(shape, (tch::Kind::Int64, tch::Device::Cpu));
+    }
+    let numel = shape.iter().product::<i64>().max(0) as usize;
+    let (centre, spread) = if name.ends_with("norm.norm.weight") || name.ends_with("running_var") {
+        (1.0, 0.1)
+    } else if shape.len() <= 1 {
+        (0.0, 0.05)
+    } else {
+        (0.0, 1.0 / (shape[1..].iter().product::<i64>().max(1) as f32).sqrt())
+    };
+    let values: Vec<f32> = (0..numel).map(|_| centre + spread * unit(rng)).collect();
+    Tensor::from_slice(&values).view(shape)
+}
+
 /// Write a stand-in checkpoint of architecture `config` to `path`, values drawn from `seed`.
 /// The file is written under a temporary name and renamed, so an interrupted run leaves no
 /// half-written checkpoint.
 pub fn write_stand_in(path: &Path, config: &GfpganConfig, seed: u64) -> Result<StandIn> {
-    let fail = |e: &dyn std::fmt::Display| PipelineError::Checkpoint {
-        file: path.display().to_string(),
-        reason: format!("cannot write: {e}"),
-    };
     let mut rng = SplitMix64(seed ^ 0x5354_414E_4449_4E00); // "STANDIN" tag
     let tensors: Vec<(String, Tensor)> = expected_layout(config)?
         .into_iter()
@@ -64,11 +82,35 @@ pub fn write_stand_in(path: &Path, config: &GfpganConfig, seed: u64) -> Result<S
             (name, value)
         })
         .collect();
+    write_pickle(path, "params_ema", &tensors)
+}
+
+/// Write a stand-in `parsing_parsenet.pth` of architecture `config` (a plain state dict, like the
+/// official file) to `path`, values drawn from `seed`, written like [`write_stand_in`].
+pub fn write_parse_stand_in(path: &Path, config: &ParseNetConfig, seed: u64) -> Result<StandIn> {
+    let mut rng = SplitMix64(seed ^ 0x5041_5253_454E_4554); // "PARSENET" tag
+    let tensors: Vec<(String, Tensor)> = expected_parse_layout(config)?
+        .into_iter()
+        .map(|(name, shape)| {
+            let value = parse_stand_in_value(&name, &shape, &mut rng);
+            (name, value)
+        })
+        .collect();
+    write_pickle(path, "", &tensors)
+}
+
+/// `tensors` as a legacy `torch.save` pickle under `top` (empty: a plain dict), via a temporary
+/// name.
+fn write_pickle(path: &Path, top: &str, tensors: &[(String, Tensor)]) -> Result<StandIn> {
+    let fail = |e: &dyn std::fmt::Display| PipelineError::Checkpoint {
+        file: path.display().to_string(),
+        reason: format!("cannot write: {e}"),
+    };
     let named: Vec<(&str, &Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
     let mut partial = path.as_os_str().to_owned();
     partial.push(".partial");
     let partial = std::path::PathBuf::from(partial);
-    crate::torch_pickle::save_legacy(&partial, "params_ema", &named)?;
+    crate::torch_pickle::save_legacy(&partial, top, &named)?;
     std::fs::rename(&partial, path).map_err(|e| fail(&e))?;
     let bytes = std::fs::metadata(path).map_err(|e| fail(&e))?.len();
     let values = tensors.iter().map(|(_, t)| t.numel() as u64).sum();

@@ -2,7 +2,8 @@
 //! `cv2.warpAffine` with `INTER_LINEAR` (fixed-point source coordinates in 1/32 px, integer
 //! bilinear weights and rounding for 8-bit images, constant border), `cv2.erode` with a
 //! rectangular kernel and `cv2.GaussianBlur` with `sigma = 0` (reflect-101 border), as the
-//! facexlib face helper calls them. Frames are (n, h, w, c) tensors on any device; the small
+//! facexlib face helper calls them; for the parse mask also `cv2.GaussianBlur` with a given
+//! sigma, as a product with a blur matrix ([`gaussian_blur_matrix`]). Frames are (n, h, w, c) tensors on any device; the small
 //! per-row / per-column coordinate tables are computed on the CPU in float64 like OpenCV does.
 
 use crate::error::ResultExt;
@@ -211,4 +212,61 @@ pub fn gaussian_blur(mask: &Tensor, k: i64) -> Result<Tensor> {
     };
     let rows = conv(mask, kern.view([1, 1, 1, k]), [r, r, 0, 0])?;
     conv(&rows, kern.view([1, 1, k, 1]), [0, 0, r, r])
+}
+
+/// OpenCV's `getGaussianKernel(k, sigma, CV_64F)` for `sigma > 0` (the kernel `cv2.GaussianBlur`
+/// uses on float64 images): `exp(-x^2 / (2 sigma^2))` at `x = i - (k - 1) / 2`, divided by the sum,
+/// the centre tap being exactly that reciprocal, symmetric by construction.
+pub fn gaussian_kernel_sigma(k: i64, sigma: f64) -> Vec<f64> {
+    let k = k.max(1) as usize;
+    let half = (k - 1) / 2;
+    let scale = -0.125 / (sigma * sigma); // applied to (2x)^2
+    let side: Vec<f64> = (0..half)
+        .map(|i| {
+            let x = 2 * i as i64 + 1 - k as i64;
+            ((x * x) as f64 * scale).exp()
+        })
+        .collect();
+    let mut sum = side.iter().sum::<f64>() * 2.0 + 1.0;
+    if k.is_multiple_of(2) {
+        sum += 1.0;
+    }
+    let mul = 1.0 / sum;
+    let mut out = vec![mul; k];
+    for (i, v) in side.iter().enumerate() {
+        out[i] = v * mul;
+        out[k - 1 - i] = v * mul;
+    }
+    out
+}
+
+/// OpenCV's `BORDER_REFLECT_101` index of `p` in `0..n` (`gfedcb|abcdefgh|gfedcba`).
+fn reflect101(mut p: i64, n: i64) -> i64 {
+    if n == 1 {
+        return 0;
+    }
+    while p < 0 || p >= n {
+        p = if p < 0 { -p } else { 2 * n - 2 - p };
+    }
+    p
+}
+
+/// The 1-D filter of `kernel` (odd length, centred) over `n` samples with a reflect-101 border as
+/// an (n, n) float64 matrix `B` (`out = B in`): a separable `cv2.GaussianBlur` of an (n, n) image
+/// `M` is `B M B^T`. For masks blurred with one large kernel, where the matrix products are cheaper
+/// than the convolution and do not depend on cuDNN's TF32 setting.
+pub fn gaussian_blur_matrix(n: i64, kernel: &[f64]) -> Result<Tensor> {
+    let k = kernel.len() as i64;
+    if n <= 0 || k % 2 == 0 {
+        return Err(PipelineError::Internal(format!("blur matrix: {n} samples, {k} taps (must be odd)")));
+    }
+    let r = k / 2;
+    let mut m = vec![0.0f64; (n * n) as usize];
+    for i in 0..n {
+        for (t, w) in kernel.iter().enumerate() {
+            let j = reflect101(i + t as i64 - r, n);
+            m[(i * n + j) as usize] += w;
+        }
+    }
+    Ok(Tensor::from_slice(&m).view([n, n]))
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
-use vipavatar_pipeline::gfpgan::GfpganConfig;
+use vipavatar_pipeline::gfpgan::{GfpganConfig, ParseNetConfig};
 
 /// The fixture folder: `$VIPAVATAR_GFPGAN_FIXTURES` (the GPU check's bundle), else the
 /// committed one.
@@ -53,6 +53,35 @@ pub fn net_config(section: &serde_json::Value) -> GfpganConfig {
         narrow: float(section, "narrow"),
         ..GfpganConfig::v1_4()
     }
+}
+
+/// The ParseNet architecture of one fixture section (`parse_network` or `parse_paste`).
+pub fn parse_config(section: &serde_json::Value) -> ParseNetConfig {
+    let range = section["ch_range"].as_array().expect("config key `ch_range`");
+    ParseNetConfig {
+        in_size: int(section, "in_size"),
+        out_size: int(section, "out_size"),
+        min_feat_size: int(section, "min_feat_size"),
+        base_ch: int(section, "base_ch"),
+        parsing_ch: int(section, "parsing_ch"),
+        res_depth: int(section, "res_depth"),
+        ch_range: (range[0].as_i64().expect("ch_range"), range[1].as_i64().expect("ch_range")),
+    }
+}
+
+/// `(key, shape)` of every tensor listed in a layout JSON (`tensors: [{key, shape}]`).
+pub fn layout(name: &str) -> std::collections::BTreeMap<String, Vec<i64>> {
+    let text = std::fs::read_to_string(dir().join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let json: serde_json::Value = serde_json::from_str(&text).expect("layout json");
+    json["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .map(|t| {
+            let key = t["key"].as_str().expect("key").to_string();
+            (key, t["shape"].as_array().expect("shape").iter().map(|d| d.as_i64().expect("dim")).collect())
+        })
+        .collect()
 }
 
 /// Device of the parity runs: `$VIPAVATAR_DEVICE` (default auto).
