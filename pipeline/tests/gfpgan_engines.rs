@@ -11,7 +11,8 @@ use vipavatar_pipeline::audio::AudioClip;
 use vipavatar_pipeline::classic::ClassicEngine;
 use vipavatar_pipeline::engine::{Engine, Enhancer, GenerateOptions, MotionInput, PreprocessMode};
 use vipavatar_pipeline::gfpgan::{
-    expected_layout, load_network, points_from_68, write_stand_in, EnhancerSlot, GfpganConfig, GFPGAN_V1_4_FILE,
+    expected_layout, expected_parse_layout, load_network, load_parsenet, points_from_68, write_parse_stand_in,
+    write_stand_in, EnhancerSlot, GfpganConfig, ParseNetConfig, GFPGAN_V1_4_FILE, PARSENET_FILE,
 };
 use vipavatar_pipeline::image::RgbImage;
 use vipavatar_pipeline::sadtalker::enhance::rendered_points;
@@ -22,6 +23,18 @@ use crate::common::Frames;
 /// The parity fixtures' smallest network: 64 px faces, 1/16 of the official widths.
 fn tiny() -> GfpganConfig {
     GfpganConfig { out_size: 64, num_style_feat: 32, narrow: 0.0625, ..GfpganConfig::v1_4() }
+}
+
+/// A reduced ParseNet for [`tiny`]'s 64 px faces.
+fn tiny_parse() -> ParseNetConfig {
+    ParseNetConfig {
+        in_size: 64,
+        out_size: 64,
+        base_ch: 8,
+        res_depth: 1,
+        ch_range: (8, 32),
+        ..ParseNetConfig::official()
+    }
 }
 
 fn gfpgan(seed: u64) -> GenerateOptions {
@@ -168,6 +181,51 @@ fn gfpgan_classic_engine_renders_through_the_enhancer() {
         assert!(max <= 1 && differing * 1000 < d.len(), "frame {f}: max {max}, {differing} values differ");
     }
     assert!(renderer.stage_ms().iter().any(|(name, ms)| name == "enhance" && *ms > 0.0), "{:?}", renderer.stage_ms());
+}
+
+/// With `parsing_parsenet.pth` next to the GFPGAN weights the slot loads it and pastes through
+/// the parse mask (stand-ins of reduced width): frames of the right size, other than the square
+/// mask's for the same seed, deterministic; without the file nothing changes.
+#[test]
+fn gfpgan_classic_engine_pastes_through_the_parse_mask() {
+    let Some(av) = sup::avatar("people_0.png", PreprocessMode::Crop, 256) else { return };
+    let dir = sup::scratch("gfpgan-classic-parse");
+    let clip = short_clip();
+    let square_slot = write_tiny(dir.path());
+    assert_eq!(square_slot.parse_path(), dir.join(PARSENET_FILE));
+    let square = ClassicEngine::with_enhancer(square_slot);
+    let plain = classic_frames(&square, &av, &clip, &GenerateOptions::default());
+    let square = classic_frames(&square, &av, &clip, &gfpgan(1));
+
+    let written = write_parse_stand_in(&dir.join(PARSENET_FILE), &tiny_parse(), 4).expect("parse stand-in");
+    assert_eq!(written.tensors, expected_parse_layout(&tiny_parse()).unwrap().len());
+    assert!(load_parsenet(&dir.join(PARSENET_FILE), &tiny_parse(), Device::Cpu).is_ok());
+    let slot = EnhancerSlot::new(dir.join(GFPGAN_V1_4_FILE), tiny(), Device::Cpu).with_parse_config(tiny_parse());
+    let (h, w) = (plain[0].height as i64, plain[0].width as i64);
+    let frames = tch::Tensor::from_slice(&plain[0].data).view([1, h, w, 3]);
+    let lm = ClassicEngine::frame_landmarks(&av.prepared).expect("landmarks");
+    let points = points_from_68(&lm).expect("points");
+    assert!(!slot.uses_parse_mask());
+    let out = slot.enhance(&frames, &[points], 1).expect("enhance");
+    assert!(slot.uses_parse_mask(), "the parse file was not used");
+    assert_eq!(out.size(), frames.size());
+
+    let engine = ClassicEngine::with_enhancer(slot);
+    let parsed = classic_frames(&engine, &av, &clip, &gfpgan(1));
+    assert_eq!(parsed.len(), square.len());
+    for ((p, s), e) in plain.iter().zip(&square).zip(&parsed) {
+        assert_eq!((p.width, p.height, p.data.len()), (e.width, e.height, e.data.len()));
+        assert_ne!(p.data, e.data, "the face was not touched");
+        assert_ne!(s.data, e.data, "the parse mask gave the square mask's frame");
+    }
+    assert!(classic_frames(&engine, &av, &clip, &gfpgan(1)) == parsed, "same seed, same frames");
+    // A broken parse file fails the job naming it (it is optional only when absent).
+    std::fs::write(dir.join(PARSENET_FILE), b"not a pickle").unwrap();
+    let broken = EnhancerSlot::new(dir.join(GFPGAN_V1_4_FILE), tiny(), Device::Cpu).with_parse_config(tiny_parse());
+    match broken.enhance(&frames, &[points], 1) {
+        Err(PipelineError::Checkpoint { file, .. }) => assert!(file.ends_with(PARSENET_FILE), "{file}"),
+        other => panic!("expected a checkpoint error, got {other:?}"),
+    }
 }
 
 /// The classic engine with a full-size stand-in `GFPGANv1.4.pth` (349 MB, official layout):

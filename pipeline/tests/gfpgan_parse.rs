@@ -1,8 +1,10 @@
 //! facexlib's ParseNet and GFPGANer's parse-mask paste-back (`use_parse=True`) against the
 //! reference (`facexlib==0.3.0`) on the committed fixtures: the reduced-width network's logits and
 //! image, one full-width block under its official keys, the official key list of
-//! `parsing_parsenet.pth` and the loader's errors. Sizes, widths and seeds come from
-//! `fixtures/gfpgan/config.json`; tolerances are those of `fixtures/gfpgan/README.md`.
+//! `parsing_parsenet.pth`, the loader's errors, and (with OpenCV) the parse classes, the warped
+//! blend weight and the pasted frames, plus the mask filters against the linked OpenCV. Sizes,
+//! widths and seeds come from `fixtures/gfpgan/config.json`; tolerances are those of
+//! `fixtures/gfpgan/README.md`.
 
 use crate::gfpgan_support as fx;
 use std::collections::BTreeMap;
@@ -153,4 +155,189 @@ fn gfpgan_parse_loader_names_file_and_key() {
     let (_, reason) = checkpoint_error(load_parsenet(&dir.join("absent.pth"), &section, Device::Cpu));
     assert!(reason.contains("not found"), "{reason}");
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[cfg(feature = "opencv")]
+mod paste {
+    use super::*;
+    use opencv::core::{Mat, Scalar, Size, BORDER_CONSTANT, BORDER_DEFAULT, CV_64F};
+    use opencv::prelude::*;
+    use vipavatar_pipeline::gfpgan::parse::{MASK_BLUR_KSIZE, MASK_BLUR_SIGMA};
+    use vipavatar_pipeline::gfpgan::warp::{gaussian_blur_matrix, gaussian_kernel_sigma, warp_affine_f32, Affine};
+    use vipavatar_pipeline::gfpgan::{load_network, FaceEnhancer, FaceParser, FacePoints, Noise};
+
+    /// Frames and masks on [0, 1]: max abs 5e-3 (one 8-bit level is 3.9e-3), mean 1e-4.
+    const FRAME_MAX: f64 = 5e-3;
+    const FRAME_MEAN: f64 = 1e-4;
+
+    fn points(t: &Tensor) -> Vec<FacePoints> {
+        let n = t.size()[0];
+        let v = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+        (0..n as usize).map(|i| std::array::from_fn(|k| [v[i * 10 + 2 * k], v[i * 10 + 2 * k + 1]])).collect()
+    }
+
+    fn unit(t: &Tensor) -> Tensor {
+        t.to_device(Device::Cpu).to_kind(Kind::Double) / 255.0
+    }
+
+    fn enhancer() -> FaceEnhancer {
+        let cfg = fx::config();
+        let device = fx::device();
+        let net = load_network(&fx::dir().join("enhance.pth"), &fx::net_config(&cfg["enhance"]), device).unwrap();
+        let parse_cfg = fx::parse_config(&cfg["parse_paste"]);
+        let parser = FaceParser::new(load_parsenet(&fx::dir().join("parse_paste.pth"), &parse_cfg, device).unwrap());
+        FaceEnhancer::new(net).with_parser(parser.unwrap()).unwrap()
+    }
+
+    #[test]
+    fn gfpgan_parse_mask_and_paste_match_facexlib() {
+        let cfg = fx::config();
+        let section = &cfg["parse_paste"];
+        let colormap: Vec<i64> =
+            section["mask_colormap"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+        let ours: Vec<i64> =
+            vipavatar_pipeline::gfpgan::parse::FACE_CLASSES.iter().map(|&k| if k { 255 } else { 0 }).collect();
+        assert_eq!(colormap, ours, "MASK_COLORMAP");
+        assert_eq!(
+            (fx::int(section, "blur_ksize"), fx::float(section, "blur_sigma"), fx::int(section, "border")),
+            (MASK_BLUR_KSIZE, MASK_BLUR_SIGMA, vipavatar_pipeline::gfpgan::parse::MASK_BORDER)
+        );
+        let src = fx::io("enhance.io.safetensors");
+        let io = fx::io("parse_paste.io.safetensors");
+        let device = fx::device();
+        let enh = enhancer();
+        let frames = fx::get(&src, "in.frames").to_device(device);
+        let restored = fx::get(&src, "out.restored").to_device(device);
+        let (h, w) = (frames.size()[1], frames.size()[2]);
+        let affines = enh.align(&frames, &points(fx::get(&src, "in.points"))).unwrap().affines;
+
+        let classes = enh.parser().unwrap().classes(&restored).unwrap().to_device(Device::Cpu);
+        let expected = fx::get(&io, "out.classes").to_kind(Kind::Int64);
+        let differ = classes.ne_tensor(&expected).sum(Kind::Int64).int64_value(&[]);
+        let share = differ as f64 / expected.numel() as f64;
+        eprintln!(
+            "gfpgan parity parse classes: {differ} of {} pixels differ ({share:.2e}; tol 1e-3)",
+            expected.numel()
+        );
+        assert!(share <= 1e-3, "parse classes: {differ} pixels differ");
+
+        let soft = enh.parse_soft_masks((h, w), &restored, &affines, device).unwrap().squeeze_dim(-1);
+        fx::check("parse soft mask", &soft, fx::get(&io, "out.soft_mask"), FRAME_MAX, FRAME_MEAN);
+        // The mask is not the square one: partly-open pixels inside the face region.
+        let partial = soft.gt(0.05).logical_and(&soft.lt(0.95)).to_kind(Kind::Double).mean(Kind::Double);
+        assert!(partial.double_value(&[]) > 0.1);
+
+        let pasted = enh.paste(&frames, &restored, &affines).unwrap();
+        let want = unit(fx::get(&io, "out.pasted"));
+        fx::check("parse pasted frames", &unit(&pasted), &want, FRAME_MAX, FRAME_MEAN);
+        assert!(fx::errors(&unit(&pasted), &unit(&frames)).1 > 0.02, "the paste changed the frames");
+        let square = FaceEnhancer::new(
+            load_network(&fx::dir().join("enhance.pth"), &fx::net_config(&cfg["enhance"]), device).unwrap(),
+        );
+        let square = square.paste(&frames, &restored, &affines).unwrap();
+        assert!(fx::errors(&unit(&square), &want).1 > 0.01, "the parse mask is the square mask");
+
+        // The whole chain: align, the reduced GFPGAN, the parse mask, paste.
+        let full = enh.enhance(&frames, &points(fx::get(&src, "in.points")), &Noise::Stored).unwrap();
+        fx::check("parse enhance chain", &unit(&full), &want, FRAME_MAX, FRAME_MEAN);
+    }
+
+    fn mat_f64(t: &Tensor) -> Mat {
+        let (h, w) = (t.size()[0] as i32, t.size()[1] as i32);
+        let mut m = Mat::new_rows_cols_with_default(h, w, CV_64F, Scalar::all(0.0)).unwrap();
+        m.data_typed_mut::<f64>()
+            .unwrap()
+            .copy_from_slice(&Vec::<f64>::try_from(t.contiguous().flatten(0, -1)).unwrap());
+        m
+    }
+
+    fn from_mat(m: &Mat, h: i64, w: i64) -> Tensor {
+        Tensor::from_slice(m.data_typed::<f64>().unwrap()).view([h, w])
+    }
+
+    /// The mask filters against the linked OpenCV on a random 0 / 255 float64 mask (what the
+    /// reference blurs): the sigma-11 kernel, both 101 x 101 blur passes as one matrix product
+    /// (float64 and the float32 the parser runs), and the `flags=3` inverse warp, which OpenCV runs
+    /// as bilinear.
+    #[test]
+    fn gfpgan_parse_mask_filters_match_opencv() {
+        let kernel = gaussian_kernel_sigma(MASK_BLUR_KSIZE, MASK_BLUR_SIGMA);
+        let cv_kernel = opencv::imgproc::get_gaussian_kernel(MASK_BLUR_KSIZE as i32, MASK_BLUR_SIGMA, CV_64F).unwrap();
+        let cv_kernel = cv_kernel.data_typed::<f64>().unwrap();
+        let kdiff = kernel.iter().zip(cv_kernel).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        eprintln!("gfpgan parse blur kernel: max diff {kdiff:.2e}");
+        assert!(kdiff <= 1e-15);
+
+        let s = 160i64;
+        tch::manual_seed(5);
+        let mask = Tensor::randint(2, [s, s], (Kind::Double, Device::Cpu)) * 255.0;
+        let mut once = Mat::default();
+        let mut twice = Mat::default();
+        let k = Size::new(MASK_BLUR_KSIZE as i32, MASK_BLUR_KSIZE as i32);
+        opencv::imgproc::gaussian_blur(&mat_f64(&mask), &mut once, k, MASK_BLUR_SIGMA, 0.0, BORDER_DEFAULT).unwrap();
+        opencv::imgproc::gaussian_blur(&once, &mut twice, k, MASK_BLUR_SIGMA, 0.0, BORDER_DEFAULT).unwrap();
+        let cv = from_mat(&twice, s, s) / 255.0;
+        let b = gaussian_blur_matrix(s, &kernel).unwrap();
+        let c = b.matmul(&b);
+        let ours64 = c.matmul(&(&mask / 255.0)).matmul(&c.tr());
+        let (max, _) = fx::errors(&ours64, &cv);
+        eprintln!("gfpgan parse blur (float64 matrices): max diff {max:.2e}");
+        assert!(max <= 1e-12);
+        let c32 = c.to_kind(Kind::Float);
+        let ours32 = c32.matmul(&(&mask / 255.0).to_kind(Kind::Float)).matmul(&c32.tr());
+        fx::check("parse blur (float32 matrices)", &ours32, &cv, 1e-6, 1e-7);
+
+        let soft = ours64.shallow_clone();
+        let m = Affine([[0.43, 0.05, 31.0], [-0.05, 0.43, 27.5]]);
+        let (oh, ow) = (150i64, 130i64);
+        let mut warped = Mat::default();
+        let flags = 3; // what the reference passes: INTER_AREA
+        let cv_m = Mat::from_slice_2d(&[m.0[0].to_vec(), m.0[1].to_vec()]).unwrap();
+        opencv::imgproc::warp_affine(
+            &mat_f64(&soft),
+            &mut warped,
+            &cv_m,
+            Size::new(ow as i32, oh as i32),
+            flags,
+            BORDER_CONSTANT,
+            Scalar::all(0.0),
+        )
+        .unwrap();
+        let ours = warp_affine_f32(&soft.to_kind(Kind::Float).view([1, s, s, 1]), &[m], (oh, ow), 0.0).unwrap();
+        fx::check("parse mask warp (flags=3)", &ours.view([oh, ow]), &from_mat(&warped, oh, ow), 1e-6, 1e-7);
+    }
+
+    /// Cost of the parse mask with the full-size ParseNet (a stand-in `parsing_parsenet.pth` with
+    /// the official layout, seeded random weights) on `$VIPAVATAR_DEVICE`: seconds per 512 face for
+    /// the network alone and for the whole mask (argmax, colour map, blurs, border).
+    #[test]
+    #[ignore = "writes an 85 MB stand-in; seconds per face on a CPU"]
+    fn gfpgan_parse_mask_timing() {
+        use std::time::Instant;
+        let device = fx::device();
+        let dir = std::env::temp_dir().join(format!("gfpgan-parse-timing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(vipavatar_pipeline::gfpgan::PARSENET_FILE);
+        let cfg = ParseNetConfig::official();
+        let written = vipavatar_pipeline::gfpgan::write_parse_stand_in(&path, &cfg, 3).unwrap();
+        eprintln!("parsenet stand-in: {written:?}");
+        let parser = FaceParser::new(load_parsenet(&path, &cfg, device).unwrap()).unwrap();
+        tch::manual_seed(1);
+        let faces = Tensor::randint(256, [1, 512, 512, 3], (Kind::Uint8, Device::Cpu));
+        let x = (faces.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0 - 0.5) / 0.5;
+        let _ = parser.face_masks(&faces).unwrap(); // warm-up
+        let repeats = 3;
+        let t = Instant::now();
+        for _ in 0..repeats {
+            let _ = parser.network().forward_mask(&x).unwrap().to_device(Device::Cpu);
+        }
+        let net_s = t.elapsed().as_secs_f64() / repeats as f64;
+        let t = Instant::now();
+        for _ in 0..repeats {
+            let _ = parser.face_masks(&faces).unwrap().to_device(Device::Cpu);
+        }
+        let mask_s = t.elapsed().as_secs_f64() / repeats as f64;
+        eprintln!("parse mask timing: {device:?}: network {net_s:.3} s per face, whole mask {mask_s:.3} s per face");
+        std::fs::remove_dir_all(&dir).ok();
+    }
 }

@@ -1,20 +1,23 @@
 //! The face helper without detection, batched: given each frame's five face points, align the
 //! faces to the template ([`super::align`]), warp the crops, restore them through the network in
-//! batches, and paste them back through the inverse affine with facexlib's soft square mask
-//! (`use_parse=False`, `upscale_factor=1`), all on the tensor side ([`super::warp`]).
+//! batches, and paste them back through the inverse affine (`upscale_factor=1`), all on the
+//! tensor side ([`super::warp`]).
 //!
 //! Every step mirrors `GFPGANer.enhance` + `FaceRestoreHelper` numerically: 8-bit crops,
-//! `(x / 255 - 0.5) / 0.5` input, output clamped to [-1, 1] and rounded back to 8 bits, the
-//! eroded + blurred warped mask, and the float blend truncated to 8 bits.
-//!
-//! Difference from `GFPGANer`: it builds its helper with `use_parse=True`, blending through a
-//! face-parsing mask from a second network (facexlib's ParseNet, `parsing_parsenet.pth`). That
-//! network is not ported; the paste-back here is facexlib's square soft mask (`use_parse=False`),
-//! which also covers hair/neck edges of the crop with the restored pixels.
+//! `(x / 255 - 0.5) / 0.5` input, output clamped to [-1, 1] and rounded back to 8 bits, and the
+//! float blend truncated to 8 bits. The blend weight is one of facexlib's two masks:
+//! - with a [`FaceParser`] (`parsing_parsenet.pth` present): GFPGANer's own `use_parse=True`
+//!   mask, computed per restored face ([`FaceParser::face_masks`]) and warped back bilinearly
+//!   (the reference passes `flags=3`, `INTER_AREA`, which `cv2.warpAffine` runs as
+//!   `INTER_LINEAR`); the pasted face is the warped restored face as is;
+//! - without one: the square soft mask (`use_parse=False`), the warped crop square eroded and
+//!   blurred, which depends only on the geometry ([`PasteMasks`], cacheable) and also covers
+//!   hair / neck edges of the crop with restored pixels.
 
 use super::align::{fit_affine, FacePoints};
 use super::network::GfpganNet;
 use super::noise::Noise;
+use super::parse::FaceParser;
 use super::warp::{erode, gaussian_blur, warp_affine_f32, warp_affine_u8, Affine};
 use super::{load_network, GfpganConfig};
 use crate::{PipelineError, Result};
@@ -69,6 +72,8 @@ impl PasteMasks {
 #[derive(Debug)]
 pub struct FaceEnhancer {
     net: GfpganNet,
+    /// The ParseNet mask; `None`: the square soft mask.
+    parser: Option<FaceParser>,
     /// Faces per network call; frames are processed in chunks of this size. 1 on the CPU, where
     /// larger batches were slower (at 512 x 512 the activations of 4 faces no longer fit any
     /// cache: 4 faces per call took 1.2-1.5x as long per face), 8 elsewhere.
@@ -87,7 +92,27 @@ impl FaceEnhancer {
 
     pub fn new(net: GfpganNet) -> Self {
         let max_batch = Self::default_batch(net.device());
-        Self { net, max_batch }
+        Self { net, parser: None, max_batch }
+    }
+
+    /// Paste back through `parser`'s face mask (GFPGANer's `use_parse=True`) instead of the square
+    /// mask. Its faces must be the network's (512: GFPGANer's resize to the parser is the identity).
+    pub fn with_parser(mut self, mut parser: FaceParser) -> Result<Self> {
+        if parser.face_size() != self.face_size() {
+            return Err(PipelineError::Internal(format!(
+                "parse mask for {0}x{0} faces, the network restores {1}x{1}",
+                parser.face_size(),
+                self.face_size()
+            )));
+        }
+        parser.max_batch = self.max_batch;
+        self.parser = Some(parser);
+        Ok(self)
+    }
+
+    /// The face parser when the paste-back uses the ParseNet mask.
+    pub fn parser(&self) -> Option<&FaceParser> {
+        self.parser.as_ref()
     }
 
     /// The default of [`Self::max_batch`] on `device`.
@@ -186,31 +211,66 @@ impl FaceEnhancer {
     }
 
     /// Paste restored faces (n, s, s, 3) uint8 back into `frames` (n, h, w, 3) uint8 through the
-    /// inverse of each `affines[i]` (`paste_faces_to_input_image`, square soft mask).
+    /// inverse of each `affines[i]` (`paste_faces_to_input_image`): with the parse mask when the
+    /// enhancer has a parser, else with the square soft mask.
     pub fn paste(&self, frames: &Tensor, restored: &Tensor, affines: &[Affine]) -> Result<Tensor> {
         let (h, w) = Self::check_frames(frames, affines.len())?;
+        if self.parser.is_some() {
+            return self.paste_parsed(frames, restored, affines);
+        }
         let masks = self.paste_masks((h, w), affines, frames.device())?;
         self.paste_with_masks(frames, restored, &masks)
+    }
+
+    fn check_restored(&self, restored: &Tensor, n: usize) -> Result<()> {
+        let s = self.face_size();
+        if restored.size() != [n as i64, s, s, 3] || restored.kind() != Kind::Uint8 {
+            return Err(bad_input(format!("restored faces {:?} do not match {n} frames of {s}x{s}", restored.size())));
+        }
+        Ok(())
+    }
+
+    /// The parse-mask blend weight of each restored face (n, s, s, 3) uint8 in frame coordinates:
+    /// (n, h, w, 1) float on `device` (`inv_soft_mask` of `use_parse=True`).
+    pub fn parse_soft_masks(
+        &self,
+        frame_hw: (i64, i64),
+        restored: &Tensor,
+        affines: &[Affine],
+        device: Device,
+    ) -> Result<Tensor> {
+        let parser = self.parser.as_ref().ok_or_else(|| PipelineError::Internal("no face parser loaded".into()))?;
+        self.check_restored(restored, affines.len())?;
+        let inverse: Vec<Affine> = affines.iter().map(Affine::invert).collect();
+        let masks = parser.face_masks(restored)?.to_device(device);
+        warp_affine_f32(&masks, &inverse, frame_hw, 0.0)
+    }
+
+    /// [`Self::paste`] with the parse mask (`use_parse=True`): the mask of each restored face,
+    /// warped back, blends the warped restored face (no erosion) over the frame.
+    pub fn paste_parsed(&self, frames: &Tensor, restored: &Tensor, affines: &[Affine]) -> Result<Tensor> {
+        let (h, w) = Self::check_frames(frames, affines.len())?;
+        let device = frames.device();
+        let soft = self.parse_soft_masks((h, w), restored, affines, device)?;
+        let inverse: Vec<Affine> = affines.iter().map(Affine::invert).collect();
+        let inv_restored = warp_affine_u8(&restored.to_device(device), &inverse, (h, w), &[0, 0, 0])?;
+        Ok(blend(&soft, &inv_restored.to_kind(Kind::Float), frames))
     }
 
     /// [`Self::paste`] with precomputed masks (see [`Self::paste_masks`]).
     pub fn paste_with_masks(&self, frames: &Tensor, restored: &Tensor, masks: &PasteMasks) -> Result<Tensor> {
         let n = masks.affines.len();
         let (h, w) = Self::check_frames(frames, n)?;
-        let s = self.face_size();
         if (h, w) != masks.frame_hw {
             return Err(bad_input(format!("masks are for {:?} frames, got {h}x{w}", masks.frame_hw)));
         }
-        if restored.size() != [n as i64, s, s, 3] {
-            return Err(bad_input(format!("restored faces {:?} do not match {n} frames of {s}x{s}", restored.size())));
-        }
+        self.check_restored(restored, n)?;
         let device = frames.device();
         let inverse: Vec<Affine> = masks.affines.iter().map(Affine::invert).collect();
         let inv_restored = warp_affine_u8(&restored.to_device(device), &inverse, (h, w), &[0, 0, 0])?;
         let (soft, eroded) = (masks.soft.to_device(device), masks.eroded.to_device(device));
         let pasted_face = &eroded * inv_restored.to_kind(Kind::Float);
-        let blended = &soft * pasted_face + (-&soft + 1.0) * frames.to_kind(Kind::Float);
-        Ok(blended.floor().clamp(0.0, 255.0).to_kind(Kind::Uint8))
+        Ok(blend(&soft, &pasted_face, frames))
     }
 
     /// Align, restore and paste back one face per frame: frames (n, h, w, 3) uint8 RGB with
@@ -220,4 +280,10 @@ impl FaceEnhancer {
         let restored = self.restore(&aligned.crops, noise)?;
         self.paste(frames, &restored, &aligned.affines)
     }
+}
+
+/// `soft * face + (1 - soft) * frame`, truncated to 8 bits like the reference's `astype(uint8)`.
+fn blend(soft: &Tensor, face: &Tensor, frames: &Tensor) -> Tensor {
+    let blended = soft * face + (-soft + 1.0) * frames.to_kind(Kind::Float);
+    blended.floor().clamp(0.0, 255.0).to_kind(Kind::Uint8)
 }

@@ -2,7 +2,9 @@
 //! [`config`]) loaded from the official `GFPGANv1.4.pth` ([`weights`]), deterministic noise
 //! ([`noise`]), and the face helper without detection ([`align`], [`warp`], [`enhancer`]): align
 //! each frame's face to the FFHQ 512 five-point template from known points, restore the crops in
-//! batches, paste them back through the inverse affine with a soft mask.
+//! batches, paste them back through the inverse affine with a soft mask: facexlib's ParseNet face
+//! mask ([`parse`], from the optional `parsing_parsenet.pth`, as GFPGANer does) or, without that
+//! file, facexlib's square soft mask.
 //!
 //! Numerics follow `gfpgan==1.3.8` / `basicsr==1.4.2` / `facexlib==0.3.0` and are checked against
 //! the golden fixtures in `pipeline/tests/fixtures/gfpgan` by `pipeline/tests/gfpgan*.rs`.
@@ -16,12 +18,13 @@
 //! A missing or mismatched file is a [`crate::PipelineError::Checkpoint`] naming the file and key.
 //!
 //! The engines hold an [`EnhancerSlot`] ([`slot`]): the file is looked for when a request asks for
-//! `enhancer=gfpgan` (absent: a 422 naming it) and loaded on first use. [`standin`] writes a
-//! stand-in file with the same layout and random weights for tests and timing.
+//! `enhancer=gfpgan` (absent: a 422 naming it) and loaded on first use, with `parsing_parsenet.pth`
+//! from the same folder when it is there (absent: the square mask, no error). [`standin`] writes
+//! stand-in files with the same layouts and random weights for tests and timing.
 //!
-//! Without the `opencv` feature the network, its loader and the tensor-side warps still build
-//! (the GPU check times the network on hosts without OpenCV); the face helper (`align`,
-//! `enhancer`, `slot`) needs OpenCV's affine fit.
+//! Without the `opencv` feature the networks (GFPGAN and ParseNet with its mask), their loaders
+//! and the tensor-side warps still build (the GPU check times the network on hosts without
+//! OpenCV); the face helper (`align`, `enhancer`, `slot`) needs OpenCV's affine fit.
 
 #[cfg(feature = "opencv")]
 pub mod align;

@@ -3,9 +3,16 @@
 //! thread on each batch of rendered frames with their five face points and the request's seed.
 //! It also owns the option check both engines share (no file: a 422 naming it and where it goes)
 //! and a small in-memory cache of the paste masks of faces that do not move.
+//!
+//! The paste-back mask: when facexlib's `parsing_parsenet.pth` lies next to the GFPGAN weights it
+//! is loaded with them and every restored face is blended through its parse mask, like GFPGANer;
+//! without it the square soft mask is used (the file is optional: no error, one log line at load
+//! says which mask is in use). The parse mask depends on each restored face, so it is computed
+//! per frame; the cache of square masks only serves the square mask.
 
 use super::align::{fit_affine, FacePoints};
 use super::enhancer::{FaceEnhancer, PasteMasks, CROP_BORDER_RGB};
+use super::parse::{load_parsenet, FaceParser, ParseNetConfig, PARSENET_FILE};
 use super::warp::{warp_affine_u8, Affine};
 use super::{load_network, GfpganConfig, Noise, GFPGAN_V1_4_FILE};
 use crate::{PipelineError, Result};
@@ -29,6 +36,9 @@ struct State {
 pub struct EnhancerSlot {
     path: PathBuf,
     config: GfpganConfig,
+    /// The optional ParseNet weights (next to `path`) and their architecture.
+    parse_path: PathBuf,
+    parse_config: ParseNetConfig,
     device: Device,
     /// tch modules are not `Sync`; one device owner thread drives the engine, so the lock is
     /// uncontended. A panic inside an earlier call leaves the weights as they were (inference only
@@ -40,6 +50,7 @@ impl std::fmt::Debug for EnhancerSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EnhancerSlot")
             .field("path", &self.path)
+            .field("parse_path", &self.parse_path)
             .field("device", &self.device)
             .field("loaded", &self.is_loaded())
             .finish_non_exhaustive()
@@ -69,9 +80,23 @@ impl EnhancerSlot {
         Self::new(checkpoints.join(GFPGAN_V1_4_FILE), GfpganConfig::v1_4(), device)
     }
 
-    /// Weights of architecture `config` at `path` (tests use reduced widths).
+    /// Weights of architecture `config` at `path` (tests use reduced widths); the optional
+    /// ParseNet is looked for as [`PARSENET_FILE`] in the same folder, official architecture.
     pub fn new(path: PathBuf, config: GfpganConfig, device: Device) -> Self {
-        Self { path, config, device, state: Mutex::new(State::default()) }
+        let parse_path = path.with_file_name(PARSENET_FILE);
+        let parse_config = ParseNetConfig::official();
+        Self { path, config, parse_path, parse_config, device, state: Mutex::new(State::default()) }
+    }
+
+    /// Read the optional ParseNet file as architecture `config` (tests use reduced widths).
+    pub fn with_parse_config(mut self, config: ParseNetConfig) -> Self {
+        self.parse_config = config;
+        self
+    }
+
+    /// Where the optional ParseNet weights are looked for.
+    pub fn parse_path(&self) -> &Path {
+        &self.parse_path
     }
 
     pub fn path(&self) -> &Path {
@@ -89,6 +114,36 @@ impl EnhancerSlot {
     /// Whether the network was loaded (by an earlier [`Self::enhance`]).
     pub fn is_loaded(&self) -> bool {
         self.lock().enhancer.is_some()
+    }
+
+    /// Whether the loaded enhancer pastes through the ParseNet mask (`false` before loading).
+    pub fn uses_parse_mask(&self) -> bool {
+        self.lock().enhancer.as_ref().is_some_and(|e| e.parser().is_some())
+    }
+
+    /// The enhancer: GFPGAN from `path`, plus the ParseNet when its file is present.
+    fn load(&self) -> Result<FaceEnhancer> {
+        let t = Instant::now();
+        let enhancer = FaceEnhancer::new(load_network(&self.path, &self.config, self.device)?);
+        let gfpgan_ms = crate::ms_since(t);
+        tracing::info!(file = %self.path.display(), device = ?self.device, ms = gfpgan_ms, "gfpgan enhancer loaded");
+        if !self.parse_path.is_file() {
+            tracing::info!(
+                mask = "square",
+                missing = %self.parse_path.display(),
+                "gfpgan paste-back: square soft mask (no ParseNet weights; GFPGANer itself uses the parse mask)"
+            );
+            return Ok(enhancer);
+        }
+        let t = Instant::now();
+        let parser = FaceParser::new(load_parsenet(&self.parse_path, &self.parse_config, self.device)?)?;
+        tracing::info!(
+            mask = "parsenet",
+            file = %self.parse_path.display(),
+            ms = crate::ms_since(t),
+            "gfpgan paste-back: ParseNet face mask"
+        );
+        enhancer.with_parser(parser)
     }
 
     /// Whether `enhancer=gfpgan` can be served: the weights file is present (see
@@ -116,10 +171,7 @@ impl EnhancerSlot {
         let mut guard = self.lock();
         let state = &mut *guard;
         if state.enhancer.is_none() {
-            let t = Instant::now();
-            let net = load_network(&self.path, &self.config, self.device)?;
-            state.enhancer = Some(FaceEnhancer::new(net));
-            tracing::info!(file = %self.path.display(), device = ?self.device, ms = crate::ms_since(t), "gfpgan enhancer loaded");
+            state.enhancer = Some(self.load()?);
         }
         let enhancer = state.enhancer.as_ref().ok_or_else(|| PipelineError::Internal("enhancer missing".into()))?;
         let face = enhancer.face_size();
@@ -128,6 +180,13 @@ impl EnhancerSlot {
         for (i, p) in points.iter().enumerate() {
             let same = i > 0 && points[i - 1] == *p;
             affines.push(if same { affines[i - 1] } else { fit_affine(p, face)? });
+        }
+        let on_device = frames.to_device(self.device);
+        let crops = warp_affine_u8(&on_device, &affines, (face, face), &CROP_BORDER_RGB)?;
+        let restored = enhancer.restore(&crops, &Noise::Seeded(seed))?;
+        if enhancer.parser().is_some() {
+            let out = enhancer.paste_parsed(&on_device, &restored, &affines)?;
+            return Ok(out.to_device(frames.device()));
         }
         let hw = (size[1], size[2]);
         let masks = if affines.iter().all(|a| *a == affines[0]) {
@@ -143,9 +202,6 @@ impl EnhancerSlot {
         } else {
             enhancer.paste_masks(hw, &affines, self.device)?
         };
-        let on_device = frames.to_device(self.device);
-        let crops = warp_affine_u8(&on_device, &affines, (face, face), &CROP_BORDER_RGB)?;
-        let restored = enhancer.restore(&crops, &Noise::Seeded(seed))?;
         let out = enhancer.paste_with_masks(&on_device, &restored, &masks)?;
         Ok(out.to_device(frames.device()))
     }
