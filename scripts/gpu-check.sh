@@ -59,7 +59,9 @@ for line in open(sys.argv[1]):
   find "$fx" -maxdepth 1 -type f ! -name 'face3d_recon.*' ! -name 'align.*' -exec cp {} "$dir/fixtures/" \;
   mkdir -p "$dir/fixtures-gfpgan"
   cp pipeline/tests/fixtures/gfpgan/{config.json,official_layout.json,network.pth,network.io.safetensors} \
-    pipeline/tests/fixtures/gfpgan/{full_layer.pth,full_layer.io.safetensors} "$dir/fixtures-gfpgan/"
+    pipeline/tests/fixtures/gfpgan/{full_layer.pth,full_layer.io.safetensors} \
+    pipeline/tests/fixtures/gfpgan/{parse_official_layout.json,parse_network.pth,parse_network.io.safetensors} \
+    pipeline/tests/fixtures/gfpgan/{parse_full_layer.pth,parse_full_layer.io.safetensors} "$dir/fixtures-gfpgan/"
   cp scripts/gpu-check/run.sh scripts/gpu-check/report.py "$dir/"
   {
     echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+changes')"
