@@ -17,15 +17,6 @@ use vipavatar_pipeline::PipelineError;
 const NET_MAX: f64 = 1e-4;
 const NET_MEAN: f64 = 1e-5;
 
-/// The convolution paths to check on `device`: the default, and Winograd where it runs.
-fn paths(device: tch::Device) -> Vec<ConvPath> {
-    let mut paths = vec![ConvPath::Default];
-    if ConvPath::Winograd.usable_on(device) == ConvPath::Winograd {
-        paths.push(ConvPath::Winograd);
-    }
-    paths
-}
-
 #[test]
 fn gfpgan_network_matches_reference() {
     let cfg = fx::config();
@@ -38,7 +29,7 @@ fn gfpgan_network_matches_reference() {
     let x = fx::get(&io, "in.x").to_device(device);
     assert_eq!(x.size()[0], fx::int(section, "batch"));
     let noise = net.noise_maps(&Noise::Stored);
-    for path in paths(device) {
+    for path in fx::paths(device) {
         net.set_conv_path(path);
         assert_eq!(net.conv_path(), path);
         let (image, mid) = net.forward_with_intermediates(&x, &noise).unwrap();
@@ -133,7 +124,7 @@ fn gfpgan_full_width_layer_matches_reference() {
     });
     let io = fx::io("full_layer.io.safetensors");
     let g = |k: &str| fx::get(&io, k).to_device(device);
-    for path in paths(device) {
+    for path in fx::paths(device) {
         let out = tch::no_grad(|| conv.forward(&g("in.x"), &g("in.style1"), &g("in.noise"), path));
         fx::check(&format!("{path:?} full-width style conv"), &out, fx::get(&io, "out.features"), NET_MAX, NET_MEAN);
         let img = tch::no_grad(|| rgb.forward(&out, &g("in.style2"), Some(&g("in.skip")), path));
@@ -219,7 +210,7 @@ fn gfpgan_network_timing() {
         t.elapsed().as_secs_f64() / repeats as f64
     };
     let mut fp32 = Vec::new();
-    for path in paths(device) {
+    for path in fx::paths(device) {
         net.set_conv_path(path);
         for &b in &batches {
             let s = time(&net, &input(b, Kind::Float), &noise);

@@ -75,16 +75,17 @@ impl ConvPath {
         if !self.winograd(x, w) {
             return default_conv(x, w, b, padding);
         }
-        let s = x.size();
-        let out = Tensor::empty([s[0], w.size()[0], s[2], s[3]], (Kind::Float, Device::Cpu));
+        let (s, k) = (x.size(), w.size());
+        let side = |i: usize| s[i] + 2 * padding - k[i] + 1;
+        let out = Tensor::empty([s[0], k[0], side(2), side(3)], (Kind::Float, Device::Cpu));
         for i in 0..s[0] {
             self.conv_into(&out.narrow(0, i, 1), &x.narrow(0, i, 1), w, b, padding);
         }
         out
     }
 
-    /// [`Self::conv`] of one image (1, in, h, w) written into `out` (1, out, h, w), which may be
-    /// a slice of a batch.
+    /// [`Self::conv`] of one image (1, in, h, w) written into `out` (1, out, h', w'), which may
+    /// be a slice of a batch.
     pub fn conv_into(self, out: &Tensor, x: &Tensor, w: &Tensor, b: Option<&Tensor>, padding: i64) {
         if self.winograd(x, w) {
             let _ = x.contiguous().internal_nnpack_spatial_convolution_out(out, w, b, [padding, padding], [1, 1]);

@@ -15,6 +15,7 @@
 //!   hair / neck edges of the crop with restored pixels.
 
 use super::align::{fit_affine, FacePoints};
+use super::conv::ConvPath;
 use super::network::GfpganNet;
 use super::noise::Noise;
 use super::parse::FaceParser;
@@ -126,6 +127,14 @@ impl FaceEnhancer {
 
     pub fn network_mut(&mut self) -> &mut GfpganNet {
         &mut self.net
+    }
+
+    /// Run the restoration network and the face parser on `path` (see [`GfpganNet::set_conv_path`]).
+    pub fn set_conv_path(&mut self, path: ConvPath) {
+        self.net.set_conv_path(path);
+        if let Some(parser) = &mut self.parser {
+            parser.network_mut().set_conv_path(path);
+        }
     }
 
     pub fn network(&self) -> &GfpganNet {

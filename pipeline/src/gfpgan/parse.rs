@@ -14,9 +14,10 @@
 //! The official file is a plain state dict (no `params` wrapper); every key and shape, the
 //! BatchNorm counters included, is checked both ways (`load_state_dict(strict=True)` there).
 
+use super::conv::ConvPath;
 use super::stylegan::lrelu_;
 use super::warp::{gaussian_blur_matrix, gaussian_kernel_sigma};
-use crate::sadtalker::layers::{BatchNorm, Conv2d, ConvSpec};
+use crate::sadtalker::layers::{convolution, BatchNorm, Conv2d, ConvSpec};
 use crate::{PipelineError, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -110,6 +111,11 @@ pub enum Scale {
 
 /// `ConvLayer`: optional nearest 2x upsampling, reflection pad 1, 3x3 conv (stride 2 for
 /// `Down`), optional BatchNorm (then without conv bias), optional LeakyReLU(0.2).
+///
+/// The BatchNorm is folded into the convolution's weight and bias on every call (its running
+/// statistics make it a per-channel affine map; the fold costs a pass over the weights, not over
+/// the 512 x 512 maps), and stride-1 convolutions run on the network's [`ConvPath`] (Winograd on
+/// the CPU).
 #[derive(Debug)]
 pub struct ConvLayer {
     conv: Conv2d,
@@ -134,17 +140,46 @@ impl ConvLayer {
         Self::new(p, cin, cout, scale, false, false)
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
+    /// The convolution's weight and bias with the BatchNorm folded in.
+    fn folded(&self) -> (Tensor, Option<Tensor>) {
+        let (w, b) = (self.conv.weight(), self.conv.bias());
+        match &self.norm {
+            None => (w.shallow_clone(), b.map(Tensor::shallow_clone)),
+            Some(norm) => {
+                let (scale, shift) = norm.scale_shift();
+                let bias = match b {
+                    Some(b) => shift + b * &scale,
+                    None => shift,
+                };
+                (w * scale.view([-1, 1, 1, 1]), Some(bias))
+            }
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor, path: ConvPath) -> Tensor {
+        self.apply(&self.input(x), path)
+    }
+
+    /// What the convolution reads: `x` upsampled (for `Up`) and reflection-padded.
+    fn input(&self, x: &Tensor) -> Tensor {
         let x = if self.up {
             let s = x.size();
             x.upsample_nearest2d([s[2] * 2, s[3] * 2], Some(2.0), Some(2.0))
         } else {
             x.shallow_clone()
         };
-        let mut out = self.conv.forward(&x.reflection_pad2d([1, 1, 1, 1]));
-        if let Some(norm) = &self.norm {
-            out = norm.forward(&out);
-        }
+        x.reflection_pad2d([1, 1, 1, 1])
+    }
+
+    /// The layer on its prepared [`Self::input`].
+    fn apply(&self, x: &Tensor, path: ConvPath) -> Tensor {
+        let (w, b) = self.folded();
+        let stride = self.conv.stride();
+        let mut out = if stride == [1, 1] {
+            path.conv(x, &w, b.as_ref(), 0)
+        } else {
+            convolution(x, &w, b.as_ref(), stride, [0, 0], false)
+        };
         if self.relu {
             out = lrelu_(out);
         }
@@ -176,12 +211,16 @@ impl ResidualBlock {
         Self { shortcut, conv1, conv2 }
     }
 
-    pub fn forward(&self, x: &Tensor) -> Tensor {
-        let res = self.conv2.forward(&self.conv1.forward(x));
+    pub fn forward(&self, x: &Tensor, path: ConvPath) -> Tensor {
+        // conv1 and the shortcut read the same upsampled, padded map (both upsample for `Up`,
+        // neither for `Down`, where only the shortcut's stride differs): prepared once.
+        let input = self.conv1.input(x);
+        let mut res = self.conv2.forward(&self.conv1.apply(&input, path), path);
         match &self.shortcut {
-            Some(s) => s.forward(x) + res,
-            None => x + res,
+            Some(s) => res += s.apply(&input, path),
+            None => res += x,
         }
+        res
     }
 }
 
@@ -196,6 +235,7 @@ pub struct ParseNet {
     decoder: Vec<ResidualBlock>,
     out_img: ConvLayer,
     out_mask: ConvLayer,
+    conv_path: ConvPath,
 }
 
 impl ParseNet {
@@ -227,7 +267,8 @@ impl ParseNet {
         }
         let out_img = ConvLayer::plain(&root / "out_img_conv", cfg.clip(head), 3, Scale::None);
         let out_mask = ConvLayer::plain(&root / "out_mask_conv", cfg.clip(head), cfg.parsing_ch, Scale::None);
-        Ok(Self { vs, cfg: cfg.clone(), first, encoder, body, decoder, out_img, out_mask })
+        let conv_path = ConvPath::fastest(device);
+        Ok(Self { vs, cfg: cfg.clone(), first, encoder, body, decoder, out_img, out_mask, conv_path })
     }
 
     pub fn config(&self) -> &ParseNetConfig {
@@ -242,19 +283,30 @@ impl ParseNet {
         &self.vs
     }
 
+    /// How the stride-1 convolutions run: [`ConvPath::fastest`] for the device unless set.
+    pub fn conv_path(&self) -> ConvPath {
+        self.conv_path
+    }
+
+    /// Choose the convolution path; Winograd falls back to the default where it cannot run.
+    pub fn set_conv_path(&mut self, path: ConvPath) {
+        self.conv_path = path.usable_on(self.device());
+    }
+
     /// The decoder's features (before the two heads).
     fn features(&self, x: &Tensor) -> Tensor {
-        let mut feat = self.first.forward(x);
+        let path = self.conv_path;
+        let mut feat = self.first.forward(x, path);
         for b in &self.encoder {
-            feat = b.forward(&feat);
+            feat = b.forward(&feat, path);
         }
         let mut body = feat.shallow_clone();
         for b in &self.body {
-            body = b.forward(&body);
+            body = b.forward(&body, path);
         }
         let mut x = feat + body;
         for b in &self.decoder {
-            x = b.forward(&x);
+            x = b.forward(&x, path);
         }
         x
     }
@@ -279,7 +331,7 @@ impl ParseNet {
         let x = x.to_device(self.device());
         Ok(tch::no_grad(|| {
             let feat = self.features(&x);
-            (self.out_mask.forward(&feat), self.out_img.forward(&feat))
+            (self.out_mask.forward(&feat, self.conv_path), self.out_img.forward(&feat, self.conv_path))
         }))
     }
 
@@ -287,7 +339,7 @@ impl ParseNet {
     pub fn forward_mask(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
         let x = x.to_device(self.device());
-        Ok(tch::no_grad(|| self.out_mask.forward(&self.features(&x))))
+        Ok(tch::no_grad(|| self.out_mask.forward(&self.features(&x), self.conv_path)))
     }
 }
 
@@ -390,6 +442,10 @@ impl FaceParser {
 
     pub fn network(&self) -> &ParseNet {
         &self.net
+    }
+
+    pub fn network_mut(&mut self) -> &mut ParseNet {
+        &mut self.net
     }
 
     /// Side of the faces it parses.

@@ -64,6 +64,18 @@ impl Conv2d {
     pub fn forward(&self, x: &Tensor) -> Tensor {
         convolution(x, &self.weight, self.bias.as_ref(), self.stride, self.padding, false)
     }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    pub fn stride(&self) -> [i64; 2] {
+        self.stride
+    }
 }
 
 /// `nn.ConvTranspose2d` with kernel == stride and no padding (the ResUnet upsampler).
@@ -121,6 +133,14 @@ impl BatchNorm {
         // Stored by the reference state_dict; unused in eval mode but validated on load.
         let _ = p.add("num_batches_tracked", Tensor::zeros([], (Kind::Int64, p.device())), false);
         Self { weight, bias, running_mean, running_var }
+    }
+
+    /// The same map as per-channel `(scale, shift)`, `y = x * scale + shift`, for folding into
+    /// the convolution before it.
+    pub fn scale_shift(&self) -> (Tensor, Tensor) {
+        let scale = &self.weight * (&self.running_var + BN_EPS).rsqrt();
+        let shift = &self.bias - &self.running_mean * &scale;
+        (scale, shift)
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {

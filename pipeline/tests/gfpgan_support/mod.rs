@@ -105,3 +105,13 @@ pub fn check(what: &str, ours: &Tensor, expected: &Tensor, max_tol: f64, mean_to
     assert!(mean <= mean_tol, "{what}: mean abs error {mean:e} exceeds {mean_tol:e}");
     (max, mean)
 }
+
+/// The convolution paths to check on `device`: the default, and Winograd where it runs.
+pub fn paths(device: tch::Device) -> Vec<vipavatar_pipeline::gfpgan::ConvPath> {
+    use vipavatar_pipeline::gfpgan::ConvPath;
+    let mut paths = vec![ConvPath::Default];
+    if ConvPath::Winograd.usable_on(device) == ConvPath::Winograd {
+        paths.push(ConvPath::Winograd);
+    }
+    paths
+}
