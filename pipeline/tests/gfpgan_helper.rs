@@ -10,20 +10,6 @@ use vipavatar_pipeline::gfpgan::{load_network, FaceEnhancer, FacePoints, Noise};
 
 /// Matrices: float32 inputs to the fit, so agreement to ~1e-6 relative.
 const AFFINE_TOL: f64 = 1e-5;
-/// Frames on [0, 1]: max abs 5e-3 (one 8-bit level is 3.9e-3), mean 1e-4.
-const FRAME_MAX: f64 = 5e-3;
-const FRAME_MEAN: f64 = 1e-4;
-
-fn points(t: &Tensor) -> Vec<FacePoints> {
-    let n = t.size()[0];
-    let v = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
-    (0..n as usize).map(|i| std::array::from_fn(|k| [v[i * 10 + 2 * k], v[i * 10 + 2 * k + 1]])).collect()
-}
-
-fn unit(t: &Tensor) -> Tensor {
-    t.to_device(Device::Cpu).to_kind(Kind::Double) / 255.0
-}
-
 fn enhancer() -> FaceEnhancer {
     let cfg = fx::config();
     let section = &cfg["enhance"];
@@ -38,7 +24,7 @@ fn gfpgan_helper_alignment_and_paste_match_facexlib() {
     let enh = enhancer();
     let device = fx::device();
     let frames = fx::get(&io, "in.frames").to_device(device);
-    let pts = points(fx::get(&io, "in.points"));
+    let pts = fx::points(fx::get(&io, "in.points"));
     let cfg = fx::config();
     assert_eq!(pts.len(), cfg["enhance"]["face_scales"].as_array().unwrap().len());
     let aligned = enh.align(&frames, &pts).unwrap();
@@ -48,12 +34,24 @@ fn gfpgan_helper_alignment_and_paste_match_facexlib() {
     let inverse = Tensor::from_slice(&aligned.affines.iter().flat_map(|a| a.invert().0.concat()).collect::<Vec<f64>>())
         .view([-1, 2, 3]);
     fx::check("inverse affine", &inverse, fx::get(&io, "out.inverse_affine"), AFFINE_TOL, AFFINE_TOL);
-    fx::check("warped crops", &unit(&aligned.crops), &unit(fx::get(&io, "out.crops")), FRAME_MAX, FRAME_MEAN);
+    fx::check(
+        "warped crops",
+        &fx::unit(&aligned.crops),
+        &fx::unit(fx::get(&io, "out.crops")),
+        fx::FRAME_MAX,
+        fx::FRAME_MEAN,
+    );
     let restored = fx::get(&io, "out.restored").to_device(device);
     let pasted = enh.paste(&frames, &restored, &aligned.affines).unwrap();
-    fx::check("pasted frames", &unit(&pasted), &unit(fx::get(&io, "out.pasted")), FRAME_MAX, FRAME_MEAN);
+    fx::check(
+        "pasted frames",
+        &fx::unit(&pasted),
+        &fx::unit(fx::get(&io, "out.pasted")),
+        fx::FRAME_MAX,
+        fx::FRAME_MEAN,
+    );
     // The paste really changed the frames (the comparison is not against the input).
-    assert!(fx::errors(&unit(&pasted), &unit(&frames)).1 > 0.05);
+    assert!(fx::errors(&fx::unit(&pasted), &fx::unit(&frames)).1 > 0.05);
     // Cached masks (computed once for a repeated matrix) give the same frames.
     let repeated = [aligned.affines[0], aligned.affines[0]];
     let masks = enh.paste_masks((frames.size()[1], frames.size()[2]), &repeated, device).unwrap();
@@ -77,12 +75,18 @@ fn gfpgan_enhance_chain_matches_gfpganer() {
     let mut enh = enhancer();
     enh.max_batch = 1; // two network calls: chunking is exercised
     let frames = fx::get(&io, "in.frames").to_device(fx::device());
-    let pts = points(fx::get(&io, "in.points"));
+    let pts = fx::points(fx::get(&io, "in.points"));
     let aligned = enh.align(&frames, &pts).unwrap();
     let restored = enh.restore(&aligned.crops, &Noise::Stored).unwrap();
-    fx::check("restored faces", &unit(&restored), &unit(fx::get(&io, "out.restored")), FRAME_MAX, FRAME_MEAN);
+    fx::check(
+        "restored faces",
+        &fx::unit(&restored),
+        &fx::unit(fx::get(&io, "out.restored")),
+        fx::FRAME_MAX,
+        fx::FRAME_MEAN,
+    );
     let out = enh.enhance(&frames, &pts, &Noise::Stored).unwrap();
-    fx::check("enhanced frames", &unit(&out), &unit(fx::get(&io, "out.pasted")), FRAME_MAX, FRAME_MEAN);
+    fx::check("enhanced frames", &fx::unit(&out), &fx::unit(fx::get(&io, "out.pasted")), fx::FRAME_MAX, fx::FRAME_MEAN);
 }
 
 #[test]

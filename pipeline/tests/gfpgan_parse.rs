@@ -184,21 +184,7 @@ mod paste {
     use opencv::prelude::*;
     use vipavatar_pipeline::gfpgan::parse::{MASK_BLUR_KSIZE, MASK_BLUR_SIGMA};
     use vipavatar_pipeline::gfpgan::warp::{gaussian_blur_matrix, gaussian_kernel_sigma, warp_affine_f32, Affine};
-    use vipavatar_pipeline::gfpgan::{load_network, FaceEnhancer, FaceParser, FacePoints, Noise};
-
-    /// Frames and masks on [0, 1]: max abs 5e-3 (one 8-bit level is 3.9e-3), mean 1e-4.
-    const FRAME_MAX: f64 = 5e-3;
-    const FRAME_MEAN: f64 = 1e-4;
-
-    fn points(t: &Tensor) -> Vec<FacePoints> {
-        let n = t.size()[0];
-        let v = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
-        (0..n as usize).map(|i| std::array::from_fn(|k| [v[i * 10 + 2 * k], v[i * 10 + 2 * k + 1]])).collect()
-    }
-
-    fn unit(t: &Tensor) -> Tensor {
-        t.to_device(Device::Cpu).to_kind(Kind::Double) / 255.0
-    }
+    use vipavatar_pipeline::gfpgan::{load_network, FaceEnhancer, FaceParser, Noise};
 
     fn enhancer() -> FaceEnhancer {
         let cfg = fx::config();
@@ -229,7 +215,7 @@ mod paste {
         let frames = fx::get(&src, "in.frames").to_device(device);
         let restored = fx::get(&src, "out.restored").to_device(device);
         let (h, w) = (frames.size()[1], frames.size()[2]);
-        let affines = enh.align(&frames, &points(fx::get(&src, "in.points"))).unwrap().affines;
+        let affines = enh.align(&frames, &fx::points(fx::get(&src, "in.points"))).unwrap().affines;
 
         let classes = enh.parser().unwrap().classes(&restored).unwrap().to_device(Device::Cpu);
         let expected = fx::get(&io, "out.classes").to_kind(Kind::Int64);
@@ -242,24 +228,24 @@ mod paste {
         assert!(share <= 1e-3, "parse classes: {differ} pixels differ");
 
         let soft = enh.parse_soft_masks((h, w), &restored, &affines, device).unwrap().squeeze_dim(-1);
-        fx::check("parse soft mask", &soft, fx::get(&io, "out.soft_mask"), FRAME_MAX, FRAME_MEAN);
+        fx::check("parse soft mask", &soft, fx::get(&io, "out.soft_mask"), fx::FRAME_MAX, fx::FRAME_MEAN);
         // The mask is not the square one: partly-open pixels inside the face region.
         let partial = soft.gt(0.05).logical_and(&soft.lt(0.95)).to_kind(Kind::Double).mean(Kind::Double);
         assert!(partial.double_value(&[]) > 0.1);
 
         let pasted = enh.paste(&frames, &restored, &affines).unwrap();
-        let want = unit(fx::get(&io, "out.pasted"));
-        fx::check("parse pasted frames", &unit(&pasted), &want, FRAME_MAX, FRAME_MEAN);
-        assert!(fx::errors(&unit(&pasted), &unit(&frames)).1 > 0.02, "the paste changed the frames");
+        let want = fx::unit(fx::get(&io, "out.pasted"));
+        fx::check("parse pasted frames", &fx::unit(&pasted), &want, fx::FRAME_MAX, fx::FRAME_MEAN);
+        assert!(fx::errors(&fx::unit(&pasted), &fx::unit(&frames)).1 > 0.02, "the paste changed the frames");
         let square = FaceEnhancer::new(
             load_network(&fx::dir().join("enhance.pth"), &fx::net_config(&cfg["enhance"]), device).unwrap(),
         );
         let square = square.paste(&frames, &restored, &affines).unwrap();
-        assert!(fx::errors(&unit(&square), &want).1 > 0.01, "the parse mask is the square mask");
+        assert!(fx::errors(&fx::unit(&square), &want).1 > 0.01, "the parse mask is the square mask");
 
         // The whole chain: align, the reduced GFPGAN, the parse mask, paste.
-        let full = enh.enhance(&frames, &points(fx::get(&src, "in.points")), &Noise::Stored).unwrap();
-        fx::check("parse enhance chain", &unit(&full), &want, FRAME_MAX, FRAME_MEAN);
+        let full = enh.enhance(&frames, &fx::points(fx::get(&src, "in.points")), &Noise::Stored).unwrap();
+        fx::check("parse enhance chain", &fx::unit(&full), &want, fx::FRAME_MAX, fx::FRAME_MEAN);
     }
 
     fn mat_f64(t: &Tensor) -> Mat {

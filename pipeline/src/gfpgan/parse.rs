@@ -17,6 +17,7 @@
 use super::conv::ConvPath;
 use super::stylegan::lrelu_;
 use super::warp::{gaussian_blur_matrix, gaussian_kernel_sigma};
+use super::weights::fill_var_store;
 use crate::sadtalker::layers::{convolution, BatchNorm, Conv2d, ConvSpec};
 use crate::{PipelineError, Result};
 use std::collections::BTreeMap;
@@ -365,39 +366,8 @@ pub fn load_parsenet(path: &Path, cfg: &ParseNetConfig, device: Device) -> Resul
     }
     let state: BTreeMap<String, Tensor> = crate::torch_pickle::load(path)?.into_iter().collect();
     let net = ParseNet::build(cfg, device)?;
-    let variables = net.var_store().variables();
-    let mut problems = Vec::new();
-    for (name, var) in variables.iter().collect::<BTreeMap<_, _>>() {
-        match state.get(name) {
-            None => problems.push(format!("missing key `{name}` (expected shape {:?})", var.size())),
-            Some(t) if t.size() != var.size() => {
-                problems.push(format!("key `{name}` has shape {:?}, expected {:?}", t.size(), var.size()))
-            }
-            Some(t) if t.is_floating_point() != var.is_floating_point() => {
-                problems.push(format!("key `{name}` has dtype {:?}, expected {:?}", t.kind(), var.kind()))
-            }
-            Some(_) => {}
-        }
-    }
-    for name in state.keys().filter(|k| !variables.contains_key(*k)) {
-        problems.push(format!("unexpected key `{name}`"));
-    }
-    if !problems.is_empty() {
-        let more = problems.len().saturating_sub(6);
-        let tail = if more > 0 { format!(" (and {more} more problems)") } else { String::new() };
-        return Err(err(path, format!("{}{tail}", problems[..problems.len().min(6)].join("; "))));
-    }
-    tch::no_grad(|| -> Result<()> {
-        for (name, var) in &variables {
-            let converted = state[name]
-                .f_to_kind(var.kind())
-                .and_then(|t| t.f_to_device(device))
-                .map_err(|e| err(path, format!("key `{name}`: {e}")))?;
-            var.shallow_clone().f_copy_(&converted).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
-        }
-        Ok(())
-    })?;
-    tracing::debug!(file = %path.display(), tensors = variables.len(), "loaded parsenet weights");
+    let tensors = fill_var_store(path, net.var_store(), &state, "")?;
+    tracing::debug!(file = %path.display(), tensors, "loaded parsenet weights");
     Ok(net)
 }
 

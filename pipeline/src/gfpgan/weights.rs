@@ -8,7 +8,8 @@ use super::network::GfpganNet;
 use crate::{PipelineError, Result};
 use std::collections::BTreeMap;
 use std::path::Path;
-use tch::{Device, Kind, Tensor};
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
 
 /// File name of the official weights inside the checkpoints directory.
 pub const GFPGAN_V1_4_FILE: &str = "GFPGANv1.4.pth";
@@ -51,22 +52,38 @@ pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<G
     }
     let state = select_state(path, crate::torch_pickle::load(path)?)?;
     let net = GfpganNet::build(cfg, device)?;
-    let variables = net.var_store().variables();
+    let tensors = fill_var_store(path, net.var_store(), &state, "params_ema.")?;
+    tracing::debug!(file = %path.display(), tensors, "loaded gfpgan weights");
+    Ok(net)
+}
+
+/// Check `state` against every variable of `vs` both ways (like `load_state_dict(strict=True)`):
+/// a missing or unexpected key, another shape, or an integer where a float belongs (and the
+/// reverse) is reported, the first six problems in one [`PipelineError::Checkpoint`] naming
+/// `path` and the keys as the file spells them (`prefix` + name). Then copy each tensor in,
+/// converted to its variable's kind and device. Returns the number of tensors.
+pub(crate) fn fill_var_store(
+    path: &Path,
+    vs: &VarStore,
+    state: &BTreeMap<String, Tensor>,
+    prefix: &str,
+) -> Result<usize> {
+    let variables = vs.variables();
     let mut problems = Vec::new();
     for (name, var) in variables.iter().collect::<BTreeMap<_, _>>() {
         match state.get(name) {
-            None => problems.push(format!("missing key `params_ema.{name}` (expected shape {:?})", var.size())),
+            None => problems.push(format!("missing key `{prefix}{name}` (expected shape {:?})", var.size())),
             Some(t) if t.size() != var.size() => {
-                problems.push(format!("key `params_ema.{name}` has shape {:?}, expected {:?}", t.size(), var.size()))
+                problems.push(format!("key `{prefix}{name}` has shape {:?}, expected {:?}", t.size(), var.size()))
             }
-            Some(t) if !t.is_floating_point() => {
-                problems.push(format!("key `params_ema.{name}` has dtype {:?}, expected a float", t.kind()))
+            Some(t) if t.is_floating_point() != var.is_floating_point() => {
+                problems.push(format!("key `{prefix}{name}` has dtype {:?}, expected {:?}", t.kind(), var.kind()))
             }
             Some(_) => {}
         }
     }
     for name in state.keys().filter(|k| !variables.contains_key(*k)) {
-        problems.push(format!("unexpected key `params_ema.{name}`"));
+        problems.push(format!("unexpected key `{prefix}{name}`"));
     }
     if !problems.is_empty() {
         let more = problems.len().saturating_sub(6);
@@ -75,16 +92,13 @@ pub fn load_network(path: &Path, cfg: &GfpganConfig, device: Device) -> Result<G
     }
     tch::no_grad(|| -> Result<()> {
         for (name, var) in &variables {
-            let stored = &state[name];
-            let converted = stored
-                .f_to_kind(Kind::Float)
-                .and_then(|t| t.f_to_device(device))
+            let converted = state[name]
+                .f_to_kind(var.kind())
+                .and_then(|t| t.f_to_device(vs.device()))
                 .map_err(|e| err(path, format!("key `{name}`: {e}")))?;
-            let mut target = var.shallow_clone();
-            target.f_copy_(&converted).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
+            var.shallow_clone().f_copy_(&converted).map_err(|e| err(path, format!("key `{name}`: {e}")))?;
         }
         Ok(())
     })?;
-    tracing::debug!(file = %path.display(), tensors = variables.len(), "loaded gfpgan weights");
-    Ok(net)
+    Ok(variables.len())
 }

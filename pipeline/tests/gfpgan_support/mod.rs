@@ -115,3 +115,19 @@ pub fn paths(device: tch::Device) -> Vec<vipavatar_pipeline::gfpgan::ConvPath> {
     }
     paths
 }
+
+/// Frames and masks on [0, 1]: max abs 5e-3 (one 8-bit level is 3.9e-3), mean 1e-4.
+pub const FRAME_MAX: f64 = 5e-3;
+pub const FRAME_MEAN: f64 = 1e-4;
+
+/// Five face points per row of a fixture's (n, 10) `in.points` tensor.
+pub fn points(t: &Tensor) -> Vec<[[f64; 2]; 5]> {
+    let n = t.size()[0];
+    let v = Vec::<f64>::try_from(t.to_kind(Kind::Double).flatten(0, -1)).unwrap();
+    (0..n as usize).map(|i| std::array::from_fn(|k| [v[i * 10 + 2 * k], v[i * 10 + 2 * k + 1]])).collect()
+}
+
+/// 8-bit pixels as values on [0, 1] (float64, CPU).
+pub fn unit(t: &Tensor) -> Tensor {
+    t.to_device(Device::Cpu).to_kind(Kind::Double) / 255.0
+}
