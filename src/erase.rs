@@ -57,22 +57,16 @@ pub async fn revive(cache: &Cache, image: &ImageHash) -> redis::RedisResult<()> 
     conn.hdel(tombstones_key(cache.namespace()), tombstone_field(image)).await
 }
 
-/// Delete every key matching `pattern` (SCAN + UNLINK); returns how many.
+/// Delete every key matching `pattern` (the cache's SCAN loop, then UNLINK in batches); returns
+/// how many.
 async fn delete_matching(conn: &mut ConnectionManager, pattern: &str) -> redis::RedisResult<u64> {
-    let mut cursor: u64 = 0;
+    let keys = vipavatar_cache::store::scan(conn, pattern).await?;
     let mut deleted = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) =
-            redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(pattern).arg("COUNT").arg(1000).query_async(conn).await?;
-        if !keys.is_empty() {
-            let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(conn).await?;
-            deleted += n;
-        }
-        if next == 0 {
-            return Ok(deleted);
-        }
-        cursor = next;
+    for batch in keys.chunks(1000) {
+        let n: u64 = redis::cmd("UNLINK").arg(batch).query_async(conn).await?;
+        deleted += n;
     }
+    Ok(deleted)
 }
 
 /// Erase `image` and everything derived from it. `Ok(None)` when nothing of it was found.
