@@ -16,7 +16,7 @@
 
 use super::align::{fit_affine, FacePoints};
 use super::conv::ConvPath;
-use super::network::GfpganNet;
+use super::network::{in_batches, GfpganNet};
 use super::noise::Noise;
 use super::parse::FaceParser;
 use super::warp::{erode, gaussian_blur, warp_affine_f32, warp_affine_u8, Affine};
@@ -165,21 +165,12 @@ impl FaceEnhancer {
 
     /// Restore (n, s, s, 3) uint8 crops, `max_batch` at a time -> (n, s, s, 3) uint8.
     pub fn restore(&self, crops: &Tensor, noise: &Noise) -> Result<Tensor> {
-        let device = self.net.device();
         let maps = self.net.noise_maps(noise);
-        let n = crops.size()[0];
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let len = (self.max_batch.max(1) as i64).min(n - start);
-            let chunk = crops.narrow(0, start, len).to_device(device);
-            let x = (chunk.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0 - 0.5) / 0.5;
-            let y = self.net.forward(&x, &maps)?;
+        in_batches(crops, self.max_batch, self.net.device(), |x| {
+            let y = self.net.forward(x, &maps)?;
             let img = ((y.clamp(-1.0, 1.0) + 1.0) / 2.0 * 255.0).round().to_kind(Kind::Uint8);
-            out.push(img.permute([0, 2, 3, 1]).to_device(crops.device()));
-            start += len;
-        }
-        Ok(Tensor::cat(&out, 0))
+            Ok(img.permute([0, 2, 3, 1]).to_device(crops.device()))
+        })
     }
 
     /// The paste-back masks of `affines` for frames of `frame_hw` (h, w), computed once per

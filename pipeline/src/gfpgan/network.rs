@@ -13,6 +13,26 @@ use crate::{PipelineError, Result};
 use tch::nn::{Path, VarStore};
 use tch::{Device, Kind, Tensor};
 
+/// Faces (n, s, s, 3) uint8 RGB, `max_batch` at a time on `device`, as the networks' input
+/// `(x / 255 - 0.5) / 0.5` (b, 3, s, s) float, through `f`; its results concatenated.
+pub(crate) fn in_batches(
+    faces: &Tensor,
+    max_batch: usize,
+    device: Device,
+    mut f: impl FnMut(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let n = faces.size()[0];
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < n {
+        let len = (max_batch.max(1) as i64).min(n - start);
+        let chunk = faces.narrow(0, start, len).to_device(device);
+        out.push(f(&((chunk.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0 - 0.5) / 0.5))?);
+        start += len;
+    }
+    Ok(Tensor::cat(&out, 0))
+}
+
 /// `ResBlock`: conv3x3 + lrelu, bilinear resize, conv3x3 + lrelu, plus a resized 1x1 skip.
 #[derive(Debug)]
 struct ResBlock {

@@ -15,9 +15,10 @@
 //! BatchNorm counters included, is checked both ways (`load_state_dict(strict=True)` there).
 
 use super::conv::ConvPath;
+use super::network::in_batches;
 use super::stylegan::lrelu_;
 use super::warp::{gaussian_blur_matrix, gaussian_kernel_sigma};
-use super::weights::fill_var_store;
+use super::weights::{err, fill_var_store, layout_of};
 use crate::sadtalker::layers::{convolution, BatchNorm, Conv2d, ConvSpec};
 use crate::{PipelineError, Result};
 use std::collections::BTreeMap;
@@ -344,18 +345,10 @@ impl ParseNet {
     }
 }
 
-fn err(path: &Path, reason: impl Into<String>) -> PipelineError {
-    PipelineError::Checkpoint { file: path.display().to_string(), reason: reason.into() }
-}
-
 /// `(name, shape)` of every tensor of the architecture `cfg`, sorted by name (the official
 /// layout, BatchNorm counters included, when `cfg` is [`ParseNetConfig::official`]).
 pub fn expected_parse_layout(cfg: &ParseNetConfig) -> Result<Vec<(String, Vec<i64>)>> {
-    let net = ParseNet::build(cfg, Device::Cpu)?;
-    let mut keys: Vec<(String, Vec<i64>)> =
-        net.var_store().variables().into_iter().map(|(k, t)| (k, t.size())).collect();
-    keys.sort();
-    Ok(keys)
+    Ok(layout_of(ParseNet::build(cfg, Device::Cpu)?.var_store()))
 }
 
 /// Load the ParseNet `cfg` from the plain state dict at `path` onto `device`. Float tensors of
@@ -434,18 +427,7 @@ impl FaceParser {
                 faces.kind()
             )));
         }
-        let n = size[0];
-        let device = self.net.device();
-        let mut out = Vec::new();
-        let mut start = 0;
-        while start < n {
-            let len = (self.max_batch.max(1) as i64).min(n - start);
-            let chunk = faces.narrow(0, start, len).to_device(device);
-            let x = (chunk.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0 - 0.5) / 0.5;
-            out.push(self.net.forward_mask(&x)?.argmax(1, false));
-            start += len;
-        }
-        Ok(Tensor::cat(&out, 0))
+        in_batches(faces, self.max_batch, self.net.device(), |x| Ok(self.net.forward_mask(x)?.argmax(1, false)))
     }
 
     /// GFPGANer's blend weight in face coordinates: faces (n, s, s, 3) uint8 RGB -> (n, s, s, 1)

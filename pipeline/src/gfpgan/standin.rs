@@ -74,29 +74,30 @@ fn parse_stand_in_value(name: &str, shape: &[i64], rng: &mut SplitMix64) -> Tens
 /// The file is written under a temporary name and renamed, so an interrupted run leaves no
 /// half-written checkpoint.
 pub fn write_stand_in(path: &Path, config: &GfpganConfig, seed: u64) -> Result<StandIn> {
-    let mut rng = SplitMix64(seed ^ 0x5354_414E_4449_4E00); // "STANDIN" tag
-    let tensors: Vec<(String, Tensor)> = expected_layout(config)?
-        .into_iter()
-        .map(|(name, shape)| {
-            let value = stand_in_value(&name, &shape, &mut rng);
-            (name, value)
-        })
-        .collect();
-    write_pickle(path, "params_ema", &tensors)
+    let rng = SplitMix64(seed ^ 0x5354_414E_4449_4E00); // "STANDIN" tag
+    write_pickle(path, "params_ema", &draw(expected_layout(config)?, rng, stand_in_value))
 }
 
 /// Write a stand-in `parsing_parsenet.pth` of architecture `config` (a plain state dict, like the
 /// official file) to `path`, values drawn from `seed`, written like [`write_stand_in`].
 pub fn write_parse_stand_in(path: &Path, config: &ParseNetConfig, seed: u64) -> Result<StandIn> {
-    let mut rng = SplitMix64(seed ^ 0x5041_5253_454E_4554); // "PARSENET" tag
-    let tensors: Vec<(String, Tensor)> = expected_parse_layout(config)?
+    let rng = SplitMix64(seed ^ 0x5041_5253_454E_4554); // "PARSENET" tag
+    write_pickle(path, "", &draw(expected_parse_layout(config)?, rng, parse_stand_in_value))
+}
+
+/// One value per `(name, shape)` of `layout`, in order, drawn by `value` from `rng`.
+fn draw(
+    layout: Vec<(String, Vec<i64>)>,
+    mut rng: SplitMix64,
+    value: fn(&str, &[i64], &mut SplitMix64) -> Tensor,
+) -> Vec<(String, Tensor)> {
+    layout
         .into_iter()
         .map(|(name, shape)| {
-            let value = parse_stand_in_value(&name, &shape, &mut rng);
-            (name, value)
+            let t = value(&name, &shape, &mut rng);
+            (name, t)
         })
-        .collect();
-    write_pickle(path, "", &tensors)
+        .collect()
 }
 
 /// `tensors` as a legacy `torch.save` pickle under `top` (empty: a plain dict), via a temporary

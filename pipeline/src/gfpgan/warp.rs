@@ -3,8 +3,9 @@
 //! bilinear weights and rounding for 8-bit images, constant border), `cv2.erode` with a
 //! rectangular kernel and `cv2.GaussianBlur` with `sigma = 0` (reflect-101 border), as the
 //! facexlib face helper calls them; for the parse mask also `cv2.GaussianBlur` with a given
-//! sigma, as a product with a blur matrix ([`gaussian_blur_matrix`]). Frames are (n, h, w, c) tensors on any device; the small
-//! per-row / per-column coordinate tables are computed on the CPU in float64 like OpenCV does.
+//! sigma, as a product with a blur matrix ([`gaussian_blur_matrix`]). Frames are (n, h, w, c)
+//! tensors on any device; the small per-row / per-column coordinate tables are computed on the
+//! CPU in float64 like OpenCV does.
 
 use crate::error::ResultExt;
 use crate::{PipelineError, Result};

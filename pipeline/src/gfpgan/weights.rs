@@ -17,18 +17,22 @@ pub const GFPGAN_V1_4_FILE: &str = "GFPGANv1.4.pth";
 /// Dict keys that may hold the state dict, in the order the reference tries them.
 const STATE_KEYS: [&str; 2] = ["params_ema", "params"];
 
-fn err(path: &Path, reason: impl Into<String>) -> PipelineError {
+/// A [`PipelineError::Checkpoint`] naming `path`.
+pub(super) fn err(path: &Path, reason: impl Into<String>) -> PipelineError {
     PipelineError::Checkpoint { file: path.display().to_string(), reason: reason.into() }
 }
 
 /// `(name, shape)` of every tensor the architecture `cfg` needs, sorted by name (the official
 /// layout when `cfg` is [`GfpganConfig::v1_4`]).
 pub fn expected_layout(cfg: &GfpganConfig) -> Result<Vec<(String, Vec<i64>)>> {
-    let net = GfpganNet::build(cfg, Device::Cpu)?;
-    let mut keys: Vec<(String, Vec<i64>)> =
-        net.var_store().variables().into_iter().map(|(k, t)| (k, t.size())).collect();
+    Ok(layout_of(GfpganNet::build(cfg, Device::Cpu)?.var_store()))
+}
+
+/// `(name, shape)` of every variable of `vs`, sorted by name.
+pub(super) fn layout_of(vs: &VarStore) -> Vec<(String, Vec<i64>)> {
+    let mut keys: Vec<(String, Vec<i64>)> = vs.variables().into_iter().map(|(k, t)| (k, t.size())).collect();
     keys.sort();
-    Ok(keys)
+    keys
 }
 
 /// Select the state dict of a loaded pickle: tensors named `params_ema.<key>` (else `params.`).
