@@ -164,8 +164,8 @@ pub fn erode(mask: &Tensor, k: i64) -> Result<Tensor> {
     Ok(-pooled)
 }
 
-/// OpenCV's `getGaussianKernel(k, 0)` (float32): the fixed small tables for k <= 9, else a
-/// sampled Gaussian with `sigma = 0.3 ((k - 1) / 2 - 1) + 0.8`.
+/// OpenCV's `getGaussianKernel(k, 0)` (float32): the fixed small tables for k <= 9, else
+/// [`gaussian_kernel_sigma`] with `sigma = 0.3 ((k - 1) / 2 - 1) + 0.8`, rounded to float32.
 pub fn gaussian_kernel(k: i64) -> Vec<f32> {
     let small: &[f32] = match k {
         1 => &[1.0],
@@ -189,15 +189,7 @@ pub fn gaussian_kernel(k: i64) -> Vec<f32> {
         return small.to_vec();
     }
     let sigma = ((k - 1) as f64 * 0.5 - 1.0) * 0.3 + 0.8;
-    let scale = -0.5 / (sigma * sigma);
-    let raw: Vec<f64> = (0..k)
-        .map(|i| {
-            let x = i as f64 - (k - 1) as f64 * 0.5;
-            (scale * x * x).exp()
-        })
-        .collect();
-    let sum: f64 = raw.iter().sum();
-    raw.iter().map(|v| (v / sum) as f32).collect()
+    gaussian_kernel_sigma(k, sigma).iter().map(|v| *v as f32).collect()
 }
 
 /// `cv2.GaussianBlur(mask, (k, k), 0)` on (n, 1, h, w) float masks (reflect-101 border).
